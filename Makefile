@@ -1,0 +1,49 @@
+# Two set-up-and-go targets: `make demo` and `make test`. Both create .venv on first use.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+export TI_SKIP_VERSION_CHECK := on
+export ENABLE_TAICHI_HEADER_PRINT := 0
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo test test-browser bench clean
+
+setup: $(STAMP)
+
+# open3d needs libusb-1.0 from Debian; torch is installed first and pinned so pip takes
+# the CPU build that lies on this kind of machine's disk rather than a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	@if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then \
+	  echo "installing Debian's libusb-1.0-0 (needed by open3d)"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get install -y -q libusb-1.0-0 >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q libusb-1.0-0 >/dev/null; }; \
+	fi
+	@[ -x $(VPY) ] || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	$(VPY) -m pip install -q torch==2.13.0 2>&1 | grep -v '^WARNING: Location' || true
+	$(VPY) -m pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(VPY) -c "import torch, taichi, open3d, imageio, pytorch_msssim, click" 
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sgaus demo --out demo_out
+
+# pytest exits 5 when it collected no test: that must fail, not pass silently.
+test: $(STAMP)
+	@$(VPY) -m pytest -q tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-browser: $(STAMP)
+	@command -v chromium >/dev/null || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }
+	$(VPY) -m pip install -q -e '.[test,viewer]' 2>&1 | grep -v '^WARNING: Location' || true
+	$(VPY) -m pytest -q tests -k viewer
+
+bench: $(STAMP)
+	$(VPY) benchmarks/bench_sim.py
+	$(VPY) benchmarks/bench_render.py
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,0 +1,64 @@
+"""Taichi start-up in one place.
+
+``ti.init`` is called only from the CLI and from test fixtures, through :func:`init_taichi`.
+``arch="auto"`` picks CUDA when torch sees a GPU and the CPU otherwise; ``ti.gpu`` is never
+used because it segfaults on machines without a GPU (it falls through to OpenGL).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TI_SKIP_VERSION_CHECK", "on")
+os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "0")
+
+import taichi as ti  # noqa: E402
+
+ARCHES = ("auto", "cpu", "cuda")
+_state: dict = {"arch": None, "default_fp": None}
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def init_taichi(arch: str = "auto", default_fp: str = "f32", debug: bool = False) -> str:
+    """Initialise Taichi once per process and return the arch in use ("cpu" or "cuda").
+
+    Calling it again with the same settings is a no-op; with other settings Taichi is
+    reset and re-initialised (kernels recompile, fields allocated before are lost).
+    """
+    if arch not in ARCHES:
+        raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHES)}")
+    if default_fp not in ("f32", "f64"):
+        raise ValueError(f"default_fp must be 'f32' or 'f64', not {default_fp!r}")
+    if arch == "auto":
+        arch = "cuda" if cuda_available() else "cpu"
+    elif arch == "cuda" and not cuda_available():
+        raise ValueError("--arch cuda was asked for, but no CUDA device is available")
+    if _state["arch"] == arch and _state["default_fp"] == default_fp:
+        return arch
+    if _state["arch"] is not None:
+        ti.reset()
+    ti.init(
+        arch=ti.cuda if arch == "cuda" else ti.cpu,
+        default_fp=ti.f64 if default_fp == "f64" else ti.f32,
+        default_ip=ti.i32,
+        debug=debug,
+        log_level=ti.WARN,
+        random_seed=0,
+    )
+    _state["arch"], _state["default_fp"] = arch, default_fp
+    return arch
+
+
+def current_arch() -> str | None:
+    """The arch Taichi was initialised with, or None before :func:`init_taichi`."""
+    return _state["arch"]
+
+
+def require_taichi() -> None:
+    """Raise a clear error when a Taichi kernel is about to run before initialisation."""
+    if _state["arch"] is None:
+        raise RuntimeError("Taichi is not initialised: call taichi_sim.runtime.init_taichi() first")
