@@ -72,7 +72,133 @@ def cli(ctx: click.Context, arch: str) -> None:
 # ---------------------------------------------------------------- reconstruct (renderer issue)
 # ---------------------------------------------------------------- generate-mpm (MPM issue)
 # ---------------------------------------------------------------- fit / eval (fit issue)
+@cli.command("fit")
+@click.argument("data", type=click.Path(file_okay=False, path_type=str))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
+@click.option("--preset", type=click.Choice(["fast", "paper", "tiny"]), default="fast", show_default=True,
+              help="fast: the CPU default; paper: the authors' settings; tiny: a smoke test.")
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
+              help="YAML file of settings (names as in `--set`), applied over the preset.")
+@click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE",
+              help="Override any setting, e.g. --set k_neighbors=128 (repeatable).")
+@click.option("--resume", is_flag=True, help="Reuse stages already saved in --out whose inputs and settings match.")
+@click.option("--gravity", default=None, help="Gravity x,y,z (default: the dataset's scene.json).")
+@click.option("--ground", default=None, metavar="X,Y,Z,NX,NY,NZ",
+              help="Ground plane as a point and a normal (default: the dataset's scene.json).")
+@click.option("--iterations", type=int, default=None, help="Dynamic-stage iterations.")
+@click.option("--anchors", "n_anchors", type=int, default=None, help="Number of anchors N_A.")
+@click.option("--k", "k_neighbors", type=int, default=None, help="Springs per anchor n_k.")
+@click.option("--substeps", type=int, default=None, help="Simulation substeps per frame.")
+@click.option("--image-size", type=int, default=None, help="Longest image side used for fitting (0 = full).")
+@click.option("--truncate-per-frame", is_flag=True, default=None,
+              help="The authors' mode: gradients cut at every frame, one optimiser step per frame.")
+@click.option("--no-soft-vector", is_flag=True, default=None, help="Ablation: every spring has weight 1 (no eta).")
+@click.option("--single-k", is_flag=True, default=None, help="Ablation: one global stiffness.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+def fit_cmd(ctx, data, out, preset, config, assignments, resume, gravity, ground, iterations, n_anchors,
+            k_neighbors, substeps, image_size, truncate_per_frame, no_soft_vector, single_k, quiet):
+    """Fit a simulatable asset to the multi-view video in DATA (static Gaussians, anchors and
+    springs, refine, initial velocity, then stiffness, soft vector and friction)."""
+    from pipeline.fit import fit
+    from pipeline.settings import make_settings, parse_assignments
+
+    overrides = parse_assignments(assignments)
+    named = dict(iterations=iterations, n_anchors=n_anchors, k_neighbors=k_neighbors, substeps=substeps,
+                 image_size=image_size, truncate_per_frame=truncate_per_frame, single_k=single_k)
+    overrides.update({k: v for k, v in named.items() if v is not None})
+    if no_soft_vector:
+        overrides["soft_vector"] = False
+    settings = make_settings(preset, config, overrides)
+    grav = _vec3(gravity, "--gravity") if gravity else None
+    grd = None
+    if ground:
+        vals = [v for v in ground.split(",")]
+        if len(vals) != 6:
+            raise click.BadParameter("--ground must be six numbers: a point x,y,z and a normal nx,ny,nz")
+        grd = (_vec3(",".join(vals[:3]), "--ground"), _vec3(",".join(vals[3:]), "--ground"))
+    _taichi(ctx)
+    run = fit(data, out, settings, resume=resume, gravity=grav, ground=grd, progress=not quiet,
+              log=click.echo)
+    click.echo(f"asset written to {run / 'asset'} (loss curves: {run / 'loss.png'})")
+
+
+@cli.command("eval")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--data", default=None, type=click.Path(file_okay=False), help="Dataset (default: the one fitted).")
+@click.option("--scale", type=float, default=None,
+              help="Image scale for PSNR/SSIM (default: the scale used for fitting; 1 = full resolution).")
+@click.option("--camera", default=None, help="Camera of the side-by-side video (default: the first).")
+@click.option("--no-baselines", is_flag=True, help="Skip the hold and single-k baselines.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+def eval_cmd(ctx, run, data, scale, camera, no_baselines, quiet):
+    """Chamfer distance, EMD, PSNR and SSIM of RUN on its fitted frames and on future frames,
+    with the hold and single-k baselines; writes RUN/eval/ (metrics.json, metrics.md, video)."""
+    from pipeline.evaluate import evaluate
+
+    _taichi(ctx)
+    evaluate(run, data=data, scale=scale, baselines=not no_baselines, camera=camera, progress=not quiet,
+             log=click.echo)
+    click.echo(f"metrics written to {run}/eval/metrics.json and metrics.md")
+
+
 # ---------------------------------------------------------------- simulate / export / view
+@cli.command("simulate")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--gravity", default=None,
+              help="One number: magnitude along the fitted gravity (0 = zero gravity, 19.6 = hypergravity); or x,y,z.")
+@click.option("--ground-height", type=float, default=None, help="Height of the ground plane along its normal.")
+@click.option("--no-ground", is_flag=True, help="Remove the ground plane.")
+@click.option("--friction", default=None, help="Ground friction: sticky, smooth or a value in [0, 1].")
+@click.option("--velocity", default=None, help="Initial velocity x,y,z.")
+@click.option("--stiffness-scale", type=float, default=1.0, show_default=True, help="Multiply every stiffness.")
+@click.option("--frames", type=int, default=None, help="Frames to simulate (default: the dataset's).")
+@click.option("--fps", type=float, default=None, help="Video frame rate (default: real time, at most 30).")
+@click.option("--camera", default=None, help="Dataset camera to render from (default: the first).")
+@click.option("--orbit", is_flag=True, help="Render from a camera orbiting the object instead.")
+@click.option("--size", type=int, default=384, show_default=True, help="Longest side of the rendered frames.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+def simulate_cmd(ctx, run, out, gravity, ground_height, no_ground, friction, velocity, stiffness_scale, frames,
+                 fps, camera, orbit, size, quiet):
+    """Re-simulate the fitted asset in RUN under edited gravity, ground, friction, initial
+    velocity or stiffness; writes a video, PNG frames, one PLY per frame and anchor trajectories."""
+    from pipeline.simulate import Edits, parse_friction, parse_gravity, simulate
+
+    if ground_height is not None and no_ground:
+        raise click.BadParameter("--ground-height and --no-ground exclude each other")
+    edits = Edits(
+        gravity=parse_gravity(gravity) if gravity is not None else None,
+        ground_height=ground_height,
+        no_ground=no_ground,
+        friction=parse_friction(friction) if friction is not None else None,
+        velocity=_vec3(velocity, "--velocity") if velocity else None,
+        stiffness_scale=stiffness_scale,
+    )
+    _taichi(ctx)
+    path = simulate(run, out, edits, n_frames=frames, fps=fps, camera=camera, orbit=orbit, size=size,
+                    progress=not quiet, log=click.echo)
+    click.echo(f"video: {path / 'video.mp4'}  frames: {path / 'frames'}  splats: {path / 'ply'}")
+
+
+@cli.command("export")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["ply", "splat-sequence"]), default="ply", show_default=True,
+              help="ply: the static asset as one 3DGS PLY; splat-sequence: one PLY per frame of the fitted motion.")
+@click.option("--out", required=True, type=click.Path(), help="A .ply file (ply) or a directory (splat-sequence).")
+@click.option("--frames", type=int, default=None, help="Frames of the sequence (default: the dataset's).")
+@click.pass_context
+def export_cmd(ctx, run, fmt, out, frames):
+    """Export the asset in RUN as splat files that common viewers open."""
+    from pipeline.simulate import export
+
+    if fmt == "splat-sequence":
+        _taichi(ctx)
+    click.echo(f"wrote {export(run, out, fmt, n_frames=frames)}")
+
+
 
 
 def main() -> None:

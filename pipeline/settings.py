@@ -1,0 +1,196 @@
+"""Settings of `sgaus fit`: presets, YAML files and command-line overrides.
+
+Every field is documented in :class:`FitSettings`. A preset gives the starting values, a YAML
+file (``--config``) overrides some of them, and ``--set name=value`` / the named options of the
+CLI override those. The settings used are saved with the run (settings.yaml).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class FitSettings:
+    """All settings of the fit pipeline (defaults = the ``fast`` preset, for a CPU).
+
+    Data
+      image_size: longest image side used for fitting, in pixels (0 = full resolution).
+      fit_frames: number of frames fitted from frame 0 (0 = scene.json's split, else 20).
+      seed: random seed of every stage.
+    Static reconstruction (paper Sec. 4.1)
+      static_iterations: optimisation steps on frame 0.
+      static_scale: the constant scale s0 of every Gaussian during this stage (scene units).
+      static_max_gaussians: cap on the number of Gaussians after densification.
+    Anchors and springs (Sec. 4.2)
+      n_anchors: anchors N_A sampled through the object's volume.
+      k_neighbors: springs per anchor (n_k).
+      n_c: neighbours with soft-vector weight 1 (Eq. 8).
+      n_b, p_b: anchors per Gaussian and the inverse-distance power of the binding (Eq. 15).
+      p_k: force-law exponent (Eq. 9); force_law: "smooth" (authors' code) or "paper" (Eq. 9 as printed).
+      zeta0, mass: damping (Eq. 17) and mass per anchor.
+      substeps: simulation substeps per frame (raised by 50 on instability, up to max_substeps).
+    Refine (Gaussians at their bound positions, colour/opacity/scale refined)
+      refine_iterations, refine_lr.
+    Initial velocity
+      velocity_frames: frames used to fit v0 (0 = frames before the first ground contact).
+      velocity_iterations, velocity_lr.
+    Dynamic stage (per-anchor stiffness, soft vector kappa, ground friction)
+      iterations: optimisation iterations over the fitted frames.
+      lr_stiffness, lr_kappa, lr_friction: Adam learning rates.
+      grad_clip: per-parameter gradient-norm clip.
+      lambda_dssim: D-SSIM weight of the loss (Eq. 18).
+      init_log_stiffness, init_kappa, init_friction_logit: starting values (log10 k, kappa, phi).
+      truncate_per_frame: the authors' mode (gradients cut at each frame, an Adam step per frame)
+        instead of gradients through the whole sequence.
+      cameras_per_frame: cameras rendered per frame and iteration (random choice).
+      soft_vector: use the soft vector eta (False = all springs weight 1, Table 3 ablation).
+      single_k: one global stiffness instead of one per anchor (Table 3 ablation).
+    """
+
+    image_size: int = 128
+    fit_frames: int = 0
+    seed: int = 0
+    static_iterations: int = 1500
+    static_scale: float = 0.004
+    static_max_gaussians: int = 20000
+    n_anchors: int = 512
+    k_neighbors: int = 64
+    n_c: int = 16
+    n_b: int = 8
+    p_b: float = 0.5
+    p_k: float = 0.5
+    force_law: str = "smooth"
+    zeta0: float = 0.1
+    mass: float = 1.0
+    substeps: int = 100
+    max_substeps: int = 500
+    refine_iterations: int = 200
+    refine_lr: float = 0.01
+    velocity_frames: int = 0
+    velocity_iterations: int = 60
+    velocity_lr: float = 0.05
+    iterations: int = 60
+    lr_stiffness: float = 0.03
+    lr_kappa: float = 0.03
+    lr_friction: float = 0.05
+    grad_clip: float = 1.0
+    lambda_dssim: float = 0.05
+    init_log_stiffness: float = 3.0
+    init_kappa: float = 0.0
+    init_friction_logit: float = -1.0
+    truncate_per_frame: bool = False
+    cameras_per_frame: int = 1
+    soft_vector: bool = True
+    single_k: bool = False
+
+    def validate(self) -> "FitSettings":
+        positive = ["static_iterations", "n_anchors", "k_neighbors", "n_b", "substeps", "max_substeps",
+                    "cameras_per_frame", "static_max_gaussians"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"setting {name} must be positive, got {getattr(self, name)}")
+        for name in ["image_size", "fit_frames", "refine_iterations", "velocity_frames",
+                     "velocity_iterations", "iterations"]:
+            if getattr(self, name) < 0:
+                raise ValueError(f"setting {name} must not be negative, got {getattr(self, name)}")
+        if self.k_neighbors >= self.n_anchors:
+            raise ValueError(f"k_neighbors ({self.k_neighbors}) must be smaller than n_anchors ({self.n_anchors})")
+        if not 0 <= self.n_c <= self.k_neighbors:
+            raise ValueError(f"n_c must lie in [0, k_neighbors], got {self.n_c}")
+        if self.force_law not in ("smooth", "paper"):
+            raise ValueError(f"force_law must be 'smooth' or 'paper', got {self.force_law!r}")
+        if self.substeps > self.max_substeps:
+            raise ValueError(f"substeps ({self.substeps}) exceeds max_substeps ({self.max_substeps})")
+        if not 0.0 <= self.lambda_dssim <= 1.0:
+            raise ValueError(f"lambda_dssim must lie in [0, 1], got {self.lambda_dssim}")
+        if self.static_scale <= 0 or self.mass <= 0 or self.zeta0 < 0:
+            raise ValueError("static_scale and mass must be positive and zeta0 non-negative")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def subset(self, *names: str) -> dict:
+        """The named settings as a dict (what a stage's cache key depends on)."""
+        return {n: getattr(self, n) for n in names}
+
+
+PRESETS: dict[str, dict] = {
+    # the default on a CPU: fewer anchors and iterations, downscaled images
+    "fast": {},
+    # the authors' settings (REFERENCE.md section 1)
+    "paper": dict(
+        image_size=0, static_iterations=30000, static_scale=0.003, static_max_gaussians=200000,
+        n_anchors=2048, k_neighbors=256, n_c=16, n_b=16, substeps=100, refine_iterations=3000,
+        velocity_iterations=200, velocity_lr=1e-3, iterations=300, lr_stiffness=1e-3, lr_kappa=1e-3,
+        lr_friction=1e-3, truncate_per_frame=True,
+    ),
+    # a tiny configuration for tests and smoke runs
+    "tiny": dict(
+        image_size=48, static_iterations=150, static_max_gaussians=3000, n_anchors=96, k_neighbors=16,
+        n_c=4, n_b=4, substeps=40, refine_iterations=20, velocity_iterations=10, iterations=3,
+    ),
+}
+
+_FIELDS = {f.name: f for f in dataclasses.fields(FitSettings)}
+
+
+def _coerce(name: str, value):
+    if name not in _FIELDS:
+        raise ValueError(f"unknown setting {name!r} (known: {', '.join(sorted(_FIELDS))})")
+    default = getattr(FitSettings(), name)
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"setting {name} must be true or false, got {value!r}")
+    try:
+        return type(default)(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"setting {name} must be a {type(default).__name__}, got {value!r}") from None
+
+
+def make_settings(preset: str = "fast", config: str | Path | None = None, overrides: dict | None = None) -> FitSettings:
+    """Preset, then YAML file, then explicit overrides; validated."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r} (choose {', '.join(PRESETS)})")
+    values = dict(PRESETS[preset])
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"settings file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path} must hold a mapping of setting: value")
+        values.update(loaded)
+    values.update(overrides or {})
+    return FitSettings(**{k: _coerce(k, v) for k, v in values.items()}).validate()
+
+
+def parse_assignments(pairs: tuple[str, ...] | list[str]) -> dict:
+    """``["iterations=10", "single_k=true"]`` -> dict (values coerced later)."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set expects name=value, got {pair!r}")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def save_settings(path: Path, settings: FitSettings, extra: dict | None = None) -> None:
+    from pipeline.atomic import write_text
+
+    data = {"settings": settings.to_dict(), **(extra or {})}
+    write_text(path, yaml.safe_dump(data, sort_keys=False))

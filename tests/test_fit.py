@@ -1,0 +1,133 @@
+"""`sgaus fit` / `sgaus eval` end to end on a tiny generated scene, stage caching and resume,
+recovery of a known stiffness, and clear errors on bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli import cli
+from pipeline.settings import make_settings
+from pipeline.stages import RunDir
+
+TINY = ["--preset", "tiny", "--quiet"]
+
+
+def invoke(*args):
+    r = CliRunner().invoke(cli, ["--arch", "cpu", *map(str, args)])
+    return r
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "ball"
+    r = invoke("generate-mpm", "--shape", "sphere", "--views", 4, "--frames", 10, "--fit-frames", 7,
+               "--resolution", 48, "--grid", 24, "--seed", 1, "--out", out)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "ball"
+    r = invoke("fit", tiny_data, "--out", run, *TINY)
+    assert r.exit_code == 0, r.output
+    return run
+
+
+def test_fit_writes_a_complete_asset(tiny_run):
+    for rel in ["asset/gaussians.ply", "asset/anchors.npz", "asset/physics.json", "settings.yaml", "loss.png",
+                "run.json"] + [f"stages/{s}/stage.json" for s in ("static", "anchors", "refine", "velocity", "dynamic")]:
+        assert (tiny_run / rel).is_file(), rel
+    phys = json.loads((tiny_run / "asset/physics.json").read_text())
+    assert len(phys["log_stiffness"]) == make_settings("tiny").n_anchors
+    assert np.isfinite(phys["log_stiffness"]).all()
+    assert json.loads((tiny_run / "run.json").read_text())["stages_run"] == [
+        "static", "anchors", "refine", "velocity", "dynamic"]
+
+
+def test_eval_writes_metrics_table_and_video(tiny_run):
+    r = invoke("eval", tiny_run, "--quiet")
+    assert r.exit_code == 0, r.output
+    m = json.loads((tiny_run / "eval/metrics.json").read_text())
+    for part in ("reconstruction", "future"):
+        assert set(m[part]) == {"cd", "emd", "psnr", "ssim"}
+        assert all(np.isfinite(v) for v in m[part].values())
+        for base in ("hold", "single_k"):
+            assert set(m["baselines"][base][part]) == {"cd", "emd", "psnr", "ssim"}
+    # the hold baseline equals the fit on the fitted frames by construction
+    assert m["baselines"]["hold"]["reconstruction"] == pytest.approx(m["reconstruction"])
+    table = (tiny_run / "eval/metrics.md").read_text()
+    assert "future CD" in table and "surface particles" in table
+    assert list((tiny_run / "eval").glob("video_*.mp4"))
+
+
+def test_resume_reuses_matching_stages_and_reruns_changed_ones(tiny_data, tiny_run, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    r = invoke("fit", tiny_data, "--out", run, *TINY, "--resume")
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "run.json").read_text())["stages_run"] == []
+    # a refine setting changes refine and the stages after it, never the ones before
+    r = invoke("fit", tiny_data, "--out", run, *TINY, "--resume", "--set", "refine_iterations=5")
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "run.json").read_text())["stages_run"] == ["refine", "velocity", "dynamic"]
+    # a dynamic-stage setting changes only the dynamic stage
+    r = invoke("fit", tiny_data, "--out", run, *TINY, "--resume", "--set", "refine_iterations=5",
+               "--iterations", 2)
+    assert json.loads((run / "run.json").read_text())["stages_run"] == ["dynamic"]
+
+
+def test_resume_after_a_kill_mid_stage(tiny_data, tmp_path, monkeypatch):
+    import pipeline.fit as fitmod
+
+    run = tmp_path / "killed"
+    real = fitmod.stage_velocity
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # as if the process were stopped during stage 4
+
+    monkeypatch.setattr(fitmod, "stage_velocity", killed)
+    with pytest.raises(KeyboardInterrupt):
+        fitmod.fit(tiny_data, run, make_settings("tiny"), progress=False, log=lambda *_: None)
+    assert RunDir(run).stage_key("refine") is not None
+    assert not (run / "stages" / "velocity").exists()  # no half-written stage
+    monkeypatch.setattr(fitmod, "stage_velocity", real)
+    fitmod.fit(tiny_data, run, make_settings("tiny"), resume=True, progress=False, log=lambda *_: None)
+    assert json.loads((run / "run.json").read_text())["stages_run"] == ["velocity", "dynamic"]
+
+
+def test_bad_inputs_are_clear_errors(tiny_data, tmp_path):
+    # a run written by another version
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "run.json").write_text(json.dumps({"format": "sgaus-run/0"}))
+    r = invoke("fit", tiny_data, "--out", other, *TINY)
+    assert r.exit_code != 0 and "another version" in r.output and "Traceback" not in r.output
+    # a dataset without frame 0 in some view
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_data, broken)
+    victim = sorted((broken / "images").iterdir())[1] / "000.png"
+    victim.unlink()
+    r = invoke("fit", broken, "--out", tmp_path / "r2", *TINY)
+    assert r.exit_code != 0 and "000.png" in r.output
+    # unknown setting, impossible parameters
+    r = invoke("fit", tiny_data, "--out", tmp_path / "r3", *TINY, "--set", "colour=blue")
+    assert r.exit_code != 0 and "unknown setting" in r.output
+    r = invoke("fit", tiny_data, "--out", tmp_path / "r4", *TINY, "--k", 500)
+    assert r.exit_code != 0 and "k_neighbors" in r.output
+
+
+def test_an_unstable_fit_fails_cleanly_and_keeps_earlier_stages(tiny_data, tiny_run, tmp_path):
+    run = tmp_path / "unstable"
+    shutil.copytree(tiny_run, run)
+    r = invoke("fit", tiny_data, "--out", run, *TINY, "--resume", "--set", "init_log_stiffness=7",
+               "--substeps", 5, "--set", "max_substeps=5")
+    assert r.exit_code != 0
+    assert "unstable" in r.output and "Traceback" not in r.output
+    for s in ("static", "anchors", "refine"):
+        assert (run / "stages" / s / "stage.json").exists()

@@ -1,0 +1,170 @@
+"""`sgaus simulate` / `export`: physics of the edits and the files written, on a small asset
+built directly (a cube of anchors with Gaussians bound to it)."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli import cli
+from pipeline.asset import Asset, load_asset, save_asset, simulate_asset
+from pipeline.gaussians import Gaussians, load_ply
+from pipeline.simulate import Edits, apply_edits, parse_friction, parse_gravity
+from taichi_sim.binding import compute_binding
+from taichi_sim.spring_mass import SimConfig, build_model
+
+DROP = 0.3  # height of the cube's bottom above the ground
+
+
+def make_asset(velocity=(0.0, 0.0, 0.0), frames=20) -> Asset:
+    side = torch.linspace(-0.05, 0.05, 4)
+    anchors = torch.stack(torch.meshgrid(side, side, side, indexing="ij"), -1).reshape(-1, 3)
+    anchors[:, 1] += DROP + 0.05
+    cfg = SimConfig(k_neighbors=12, n_c=4, gravity=(0.0, -9.8, 0.0), ground_point=(0.0, 0.0, 0.0),
+                    ground_normal=(0.0, 1.0, 0.0), frame_dt=0.03, substeps=40)
+    model = build_model(anchors.double(), cfg)
+    model = type(model)(model.rest_positions.float(), model.neighbors, model.rest_length.float(), cfg)
+    gen = torch.Generator().manual_seed(0)
+    pts = anchors + 0.01 * torch.randn(anchors.shape, generator=gen)
+    g = Gaussians(means=pts, log_scales=torch.full((len(pts),), math.log(0.01)),
+                  colors=torch.rand(len(pts), 3, generator=gen), opacity_logits=torch.full((len(pts),), 2.0))
+    return Asset(gaussians=g, model=model, binding=compute_binding(pts, anchors, 4, 0.5),
+                 log_stiffness=torch.full((len(anchors),), 3.0), kappa=torch.tensor(0.0),
+                 friction_logit=torch.tensor(-1.0), v0=torch.tensor(velocity), info={"n_frames": frames})
+
+
+def centre(positions):
+    return positions.double().mean(1)
+
+
+def first_contact(positions) -> int:
+    low = positions[..., 1].min(1).values
+    return int(torch.nonzero(low <= 1e-6)[0]) if (low <= 1e-6).any() else len(low)
+
+
+def test_zero_gravity_and_zero_velocity_does_not_move():
+    a = apply_edits(make_asset(), Edits(gravity=0.0))
+    pos, means, _ = simulate_asset(a, 15)
+    assert torch.allclose(pos, pos[:1].expand_as(pos), atol=1e-6)
+    assert torch.allclose(means, means[:1].expand_as(means), atol=1e-6)
+
+
+def test_zero_gravity_sideways_velocity_moves_in_a_straight_line():
+    a = apply_edits(make_asset(), Edits(gravity=0.0, velocity=(0.5, 0.0, 0.0)))
+    pos, _, _ = simulate_asset(a, 15)
+    c = centre(pos)
+    t = torch.arange(16, dtype=torch.float64) * 0.03
+    assert torch.allclose(c[:, 0] - c[0, 0], 0.5 * t, atol=1e-5)
+    assert torch.allclose(c[:, 1:], c[:1, 1:].expand(16, 2), atol=1e-6)
+
+
+def test_hypergravity_reaches_the_ground_sooner():
+    normal = first_contact(simulate_asset(make_asset(), 20)[0])
+    hyper = first_contact(simulate_asset(apply_edits(make_asset(), Edits(gravity=19.6)), 20)[0])
+    assert hyper < normal <= 20
+
+
+def test_higher_ground_means_earlier_contact():
+    pos_low, _, _ = simulate_asset(make_asset(), 20)
+    high = apply_edits(make_asset(), Edits(ground_height=0.15))
+    pos_high, _, _ = simulate_asset(high, 20)
+    low_first = int(torch.nonzero(pos_low[..., 1].min(1).values <= 1e-6)[0])
+    high_first = int(torch.nonzero(pos_high[..., 1].min(1).values <= 0.15 + 1e-6)[0])
+    assert high_first < low_first
+
+
+def test_sticky_ground_stops_tangential_motion_after_contact():
+    a = apply_edits(make_asset(velocity=(0.6, 0.0, 0.0)), Edits(friction="sticky"))
+    pos, _, _ = simulate_asset(a, 25)
+    touching = pos[..., 1] <= 1e-6  # [F,N]
+    f0 = int(torch.nonzero(touching.any(1))[0])
+    idx = torch.nonzero(touching[f0])[:, 0]
+    x_after = pos[f0:, idx, 0]  # anchors that touched stay in place along x while they touch
+    still = touching[f0:, idx]
+    moved = (x_after - x_after[:1]).abs()[still]
+    assert moved.max() < 1e-6
+    smooth = apply_edits(make_asset(velocity=(0.6, 0.0, 0.0)), Edits(friction="smooth"))
+    pos_s, _, _ = simulate_asset(smooth, 25)
+    assert centre(pos_s)[-1, 0] - centre(pos)[-1, 0] > 0.05
+
+
+def test_stiffness_scale_and_parsers():
+    a = apply_edits(make_asset(), Edits(stiffness_scale=10.0))
+    assert torch.allclose(a.log_stiffness, torch.full_like(a.log_stiffness, 4.0))
+    assert parse_gravity("0") == 0.0 and parse_gravity("0,-3,0") == (0.0, -3.0, 0.0)
+    assert parse_friction("sticky") == "sticky" and parse_friction("0.5") == 0.5
+    with pytest.raises(ValueError, match="gravity"):
+        parse_gravity("abc")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        parse_friction("2")
+    with pytest.raises(ValueError, match="above the object"):
+        apply_edits(make_asset(), Edits(ground_height=1.0))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    save_asset(run / "asset", make_asset(frames=8))
+    return run
+
+
+def test_cli_writes_every_output(run_dir, tmp_path):
+
+    out = tmp_path / "sim"
+    r = CliRunner().invoke(cli, ["--arch", "cpu", "simulate", str(run_dir), "--gravity", "19.6", "--orbit",
+                                 "--size", "64", "--quiet", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    import imageio.v2 as imageio
+
+    reader = imageio.get_reader(out / "video.mp4")
+    n = sum(1 for _ in reader)
+    reader.close()
+    assert n == 8
+    assert len(list((out / "frames").glob("*.png"))) == 8
+    plys = sorted((out / "ply").glob("*.ply"))
+    assert len(plys) == 8 and len(load_ply(plys[-1])) == len(make_asset().gaussians)
+    traj = np.load(out / "anchors.npz")["positions"]
+    assert traj.shape == (8, 64, 3)
+    meta = json.loads((out / "simulation.json").read_text())
+    assert meta["gravity"] == pytest.approx([0.0, -19.6, 0.0])
+    # the rendered PNG shows the object (not a blank frame)
+    assert imageio.imread(out / "frames" / "000.png").max() > 50
+
+
+def test_export_ply_and_sequence(run_dir, tmp_path):
+    r = CliRunner().invoke(cli, ["--arch", "cpu", "export", str(run_dir), "--out", str(tmp_path / "a.ply")])
+    assert r.exit_code == 0, r.output
+    g = load_ply(tmp_path / "a.ply")
+    assert torch.equal(g.means, load_asset(run_dir).gaussians.means)
+    r = CliRunner().invoke(cli, ["--arch", "cpu", "export", str(run_dir), "--format", "splat-sequence",
+                                 "--frames", "3", "--out", str(tmp_path / "seq")])
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "seq").glob("*.ply"))) == 3
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--gravity", "abc"], "gravity"),
+        (["--ground-height", "5"], "above the object"),
+        (["--friction", "slippery"], "friction"),
+        (["--stiffness-scale", "-1"], "stiffness-scale"),
+    ],
+)
+def test_bad_edits_give_one_line_and_write_nothing(run_dir, tmp_path, args, message):
+    out = tmp_path / "never"
+    r = CliRunner().invoke(cli, ["--arch", "cpu", "simulate", str(run_dir), "--orbit", "--out", str(out), *args])
+    assert r.exit_code != 0
+    assert message in r.output
+    assert "Traceback" not in r.output
+    assert not out.exists()
+
+
+def test_missing_run_is_a_clear_error(tmp_path):
+    r = CliRunner().invoke(cli, ["--arch", "cpu", "simulate", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "no such run directory" in r.output
+    assert not (tmp_path / "o").exists()
