@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import taichi as ti
 
-from taichi_sim.runtime import require_taichi
+from taichi_sim.runtime import current_arch, require_taichi
 
 MODELS = ("neohookean", "corotated")
 GROUND_MODES = ("sticky", "slip", "friction")
@@ -135,9 +135,12 @@ def _kirchhoff(F, mu, lam, corotated: ti.template()):
 @ti.kernel
 def _p2g(x: ti.types.ndarray(), v: ti.types.ndarray(), C: ti.types.ndarray(), F: ti.types.ndarray(),
          mat: ti.types.ndarray(), grid_v: ti.types.ndarray(), grid_m: ti.types.ndarray(),
-         params: ti.types.ndarray(), inv_dx: float, dt: float, corotated: ti.template()):
+         params: ti.types.ndarray(), inv_dx: float, dt: float, corotated: ti.template(),
+         serial: ti.template()):
     n_grid = grid_m.shape[0]
     lo = ti.Vector([params[12], params[13], params[14]])
+    # serial: one thread, so that the scatter sums in a fixed order and runs repeat bit for bit
+    ti.loop_config(serialize=serial)
     for p in range(x.shape[0]):
         Xp = (_load_vec(x, p) - lo) * inv_dx
         base = ti.max(ti.min(ti.cast(Xp - 0.5, ti.i32), n_grid - 3), 0)
@@ -233,14 +236,16 @@ class MPMSimulator:
     grid: nodes per side of the cubic box [box_lo, box_lo + box_size]; particle_volume: the rest
     volume of one particle (default (dx/2)^3, i.e. 8 particles per cell); model: "neohookean" or
     "corotated"; gravity: a 3-vector; ground: a :class:`Ground` or None; cfl: the fraction of a
-    cell a P-wave may cross in one substep; max_halvings: retries of an unstable frame.
+    cell a P-wave may cross in one substep; max_halvings: retries of an unstable frame;
+    deterministic: scatter particles to the grid on one thread so that runs repeat bit for bit
+    (default: on for the CPU, off for CUDA, where atomic float sums have no fixed order).
     State (torch tensors in Taichi's default precision, allocated here): x, v [P,3], C, F [P,3,3].
     """
 
     def __init__(self, x0, youngs_modulus=5e4, poisson_ratio=0.3, density=1000.0, *, grid: int = 64,
                  box_lo=(-0.5, -0.1, -0.5), box_size: float = 1.0, particle_volume: float | None = None,
                  model: str = "neohookean", gravity=(0.0, -9.8, 0.0), ground: Ground | None = None,
-                 cfl: float = 0.3, max_halvings: int = 4):
+                 cfl: float = 0.3, max_halvings: int = 4, deterministic: bool | None = None):
         import torch
 
         require_taichi()
@@ -284,6 +289,7 @@ class MPMSimulator:
         self.grid_v = torch.zeros((self.n_grid,) * 3 + (3,), dtype=self.dtype)
         self.grid_m = torch.zeros((self.n_grid,) * 3, dtype=self.dtype)
         self.params = tt(self._params())
+        self.deterministic = bool(current_arch() != "cuda") if deterministic is None else bool(deterministic)
         self.time = 0.0
         self.substeps_per_frame: int | None = None
 
@@ -334,7 +340,7 @@ class MPMSimulator:
         self.grid_v.zero_()
         self.grid_m.zero_()
         _p2g(self.x, self.v, self.C, self.F, self.mat, self.grid_v, self.grid_m, self.params, inv_dx, dt,
-             self.model == "corotated")
+             self.model == "corotated", self.deterministic)
         _grid_update(self.grid_v, self.grid_m, self.params, self.dx, dt)
         _g2p(self.x, self.v, self.C, self.grid_v, self.params, inv_dx, dt)
 

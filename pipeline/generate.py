@@ -1,0 +1,313 @@
+"""`sgaus generate-mpm`: a synthetic multi-view video of an elastic object simulated with MLS-MPM.
+
+The object (a built-in shape or a mesh) is filled with particles, dropped onto a ground plane
+and simulated (taichi_sim.mpm); every frame each particle is rendered as a small isotropic
+Gaussian coloured by a texture fixed in the object's rest frame, from cameras orbiting the
+scene. The dataset directory holds transforms.json, images/<camera>/<frame>.png (RGBA on black),
+masks/<camera>/<frame>.png, particles/<frame>.npz (ground-truth positions) and scene.json. It is
+written into a temporary directory and renamed at the end, so bad options write nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.atomic import atomic_dir, write_json
+from pipeline.cameras import Cameras, orbit_cameras
+from pipeline.shapes import ParticleObject, fill_object, split_halves
+from taichi_sim.mpm import GROUND_MODES, MODELS, Ground, MPMSimulator, check_material
+
+FORMAT = "sgaus-mpm/1"
+BOX_SIZE = 1.0  # metres: the simulation box is a cube of this side above the ground
+PALETTE = np.array([
+    [0.90, 0.25, 0.20], [0.98, 0.78, 0.20], [0.20, 0.65, 0.35], [0.20, 0.45, 0.90], [0.85, 0.85, 0.85],
+])
+
+
+@dataclasses.dataclass
+class GenerateConfig:
+    """Everything that defines a generated dataset (defaults follow the paper's synthetic data).
+
+    shape: a built-in shape name (pipeline.shapes), or None when ``mesh`` is given.
+    mesh: a mesh file open3d reads (None: use ``shape``).
+    size: the object's largest extent, metres (0.4).
+    rotation_deg: Euler angles x, y, z applied to the object at rest (0, 0, 0).
+    drop_height: height of the object's lowest point at frame 0, metres (0.25: contact near frame 7).
+    youngs_modulus, poisson_ratio, density: the material, Pa, -, kg/m^3 (5e4, 0.3, 1000).
+    model: "neohookean" or "corotated".
+    heterogeneous: two halves along x, the +x half ``stiffness_factor`` times stiffer (off, 10).
+    gravity, velocity: 3-vectors, m/s^2 and m/s ((0, -9.8, 0), (0, 0, 0)).
+    ground_height: the ground plane y = ground_height, normal +y (0).
+    ground: "sticky", "slip" or "friction"; friction: the Coulomb coefficient (friction, 0.5).
+    views, frames, resolution: cameras, frames, image side in pixels (10, 30, 512).
+    frame_dt: seconds between frames (0.03).
+    grid: MPM grid nodes per side of the 1 m box (64; about 8 particles per cell).
+    seed: jitter of the particle lattice (0).
+    fit_frames: frames [0, fit_frames) are for fitting, the rest for future prediction
+        (None: 20, or all the frames when there are fewer).
+    """
+
+    shape: str | None = "torus"
+    mesh: str | None = None
+    size: float = 0.4
+    rotation_deg: tuple = (0.0, 0.0, 0.0)
+    drop_height: float = 0.25
+    youngs_modulus: float = 5e4
+    poisson_ratio: float = 0.3
+    density: float = 1000.0
+    model: str = "neohookean"
+    heterogeneous: bool = False
+    stiffness_factor: float = 10.0
+    gravity: tuple = (0.0, -9.8, 0.0)
+    velocity: tuple = (0.0, 0.0, 0.0)
+    ground_height: float = 0.0
+    ground: str = "friction"
+    friction: float = 0.5
+    views: int = 10
+    frames: int = 30
+    resolution: int = 512
+    frame_dt: float = 0.03
+    grid: int = 64
+    seed: int = 0
+    fit_frames: int | None = None
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad option (before anything is computed or written)."""
+        if self.mesh is not None:
+            self.shape = None
+        if self.shape is None and self.mesh is None:
+            raise ValueError("give a built-in --shape or a --mesh file")
+        if self.mesh is not None and not Path(self.mesh).is_file():
+            raise FileNotFoundError(f"mesh file not found: {self.mesh}")
+        if self.model not in MODELS:
+            raise ValueError(f"unknown material model {self.model!r}: choose one of {', '.join(MODELS)}")
+        if self.ground not in GROUND_MODES:
+            raise ValueError(f"unknown ground mode {self.ground!r}: choose one of {', '.join(GROUND_MODES)}")
+        check_material(self.youngs_modulus, self.poisson_ratio, self.density)
+        if self.heterogeneous and not self.stiffness_factor > 0:
+            raise ValueError(f"the stiffness factor must be positive, got {self.stiffness_factor}")
+        if not self.friction >= 0:
+            raise ValueError(f"the friction coefficient must be >= 0, got {self.friction}")
+        if not 0 < self.size < 0.8 * BOX_SIZE:
+            raise ValueError(f"the object size must lie in (0, {0.8 * BOX_SIZE:g}) metres, got {self.size}")
+        if self.drop_height <= self.ground_height:
+            raise ValueError(f"the ground (height {self.ground_height:g}) is not below the object "
+                             f"(lowest point at {self.drop_height:g}): lower --ground-height")
+        for name in ("views", "frames", "resolution", "grid"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.grid < 16:
+            raise ValueError(f"--grid must be at least 16, got {self.grid}")
+        if not self.frame_dt > 0:
+            raise ValueError(f"the frame time step must be positive, got {self.frame_dt}")
+        if self.fit_frames is None:
+            self.fit_frames = min(20, int(self.frames))
+        if not 1 <= self.fit_frames <= self.frames:
+            raise ValueError(f"--fit-frames must lie in [1, {self.frames}], got {self.fit_frames}")
+        for name in ("gravity", "velocity", "rotation_deg"):
+            vec = tuple(float(c) for c in getattr(self, name))
+            if len(vec) != 3 or not all(math.isfinite(c) for c in vec):
+                raise ValueError(f"{name} must be three finite numbers, got {getattr(self, name)}")
+            setattr(self, name, vec)
+
+    @property
+    def dx(self) -> float:
+        return BOX_SIZE / self.grid
+
+    @property
+    def box_lo(self) -> tuple:
+        return (-BOX_SIZE / 2, self.ground_height - 0.1 * BOX_SIZE, -BOX_SIZE / 2)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class SimResult:
+    """The simulated motion: positions [T,P,3] (float32), the object, material and timing."""
+
+    positions: np.ndarray
+    obj: ParticleObject
+    youngs_modulus: np.ndarray  # [P]
+    substeps_per_frame: int
+    contact_frame: int | None
+    kinetic_energy: np.ndarray  # [T]
+    mass: np.ndarray  # [P]
+    seconds: float = 0.0
+
+
+def build_object(cfg: GenerateConfig) -> tuple[ParticleObject, np.ndarray]:
+    """The particles at rest and Young's modulus per particle (parts split when heterogeneous)."""
+    obj = fill_object(cfg.shape, cfg.mesh, size=cfg.size, spacing=cfg.dx / 2,
+                      bottom=(0.0, cfg.drop_height, 0.0), rotation_deg=cfg.rotation_deg, seed=cfg.seed)
+    E = np.full(obj.n_particles, float(cfg.youngs_modulus))
+    if cfg.heterogeneous:
+        obj.part = split_halves(obj, axis=0)
+        E[obj.part == 1] *= cfg.stiffness_factor
+    return obj, E
+
+
+def make_simulator(cfg: GenerateConfig, obj: ParticleObject, E: np.ndarray) -> MPMSimulator:
+    ground = Ground(point=(0.0, cfg.ground_height, 0.0), normal=(0.0, 1.0, 0.0), mode=cfg.ground,
+                    friction=cfg.friction)
+    sim = MPMSimulator(obj.x, E, cfg.poisson_ratio, cfg.density, grid=cfg.grid, box_lo=cfg.box_lo,
+                       box_size=BOX_SIZE, model=cfg.model, gravity=cfg.gravity, ground=ground)
+    sim.set_velocity(cfg.velocity)
+    return sim
+
+
+def simulate_object(cfg: GenerateConfig, progress: bool = True) -> SimResult:
+    """Run the MPM simulation of ``cfg`` and return positions at every frame (frame 0 = rest)."""
+    import time
+
+    cfg.validate()
+    obj, E = build_object(cfg)
+    sim = make_simulator(cfg, obj, E)
+    positions = np.empty((cfg.frames, obj.n_particles, 3), dtype=np.float32)
+    energy = np.zeros(cfg.frames)
+    positions[0], energy[0] = sim.positions(), sim.kinetic_energy()
+    t0 = time.perf_counter()
+    bar = tqdm(range(1, cfg.frames), desc="simulate", unit="frame", disable=not progress, leave=False)
+    for f in bar:
+        n_sub = sim.advance(cfg.frame_dt)
+        positions[f], energy[f] = sim.positions(), sim.kinetic_energy()
+        bar.set_postfix(substeps=n_sub)
+    seconds = time.perf_counter() - t0
+    contact = first_contact_frame(positions, cfg.ground_height, cfg.gravity[1], cfg.frame_dt, 1.5 * cfg.dx)
+    return SimResult(positions, obj, E, int(sim.substeps_per_frame or 0), contact, energy, sim.particle_mass, seconds)
+
+
+def first_contact_frame(positions: np.ndarray, ground_height: float, gravity_y: float, frame_dt: float,
+                        reach: float) -> int | None:
+    """The first frame whose motion the ground affected, or None.
+
+    A particle feels the ground once it is within ``reach`` of the plane (1.5 cells: the B-spline
+    stencil). Contact can start between two frames, so frame f counts when its particles, or
+    their free-flight prediction from frames f-2 and f-1, come within reach.
+    """
+    height = positions[..., 1].astype(np.float64) - ground_height
+    low = height.min(axis=1)
+    predicted = np.full_like(low, np.inf)
+    if len(height) > 2:
+        predicted[2:] = (2.0 * height[1:-1] - height[:-2] + gravity_y * frame_dt ** 2).min(axis=1)
+    touch = np.minimum(low, predicted) < reach
+    return int(np.argmax(touch)) if touch.any() else None
+
+
+def particle_colors(obj: ParticleObject, rest: np.ndarray | None = None) -> np.ndarray:
+    """Colours [P,3] from a checker of several colours fixed in the object's rest frame."""
+    rest = obj.x if rest is None else rest
+    cell = obj.size / 5.0
+    idx = np.floor((rest - obj.center) / cell).astype(np.int64)
+    k = (idx[:, 0] + 2 * idx[:, 1] + 3 * idx[:, 2]) % len(PALETTE)
+    return PALETTE[k]
+
+
+def scene_cameras(cfg: GenerateConfig) -> Cameras:
+    """``views`` cameras around and above the drop: y up, looking at the middle of the motion."""
+    target = (0.0, cfg.ground_height + 0.5 * (cfg.drop_height - cfg.ground_height) + 0.25 * cfg.size, 0.0)
+    radius = 1.4 + 1.5 * max(0.0, cfg.size - 0.4)
+    return orbit_cameras(cfg.views, radius, target=target, elevation_deg=20.0, fov_deg=40.0,
+                         width=cfg.resolution, height=cfg.resolution, elevation_jitter_deg=10.0,
+                         azimuth0_deg=15.0)
+
+
+def render_frame(means: np.ndarray, colors: np.ndarray, scale: float, cameras: Cameras):
+    """RGB [C,H,W,3] and alpha [C,H,W,1] of particles as isotropic Gaussians on black."""
+    from render import rasterization
+
+    dtype = torch.float32
+    means_t = torch.as_tensor(means, dtype=dtype)
+    n = len(means_t)
+    rgb, alpha, _ = rasterization(
+        means_t, torch.full((n,), float(scale), dtype=dtype), torch.full((n,), 0.95, dtype=dtype),
+        torch.as_tensor(colors, dtype=dtype), cameras.viewmats.to(dtype), cameras.Ks.to(dtype),
+        cameras.width, cameras.height)
+    return rgb, alpha
+
+
+def _to_u8(a: torch.Tensor) -> np.ndarray:
+    return (a.detach().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+
+
+def scene_json(cfg: GenerateConfig, sim: SimResult) -> dict:
+    parts = [{"id": 0, "youngs_modulus": float(cfg.youngs_modulus), "n_particles": int(np.sum(sim.obj.part == 0))}]
+    if cfg.heterogeneous:
+        parts[0]["region"] = "x <= median"
+        parts.append({"id": 1, "youngs_modulus": float(cfg.youngs_modulus * cfg.stiffness_factor),
+                      "n_particles": int(np.sum(sim.obj.part == 1)), "region": "x > median"})
+    return {
+        "format": FORMAT,
+        "object": {"shape": cfg.shape, "mesh": str(cfg.mesh) if cfg.mesh else None,
+                   "n_particles": int(sim.obj.n_particles), "size": float(sim.obj.size),
+                   "center": [float(c) for c in sim.obj.center], "rotation_deg": list(cfg.rotation_deg),
+                   "spacing": float(sim.obj.spacing)},
+        "material": {"model": cfg.model, "youngs_modulus": float(cfg.youngs_modulus),
+                     "poisson_ratio": float(cfg.poisson_ratio), "density": float(cfg.density),
+                     "heterogeneous": bool(cfg.heterogeneous), "parts": parts},
+        "gravity": list(cfg.gravity),
+        "velocity": list(cfg.velocity),
+        "ground": {"point": [0.0, float(cfg.ground_height), 0.0], "normal": [0.0, 1.0, 0.0], "mode": cfg.ground,
+                   "friction": float(cfg.friction)},
+        "frame_dt": float(cfg.frame_dt),
+        "n_frames": int(cfg.frames),
+        "substeps_per_frame": int(sim.substeps_per_frame),
+        "grid": int(cfg.grid),
+        "box": {"lo": list(cfg.box_lo), "size": BOX_SIZE},
+        "seed": int(cfg.seed),
+        "contact_frame": sim.contact_frame,
+        "split": {"fit": [0, int(cfg.fit_frames)], "future": [int(cfg.fit_frames), int(cfg.frames)]},
+        "cameras": {"n": int(cfg.views), "width": int(cfg.resolution), "height": int(cfg.resolution)},
+    }
+
+
+def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True, log=None) -> Path:
+    """Simulate and render ``cfg`` into the dataset directory ``out``; returns its path."""
+    import imageio.v3 as iio
+
+    from pipeline.datasets import write_transforms
+
+    cfg.validate()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out exists and is not a directory: {out}")
+    sim = simulate_object(cfg, progress=progress)
+    if log:
+        log(f"simulated {sim.obj.n_particles} particles, {cfg.frames} frames, {sim.substeps_per_frame} "
+            f"substeps per frame in {sim.seconds:.1f} s; first ground contact at frame {sim.contact_frame}")
+    cameras = scene_cameras(cfg)
+    colors = particle_colors(sim.obj)
+    shown = sim.obj.surface  # interior particles are hidden behind the surface shell
+    scale = 0.7 * sim.obj.spacing
+    with atomic_dir(out) as tmp:
+        write_transforms(tmp, cameras, cfg.frames, cfg.frame_dt)
+        for name in cameras.names:
+            (tmp / "images" / name).mkdir(parents=True)
+            (tmp / "masks" / name).mkdir(parents=True)
+        (tmp / "particles").mkdir()
+        for f in tqdm(range(cfg.frames), desc="render", unit="frame", disable=not progress, leave=False):
+            np.savez_compressed(tmp / "particles" / f"{f:03d}.npz", x=sim.positions[f], surface=sim.obj.surface,
+                                part=sim.obj.part.astype(np.int8))
+            rgb, alpha = render_frame(sim.positions[f][shown], colors[shown], scale, cameras)
+            for c, name in enumerate(cameras.names):
+                rgba = torch.cat([rgb[c], alpha[c]], dim=-1)
+                iio.imwrite(tmp / "images" / name / f"{f:03d}.png", _to_u8(rgba))
+                iio.imwrite(tmp / "masks" / name / f"{f:03d}.png", _to_u8((alpha[c, ..., 0] > 0.5).float()))
+        write_json(tmp / "scene.json", scene_json(cfg, sim))
+    return out
+
+
+def load_scene(path: str | Path) -> dict:
+    """scene.json of a generated dataset."""
+    path = Path(path)
+    file = path / "scene.json" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"no scene.json in {path}")
+    with open(file) as fh:
+        return json.load(fh)
