@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from pipeline.atomic import atomic_dir, write_json
 from pipeline.cameras import Cameras, orbit_cameras
-from pipeline.shapes import ParticleObject, fill_object, split_halves
+from pipeline.shapes import SHAPES, ParticleObject, fill_object, shape_names, split_halves
 from taichi_sim.mpm import GROUND_MODES, MODELS, Ground, MPMSimulator, check_material
 
 FORMAT = "sgaus-mpm/1"
@@ -85,6 +85,8 @@ class GenerateConfig:
             raise ValueError("give a built-in --shape or a --mesh file")
         if self.mesh is not None and not Path(self.mesh).is_file():
             raise FileNotFoundError(f"mesh file not found: {self.mesh}")
+        if self.mesh is None and self.shape not in SHAPES:
+            raise ValueError(f"unknown shape {self.shape!r}: choose one of {', '.join(shape_names())}")
         if self.model not in MODELS:
             raise ValueError(f"unknown material model {self.model!r}: choose one of {', '.join(MODELS)}")
         if self.ground not in GROUND_MODES:

@@ -142,6 +142,7 @@ def load_mesh_sdf(path: str | Path) -> tuple[Inside, tuple, tuple]:
     extent = float(np.max(verts.max(0) - verts.min(0)))
     if not extent > 0:
         raise ValueError(f"{path}: the mesh is degenerate (zero extent)")
+    mesh.triangle_uvs = o3d.utility.Vector2dVector()  # texture seams only split vertices here
     mesh = mesh.merge_close_vertices(1e-6 * extent)
     mesh.remove_duplicated_triangles()
     mesh.remove_degenerate_triangles()
