@@ -8,6 +8,7 @@ close vertices, and its inside test is open3d's RaycastingScene signed distance.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -116,7 +117,7 @@ SHAPES: dict[str, tuple[Inside, tuple, tuple]] = {
     "box": (sd_box, (-1.0, -0.7, -0.8), (1.0, 0.7, 0.8)),
     "torus": (sd_torus, (-1.4, -0.4, -1.4), (1.4, 0.4, 1.4)),
     "cross": (sd_cross, (-1.0, -1.0, -0.3), (1.0, 1.0, 0.3)),
-    "banana": (sd_banana, (-1.5, -0.4, -0.4), (1.5, 0.8, 0.4)),
+    "banana": (sd_banana, (-1.45, -0.4, -0.4), (1.45, 0.85, 0.4)),
     "pawn": (sd_pawn, (-0.75, -1.1, -0.75), (0.75, 1.1, 0.75)),
     "letter_s": (sd_letter_s, (-0.65, -1.15, -0.25), (0.65, 1.15, 0.25)),
     "letter_l": (sd_letter_l, (-0.55, -1.0, -0.25), (0.75, 1.0, 0.25)),
@@ -167,7 +168,8 @@ class ParticleObject:
 
     x: positions [P,3] (metres); surface: [P] bool, within about one spacing of the surface;
     part: [P] int part id (0 everywhere unless split); spacing: the particle spacing; size: the
-    object's largest extent; center: the centre of its bounding box.
+    object's largest extent; center: the centre of its bounding box; scale, rotation, offset:
+    world = scale * rotation @ canonical + offset (the shape's own frame to the scene).
     """
 
     x: np.ndarray
@@ -176,10 +178,17 @@ class ParticleObject:
     spacing: float
     size: float
     center: np.ndarray
+    scale: float = 1.0
+    rotation: np.ndarray = dataclasses.field(default_factory=lambda: np.eye(3))
+    offset: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3))
 
     @property
     def n_particles(self) -> int:
         return len(self.x)
+
+    def to_canonical(self, world: np.ndarray) -> np.ndarray:
+        """World points [N,3] -> the shape's canonical frame (where its signed distance lives)."""
+        return ((np.asarray(world, dtype=np.float64) - self.offset) / self.scale) @ self.rotation
 
 
 def rotation_matrix(degrees) -> np.ndarray:
@@ -216,11 +225,15 @@ def fill_object(shape: str | None = None, mesh: str | Path | None = None, *, siz
         sdf, lo, hi = SHAPES[shape]
     lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
     R = rotation_matrix(rotation_deg)
-    corners = np.array([[lo[0] if i & 1 else hi[0], lo[1] if i & 2 else hi[1], lo[2] if i & 4 else hi[2]]
-                        for i in range(8)])
-    world = corners @ R.T
-    scale = size / float(np.max(world.max(0) - world.min(0)))
-    w_lo, w_hi = world.min(0) * scale, world.max(0) * scale
+    # the rotated shape's tight extent, from its inside points on a fine probe lattice
+    probe = np.stack(np.meshgrid(*[np.linspace(lo[d], hi[d], 96) for d in range(3)], indexing="ij"), -1).reshape(-1, 3)
+    probe = probe[sdf(probe) < 0.0] @ R.T
+    if len(probe) == 0:
+        raise ValueError("the object has no inside (is the mesh closed and consistently oriented?)")
+    cell = float(np.max(hi - lo)) / 95
+    p_lo, p_hi = probe.min(0) - 0.5 * cell, probe.max(0) + 0.5 * cell
+    scale = size / float(np.max(p_hi - p_lo))
+    w_lo, w_hi = p_lo * scale, p_hi * scale
     counts = np.ceil((w_hi - w_lo) / spacing).astype(int) + 1
     if np.prod(counts) > 5e7:
         raise ValueError(f"too many lattice points ({int(np.prod(counts))}): use a coarser grid or a smaller object")
@@ -245,7 +258,8 @@ def fill_object(shape: str | None = None, mesh: str | Path | None = None, *, siz
     offset = np.asarray(bottom, dtype=np.float64) - np.array([(bb_lo[0] + bb_hi[0]) / 2, bb_lo[1], (bb_lo[2] + bb_hi[2]) / 2])
     pts = pts + offset
     return ParticleObject(x=pts, surface=surface, part=np.zeros(len(pts), dtype=np.int64), spacing=float(spacing),
-                          size=float(np.max(pts.max(0) - pts.min(0))), center=(pts.min(0) + pts.max(0)) / 2)
+                          size=float(np.max(pts.max(0) - pts.min(0))), center=(pts.min(0) + pts.max(0)) / 2,
+                          scale=float(scale), rotation=R, offset=offset)
 
 
 def split_halves(obj: ParticleObject, axis: int = 0) -> np.ndarray:
