@@ -214,7 +214,7 @@ def particle_colors(obj: ParticleObject, rest: np.ndarray | None = None) -> np.n
 def scene_cameras(cfg: GenerateConfig) -> Cameras:
     """``views`` cameras around and above the drop: y up, looking at the middle of the motion."""
     target = (0.0, cfg.ground_height + 0.5 * (cfg.drop_height - cfg.ground_height) + 0.25 * cfg.size, 0.0)
-    radius = 1.4 + 1.5 * max(0.0, cfg.size - 0.4)
+    radius = 1.2 + 1.5 * max(0.0, cfg.size - 0.4)
     return orbit_cameras(cfg.views, radius, target=target, elevation_deg=20.0, fov_deg=40.0,
                          width=cfg.resolution, height=cfg.resolution, elevation_jitter_deg=10.0,
                          azimuth0_deg=15.0)
