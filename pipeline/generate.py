@@ -269,17 +269,26 @@ def scene_json(cfg: GenerateConfig, sim: SimResult) -> dict:
     }
 
 
-def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True, log=None) -> Path:
-    """Simulate and render ``cfg`` into the dataset directory ``out``; returns its path."""
+def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True, log=None,
+             timings: dict | None = None) -> Path:
+    """Simulate and render ``cfg`` into the dataset directory ``out``; returns its path.
+
+    ``timings``, when given, receives seconds spent: simulate_s, render_s (rasterisation only),
+    write_s (PNG and npz encoding), total_s, and substeps (the substeps simulated).
+    """
+    import time
+
     import imageio.v3 as iio
 
     from pipeline.datasets import write_transforms
 
+    t_start = time.perf_counter()
     cfg.validate()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out exists and is not a directory: {out}")
     sim = simulate_object(cfg, progress=progress)
+    render_s = 0.0
     if log:
         log(f"simulated {sim.obj.n_particles} particles, {cfg.frames} frames, {sim.substeps_per_frame} "
             f"substeps per frame in {sim.seconds:.1f} s; first ground contact at frame {sim.contact_frame}")
@@ -296,12 +305,20 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True, log=No
         for f in tqdm(range(cfg.frames), desc="render", unit="frame", disable=not progress, leave=False):
             np.savez_compressed(tmp / "particles" / f"{f:03d}.npz", x=sim.positions[f], surface=sim.obj.surface,
                                 part=sim.obj.part.astype(np.int8))
-            rgb, alpha = render_frame(sim.positions[f][shown], colors[shown], scale, cameras)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                rgb, alpha = render_frame(sim.positions[f][shown], colors[shown], scale, cameras)
+            render_s += time.perf_counter() - t0
             for c, name in enumerate(cameras.names):
                 rgba = torch.cat([rgb[c], alpha[c]], dim=-1)
                 iio.imwrite(tmp / "images" / name / f"{f:03d}.png", _to_u8(rgba))
                 iio.imwrite(tmp / "masks" / name / f"{f:03d}.png", _to_u8((alpha[c, ..., 0] > 0.5).float()))
         write_json(tmp / "scene.json", scene_json(cfg, sim))
+    if timings is not None:
+        total = time.perf_counter() - t_start
+        timings.update(simulate_s=sim.seconds, render_s=render_s, write_s=total - sim.seconds - render_s, total_s=total,
+                       substeps=sim.substeps_per_frame * (cfg.frames - 1), n_particles=sim.obj.n_particles,
+                       n_rendered=int(shown.sum()))
     return out
 
 
