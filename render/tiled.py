@@ -24,6 +24,7 @@ from render.projection import (ALPHA_MAX, ALPHA_MIN, CUTOFF_MAHALANOBIS2, T_MIN,
                                project_gaussians)
 
 TILE = 16  # tile side in pixels
+SPREAD = 256  # loop slots per tile in the backward kernel (see there)
 # packed per-(camera, Gaussian) parameters: mean2d x, y | conic a, b, c | opacity | r, g, b | z
 P_MX, P_MY, P_CA, P_CB, P_CC, P_OP, P_R, P_G, P_B, P_Z = range(10)
 N_PARAMS = 10
@@ -44,17 +45,17 @@ def _composite_forward(
 ):
     n_tiles = tile_offsets.shape[0] - 1
     per_cam = tiles_x * tiles_y
-    ti.loop_config(block_dim=4)
-    for tile in range(n_tiles):
+    for k in range(n_tiles * TILE * TILE):  # one task per pixel, tile-major order
+        tile = k // (TILE * TILE)
         cam = tile // per_cam
         ty = (tile % per_cam) // tiles_x
         tx = tile % tiles_x
         start = tile_offsets[tile]
         stop = tile_offsets[tile + 1]
-        for ly, lx in ti.ndrange(TILE, TILE):
-            py = ty * TILE + ly
-            px = tx * TILE + lx
-            if py < height and px < width:
+        py = ty * TILE + (k % (TILE * TILE)) // TILE
+        px = tx * TILE + k % TILE
+        if py < height and px < width:
+            if True:
                 fx = px + 0.5
                 fy = py + 0.5
                 T = 1.0
@@ -109,8 +110,14 @@ def _composite_backward(
 ):
     n_tiles = tile_offsets.shape[0] - 1
     per_cam = tiles_x * tiles_y
-    ti.loop_config(block_dim=4)
-    for tile in range(n_tiles):
+    # One task per tile (its pixels in turn), so the tile's list entries are accumulated by a
+    # single thread and need no atomics. Taichi's CPU backend hands out a parallel loop in
+    # chunks of at least 512 iterations, so a loop over just the tiles would run on one core:
+    # the loop runs over SPREAD slots per tile and only the first slot of each tile works.
+    for k in range(n_tiles * SPREAD):
+        if k % SPREAD != 0:
+            continue
+        tile = k // SPREAD
         cam = tile // per_cam
         ty = (tile % per_cam) // tiles_x
         tx = tile % tiles_x

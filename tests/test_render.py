@@ -1,0 +1,241 @@
+"""Renderer tests: the tiled Taichi path against the dense reference (images and gradients),
+analytic cases, finite differences, input errors, and the image losses."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline.cameras import look_at, orbit_cameras
+from render import l1_dssim_loss, psnr, rasterization, rasterization_reference, ssim
+from render.projection import project_gaussians
+
+F64 = torch.float64
+W, H = 40, 30  # not multiples of the 16-pixel tile: partial tiles on the right and bottom
+
+
+def _scene(rng, n, anisotropic, spread=0.8, dtype=F64):
+    means = torch.randn(n, 3, generator=rng, dtype=dtype) * spread
+    if anisotropic:
+        scales = torch.rand(n, 3, generator=rng, dtype=dtype) * 0.12 + 0.02
+        quats = torch.randn(n, 4, generator=rng, dtype=dtype)
+    else:
+        scales = torch.rand(n, generator=rng, dtype=dtype) * 0.1 + 0.03
+        quats = None
+    opacities = torch.rand(n, generator=rng, dtype=dtype) * 0.95 + 0.05
+    colors = torch.rand(n, 3, generator=rng, dtype=dtype)
+    return means, scales, quats, opacities, colors
+
+
+def _cameras(dtype=F64):
+    # an orbit ring, plus one camera standing inside the cloud (Gaussians behind it and
+    # closer than the near plane) and one looking past the cloud (most of it off-screen)
+    ring = orbit_cameras(2, 3.0, width=W, height=H, fov_deg=55, elevation_jitter_deg=15)
+    extra = torch.stack([look_at((0.3, 0.1, 0.2), (0.0, 0.0, 3.0)), look_at((2.0, 0.5, 2.5), (2.5, 0.0, 0.0))])
+    viewmats = torch.cat([ring.viewmats, extra]).to(dtype)
+    Ks = torch.cat([ring.Ks, ring.Ks[:2]]).to(dtype)
+    return viewmats, Ks
+
+
+def _render_and_grads(fn, means, scales, quats, opacities, colors, viewmats, Ks, bg, seed=7):
+    leaves = [t.clone().requires_grad_() for t in (means, scales, opacities, colors, viewmats)]
+    q = None if quats is None else quats.clone().requires_grad_()
+    rgb, alpha, depth = fn(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], Ks, W, H, background=bg, quats=q)
+    g = torch.Generator().manual_seed(seed)
+    vs = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in (rgb, alpha, depth)]
+    loss = sum((o * v).sum() for o, v in zip((rgb, alpha, depth), vs))
+    inputs = leaves + ([q] if q is not None else [])
+    return (rgb, alpha, depth), torch.autograd.grad(loss, inputs)
+
+
+def _taichi(*args, **kw):
+    return rasterization(*args, backend="taichi", **kw)
+
+
+@pytest.mark.parametrize("anisotropic", [False, True])
+def test_tiled_matches_reference(rng, anisotropic):
+    means, scales, quats, opacities, colors = _scene(rng, 160, anisotropic)
+    viewmats, Ks = _cameras()
+    bg = torch.tensor([0.2, 0.5, 0.1], dtype=F64)
+    # the scene really has Gaussians behind the camera / inside the near plane and off-screen
+    m2d, _cov, z, valid = project_gaussians(means, scales, quats, viewmats, Ks, W, H, 0.01)
+    assert (~valid[2]).sum() > 10
+    inside = (m2d[..., 0] >= 0) & (m2d[..., 0] < W) & (m2d[..., 1] >= 0) & (m2d[..., 1] < H)
+    assert (valid & ~inside).sum() > 50
+
+    ref_out, ref_grads = _render_and_grads(rasterization_reference, means, scales, quats, opacities, colors,
+                                           viewmats, Ks, bg)
+    out, grads = _render_and_grads(_taichi, means, scales, quats, opacities, colors, viewmats, Ks, bg)
+    assert ref_out[1].amax() > 0.99 and (ref_out[1] == 0).any()  # saturated and empty pixels both occur
+    for a, b in zip(out, ref_out):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    names = ["means", "scales", "opacities", "colors", "viewmats", "quats"]
+    for name, a, b in zip(names, grads, ref_grads):
+        assert b.abs().max() > 0, name
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9 * b.abs().max().item(), msg=name)
+
+
+def test_tiled_matches_reference_with_early_stop(rng):
+    """A dense stack of nearly opaque Gaussians: compositing stops at T < 1e-4 in both paths."""
+    n = 60
+    means = torch.randn(n, 3, generator=rng, dtype=F64) * 0.05
+    scales = torch.full((n,), 0.15, dtype=F64)
+    opacities = 0.8 + 0.2 * torch.rand(n, generator=rng, dtype=F64)
+    colors = torch.rand(n, 3, generator=rng, dtype=F64)
+    viewmats, Ks = _cameras()
+    ref_out, ref_grads = _render_and_grads(rasterization_reference, means, scales, None, opacities, colors,
+                                           viewmats[:2], Ks[:2], None)
+    out, grads = _render_and_grads(_taichi, means, scales, None, opacities, colors, viewmats[:2], Ks[:2], None)
+    assert ref_out[1].amax() > 1 - 2e-4
+    for a, b in zip(out + grads, ref_out + ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9 * max(b.abs().max().item(), 1.0))
+
+
+def test_float32_inputs_render_in_float32(rng):
+    means, scales, quats, opacities, colors = _scene(rng, 80, True, dtype=torch.float32)
+    viewmats, Ks = _cameras(torch.float32)
+    rgb, alpha, depth = rasterization(means, scales, opacities, colors, viewmats, Ks, W, H, quats=quats)
+    assert rgb.dtype == torch.float32 and rgb.shape == (4, H, W, 3) and alpha.shape == depth.shape == (4, H, W, 1)
+    ref = rasterization_reference(means.double(), scales.double(), opacities.double(), colors.double(),
+                                  viewmats.double(), Ks.double(), W, H, quats=quats.double())
+    torch.testing.assert_close(rgb.double(), ref[0], rtol=0, atol=2e-4)
+
+
+def test_single_gaussian_peak_and_radius():
+    """One Gaussian straight ahead: peak = opacity x colour at the centre pixel, screen
+    std-dev = sqrt((f s / z)^2 + 0.3), nothing beyond 3 sigma, depth = z where covered."""
+    side, f, z, s, op = 41, 40.0, 2.0, 0.1, 0.7
+    K = torch.tensor([[f, 0, side / 2], [0, f, side / 2], [0, 0, 1]], dtype=F64)[None]
+    color = torch.tensor([[0.2, 0.6, 1.0]], dtype=F64)
+    rgb, alpha, depth = rasterization(torch.tensor([[0.0, 0.0, z]], dtype=F64), torch.tensor([s], dtype=F64),
+                                      torch.tensor([op], dtype=F64), color, torch.eye(4, dtype=F64)[None], K,
+                                      side, side)
+    c = side // 2  # pixel 20 has its centre at 20.5 = cx
+    torch.testing.assert_close(rgb[0, c, c], op * color[0])
+    sigma = math.sqrt((f * s / z) ** 2 + 0.3)
+    row = alpha[0, c, :, 0]
+    for dx in range(1, 8):
+        expected = op * math.exp(-0.5 * dx * dx / sigma**2) if dx <= 3 * sigma else 0.0
+        if expected < 1 / 255:
+            expected = 0.0
+        assert row[c + dx].item() == pytest.approx(expected, abs=1e-12), dx
+        assert row[c - dx].item() == pytest.approx(expected, abs=1e-12), dx
+    radius = int((row > 0).sum().item()) // 2
+    assert radius == math.floor(3 * sigma)
+    assert torch.allclose(depth[alpha > 0], torch.tensor(z, dtype=F64))
+    assert (depth[alpha == 0] == 0).all()
+
+
+@pytest.mark.parametrize("backend", ["taichi", "reference"])
+def test_two_gaussians_composite_front_to_back(backend):
+    side, f = 33, 30.0
+    K = torch.tensor([[f, 0, side / 2], [0, f, side / 2], [0, 0, 1]], dtype=F64)[None]
+    colors = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], dtype=F64)
+    opacities = torch.tensor([0.6, 0.9], dtype=F64)
+    scales = torch.tensor([0.2, 0.3], dtype=F64)
+
+    def centre(z_red, z_green):
+        means = torch.tensor([[0, 0, z_red], [0, 0, z_green]], dtype=F64)
+        rgb, alpha, depth = rasterization(means, scales * torch.tensor([z_red, z_green], dtype=F64) / 2, opacities,
+                                          colors, torch.eye(4, dtype=F64)[None], K, side, side, backend=backend)
+        c = side // 2
+        return rgb[0, c, c], alpha[0, c, c, 0], depth[0, c, c, 0]
+
+    rgb, alpha, depth = centre(2.0, 3.0)  # red in front
+    torch.testing.assert_close(rgb, torch.tensor([0.6, 0.4 * 0.9, 0], dtype=F64))
+    rgb2, alpha2, depth2 = centre(3.0, 2.0)  # green in front
+    torch.testing.assert_close(rgb2, torch.tensor([0.1 * 0.6, 0.9, 0], dtype=F64))
+    assert rgb[0] > rgb[1] and rgb2[1] > rgb2[0]
+    torch.testing.assert_close(alpha, alpha2)
+    torch.testing.assert_close(depth, torch.tensor((0.6 * 2 + 0.36 * 3) / 0.96, dtype=F64))
+
+
+def test_projection_matches_autograd_jacobian():
+    """Eq. 2: Sigma' = J W Sigma W^T J^T + 0.3 I with J the Jacobian of the perspective map."""
+    viewmat = look_at((0.5, -0.3, -3.0), (0.1, 0.2, 0.0)).to(F64)
+    K = torch.tensor([[50.0, 0, 30], [0, 55.0, 25], [0, 0, 1]], dtype=F64)
+    mean = torch.tensor([0.3, -0.1, 0.2], dtype=F64)
+    scales = torch.tensor([[0.1, 0.05, 0.2]], dtype=F64)
+    quat = torch.tensor([[0.9, 0.1, -0.3, 0.2]], dtype=F64)
+    m2d, cov2d, z, valid = project_gaussians(mean[None], scales, quat, viewmat[None], K[None], 60, 50, 0.01)
+
+    def to_pixel(p):
+        cam = viewmat[:3, :3] @ p + viewmat[:3, 3]
+        return (K @ cam)[:2] / cam[2]
+
+    J = torch.autograd.functional.jacobian(to_pixel, mean)  # d pixel / d world point [2,3]
+    qn = quat[0] / quat[0].norm()
+    w, x, y, zq = qn
+    R = torch.tensor([[1 - 2 * (y * y + zq * zq), 2 * (x * y - w * zq), 2 * (x * zq + w * y)],
+                      [2 * (x * y + w * zq), 1 - 2 * (x * x + zq * zq), 2 * (y * zq - w * x)],
+                      [2 * (x * zq - w * y), 2 * (y * zq + w * x), 1 - 2 * (x * x + y * y)]], dtype=F64)
+    sigma = R @ torch.diag(scales[0] ** 2) @ R.T
+    torch.testing.assert_close(cov2d[0, 0], J @ sigma @ J.T + 0.3 * torch.eye(2, dtype=F64))
+    torch.testing.assert_close(m2d[0, 0], to_pixel(mean))
+    assert valid.all() and z[0, 0] > 0
+
+
+def test_tiled_gradients_match_finite_differences(rng):
+    means, scales, quats, opacities, colors = _scene(rng, 25, True, spread=0.4)
+    viewmats, Ks = _cameras()
+    viewmats, Ks = viewmats[:1], Ks[:1]
+    v = torch.randn(1, H, W, 3, generator=rng, dtype=F64)
+
+    def loss(m, o):
+        rgb, alpha, depth = _taichi(m, scales, o, colors, viewmats, Ks, W, H, quats=quats)
+        return (rgb * v).sum() + alpha.sum() + 0.1 * depth.sum()
+
+    m, o = means.clone().requires_grad_(), opacities.clone().requires_grad_()
+    gm, go = torch.autograd.grad(loss(m, o), (m, o))
+    eps = 1e-6
+    for i, k in [(0, 0), (3, 1), (7, 2), (11, 0)]:
+        dm = torch.zeros_like(means)
+        dm[i, k] = eps
+        fd = (loss(means + dm, opacities) - loss(means - dm, opacities)) / (2 * eps)
+        assert gm[i, k].item() == pytest.approx(fd.item(), rel=1e-5, abs=1e-7)
+    for i in (1, 5, 9):
+        do = torch.zeros_like(opacities)
+        do[i] = eps
+        fd = (loss(means, opacities + do) - loss(means, opacities - do)) / (2 * eps)
+        assert go[i].item() == pytest.approx(fd.item(), rel=1e-5, abs=1e-7)
+    assert gm.abs().max() > 0 and go.abs().max() > 0
+
+
+def test_bad_inputs_raise_one_clear_line(monkeypatch):
+    means, viewmats, K = torch.zeros(4, 3), torch.eye(4)[None], torch.eye(3)[None]
+    ok = dict(scales=torch.ones(4), opacities=torch.ones(4), colors=torch.ones(4, 3))
+    with pytest.raises(ValueError, match="means must be"):
+        rasterization(torch.zeros(4, 2), **ok, viewmats=viewmats, Ks=K, width=8, height=8)
+    with pytest.raises(ValueError, match="scales must be"):
+        rasterization(means, torch.ones(4, 2), ok["opacities"], ok["colors"], viewmats, K, 8, 8)
+    with pytest.raises(ValueError, match="Ks must be"):
+        rasterization(means, **ok, viewmats=viewmats, Ks=torch.eye(3), width=8, height=8)
+    with pytest.raises(ValueError, match="unknown backend"):
+        rasterization(means, **ok, viewmats=viewmats, Ks=K, width=8, height=8, backend="cuda")
+    with pytest.raises(ValueError, match="image size"):
+        rasterization(means, **ok, viewmats=viewmats, Ks=K, width=0, height=8)
+    from taichi_sim import runtime
+
+    monkeypatch.setitem(runtime._state, "arch", None)
+    with pytest.raises(RuntimeError, match="init_taichi"):
+        rasterization(means, **ok, viewmats=viewmats, Ks=K, width=8, height=8, backend="taichi")
+
+
+def test_losses(rng):
+    img = torch.rand(2, 24, 24, 3, generator=rng)
+    assert torch.isinf(psnr(img[0], img[0])) and psnr(img, img).shape == (2,)
+    assert ssim(img[0], img[0]).item() == pytest.approx(1.0, abs=1e-6)
+    noisy = (img + 0.1 * torch.randn(img.shape, generator=rng)).clamp(0, 1)
+    assert 10 < psnr(noisy[0], img[0]).item() < 30 and ssim(noisy[0], img[0]).item() < 0.99
+    assert l1_dssim_loss(img, img).item() == pytest.approx(0.0, abs=1e-6)
+    pred = noisy.clone().requires_grad_()
+    loss = l1_dssim_loss(pred, img, 0.2)
+    (g,) = torch.autograd.grad(loss, pred)
+    assert loss.item() > 0 and torch.isfinite(g).all() and g.abs().sum() > 0
+    expected = 0.8 * (noisy - img).abs().mean() + 0.2 * (1 - ssim(noisy, img).mean())
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="differ in shape"):
+        psnr(img[0], img[1, :20])
+    with pytest.raises(ValueError, match="lambda_dssim"):
+        l1_dssim_loss(img, img, 1.5)
