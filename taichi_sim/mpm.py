@@ -280,14 +280,17 @@ class MPMSimulator:
         mu, lam = lame_parameters(E, nu)
 
         self.dtype = _torch_dtype()
-        tt = lambda a: torch.tensor(np.asarray(a), dtype=self.dtype)  # a copy: never alias the caller's array  # noqa: E731
+        # tensors live where Taichi runs, so that kernels read them in place
+        self.device = torch.device("cuda" if current_arch() == "cuda" else "cpu")
+        opts = dict(dtype=self.dtype, device=self.device)
+        tt = lambda a: torch.tensor(np.asarray(a), **opts)  # a copy: never alias the caller's array  # noqa: E731
         self.x = tt(x0)
-        self.v = torch.zeros(n, 3, dtype=self.dtype)
-        self.C = torch.zeros(n, 3, 3, dtype=self.dtype)
-        self.F = torch.eye(3, dtype=self.dtype).repeat(n, 1, 1)
+        self.v = torch.zeros(n, 3, **opts)
+        self.C = torch.zeros(n, 3, 3, **opts)
+        self.F = torch.eye(3, **opts).repeat(n, 1, 1)
         self.mat = tt(np.stack([rho * vol, np.full(n, vol), mu, lam], axis=1))
-        self.grid_v = torch.zeros((self.n_grid,) * 3 + (3,), dtype=self.dtype)
-        self.grid_m = torch.zeros((self.n_grid,) * 3, dtype=self.dtype)
+        self.grid_v = torch.zeros((self.n_grid,) * 3 + (3,), **opts)
+        self.grid_m = torch.zeros((self.n_grid,) * 3, **opts)
         self.params = tt(self._params())
         self.deterministic = bool(current_arch() != "cuda") if deterministic is None else bool(deterministic)
         self.time = 0.0
@@ -312,18 +315,18 @@ class MPMSimulator:
 
     @property
     def particle_mass(self) -> np.ndarray:
-        return self.mat[:, 0].double().numpy().copy()
+        return self.mat[:, 0].double().cpu().numpy().copy()
 
     def get_state(self) -> dict:
         """Copies of x, v, C and F as NumPy arrays."""
-        return {k: getattr(self, k).numpy().copy() for k in ("x", "v", "C", "F")}
+        return {k: getattr(self, k).cpu().numpy().copy() for k in ("x", "v", "C", "F")}
 
     def set_state(self, state: dict) -> None:
         for k in ("x", "v", "C", "F"):
             getattr(self, k).copy_(getattr(self, k).new_tensor(np.asarray(state[k])))
 
     def positions(self) -> np.ndarray:
-        return self.x.numpy().copy()
+        return self.x.cpu().numpy().copy()
 
     def kinetic_energy(self) -> float:
         v = self.v.double()

@@ -133,8 +133,11 @@ def test_object_stays_on_the_ground_and_energy_decays(mode):
     com_y = (res.positions[..., 1] * res.mass).sum(1) / res.mass.sum()
     mech = res.kinetic_energy + res.mass.sum() * g * (com_y - cfg.ground_height)
     assert mech[-1] < 0.8 * mech[0]  # the contact dissipates
-    ke_impact = res.kinetic_energy[:c + 1].max()
-    assert res.kinetic_energy[-5:].max() < 0.5 * ke_impact
+    third = cfg.frames // 3
+    ke = res.kinetic_energy
+    assert ke[-third:].max() < 0.7 * ke[:third].max()  # each bounce carries less kinetic energy
+    apex = [com_y[f] for f in range(c, cfg.frames - 1) if com_y[f - 1] < com_y[f] >= com_y[f + 1]]
+    assert len(apex) >= 2 and all(b < a for a, b in zip([com_y[0], *apex], apex))  # lower and lower bounces
 
 
 def test_cfl_violation_halves_the_substep_and_retries():
