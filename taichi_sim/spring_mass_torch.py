@@ -1,0 +1,82 @@
+"""Plain-PyTorch twin of the spring-mass simulator (taichi_sim/spring_mass.py).
+
+Same signature and semantics as :func:`taichi_sim.spring_mass.rollout`; gradients come from
+PyTorch autograd over a vectorised [N,K,3] substep. It is the reference that the Taichi kernels
+and their hand-written gradients are tested against, and the baseline of benchmarks/bench_sim.py.
+With ``checkpoint`` each frame is recomputed during backward (torch.utils.checkpoint).
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint as torch_checkpoint
+from tqdm.auto import tqdm
+
+from taichi_sim.spring_kernels import (
+    P_DEAD, P_DT, P_G, P_GN, P_GP, P_HAS_GROUND, P_INV_MASS, P_PK, P_ZETA0, TINY,
+)
+from taichi_sim.spring_mass import Prepared, SpringModel, check_state, prepare
+
+
+def substep(x: torch.Tensor, v: torch.Tensor, neighbors: torch.Tensor, rest_length: torch.Tensor,
+            stiffness: torch.Tensor, eta: torch.Tensor, friction: torch.Tensor, prm: torch.Tensor,
+            law: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One substep: x, v [N,3] -> x', v' [N,3] (Eq. 9-14). ``prm`` as in spring_kernels.py;
+    ``friction`` is taken from its own (differentiable) argument, not from prm."""
+    dt, inv_m, zeta0, p, dead = (prm[i] for i in (P_DT, P_INV_MASS, P_ZETA0, P_PK, P_DEAD))
+    d = x[:, None, :] - x[neighbors]  # [N,K,3] from neighbour to anchor
+    length = torch.linalg.vector_norm(d, dim=-1)  # [N,K]
+    live = length > TINY
+    safe_len = torch.where(live, length, torch.ones_like(length))
+    u = d / safe_len[..., None]
+    ext = length - rest_length
+    springy = live & (ext.abs() >= dead)
+    safe_ext = torch.where(springy, ext, torch.ones_like(ext))  # no inf gradient of |ext|^p at 0
+    if law == 0:
+        h = torch.pow(1.0 + safe_ext.abs() / rest_length, p)
+    else:
+        h = torch.pow(safe_ext.abs(), p)
+    magnitude = torch.where(springy, stiffness[:, None] / rest_length * eta[None, :] * safe_ext * h,
+                            torch.zeros_like(ext))
+    w = v[:, None, :] - v[neighbors]
+    damping = torch.where(live, zeta0 / rest_length * (w * u).sum(-1), torch.zeros_like(ext))
+    force = -((magnitude + damping)[..., None] * u).sum(1)
+    vh = v + (force * inv_m + prm[P_G:P_G + 3]) * dt
+    xh = x + vh * dt
+    if float(prm[P_HAS_GROUND]) > 0:
+        nrm = prm[P_GN:P_GN + 3]
+        sd = (xh - prm[P_GP:P_GP + 3]) @ nrm
+        touch = (sd < 0)[:, None]
+        xh = torch.where(touch, xh - sd[:, None] * nrm, xh)
+        vh = torch.where(touch, (vh - (vh @ nrm)[:, None] * nrm) * friction, vh)
+    return xh, vh
+
+
+def _frame(x, v, stiffness, eta, friction, prep: Prepared):
+    for _ in range(prep.substeps):
+        x, v = substep(x, v, prep.neighbors, prep.rest_length, stiffness, eta, friction, prep.prm, prep.law)
+    return x, v
+
+
+def simulate_prepared(prep: Prepared, checkpoint: bool = True, progress: bool = False):
+    """Rollout of already validated inputs (see taichi_sim.spring_mass.prepare)."""
+    x, v = prep.x0, prep.v0
+    positions = [x]
+    grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (prep.x0, prep.v0, prep.stiffness, prep.eta, prep.friction))
+    for f in tqdm(range(prep.n_frames), desc="simulate (torch)", disable=not progress, leave=False):
+        if checkpoint and grad:
+            x, v = torch_checkpoint(_frame, x, v, prep.stiffness, prep.eta, prep.friction, prep,
+                                    use_reentrant=False)
+        else:
+            x, v = _frame(x, v, prep.stiffness, prep.eta, prep.friction, prep)
+        check_state(x.detach(), v.detach(), f + 1, prep)
+        positions.append(x)
+    return torch.stack(positions), (v if prep.n_frames else v.clone())
+
+
+def rollout(model: SpringModel, x0: torch.Tensor, v0: torch.Tensor, log_stiffness: torch.Tensor,
+            kappa: torch.Tensor, friction_logit: torch.Tensor, n_frames: int, substeps: int | None = None,
+            checkpoint: bool = True, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain-PyTorch :func:`taichi_sim.spring_mass.rollout` (same arguments and results)."""
+    prep = prepare(model, x0, v0, log_stiffness, kappa, friction_logit, n_frames, substeps)
+    return simulate_prepared(prep, checkpoint=checkpoint, progress=progress)
