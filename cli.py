@@ -70,6 +70,36 @@ def cli(ctx: click.Context, arch: str) -> None:
 
 # ---------------------------------------------------------------- demo (foundation issue)
 # ---------------------------------------------------------------- reconstruct (renderer issue)
+@cli.command("reconstruct")
+@click.argument("data", type=click.Path(file_okay=False, path_type=str))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory to write.")
+@click.option("--iterations", type=int, default=3000, show_default=True, help="Optimisation steps.")
+@click.option("--scale", type=float, default=0.003, show_default=True,
+              help="The constant scale s0 of every Gaussian (scene units).")
+@click.option("--image-scale", type=float, default=1.0, show_default=True, help="Resize the images by this factor.")
+@click.option("--n-init", type=int, default=2000, show_default=True, help="Initial Gaussians.")
+@click.option("--init", "init", type=click.Choice(["hull", "box"]), default="hull", show_default=True,
+              help="hull: inside the visual hull of the masks; box: anywhere in the box the cameras see.")
+@click.option("--max-gaussians", type=int, default=200000, show_default=True, help="Cap on densification.")
+@click.option("--views", "views_per_iteration", type=int, default=4, show_default=True,
+              help="Views rendered per iteration.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def reconstruct_cmd(ctx, data, out, iterations, scale, image_scale, n_init, init, max_gaussians,
+                    views_per_iteration, seed, quiet):
+    """Static stage alone (paper Sec. 4.1): isotropic Gaussians of constant scale fitted to frame 0
+    of every view in DATA; writes OUT/gaussians.ply, OUT/settings.json and OUT/renders.png."""
+    from pipeline.static_recon import StaticSettings, reconstruct_to_dir
+
+    settings = StaticSettings(iterations=iterations, scale=scale, image_scale=image_scale, n_init=n_init, init=init,
+                              max_gaussians=max_gaussians, views_per_iteration=views_per_iteration, seed=seed)
+    settings.validate()
+    _taichi(ctx)
+    reconstruct_to_dir(data, out, settings, progress=not quiet, log=click.echo)
+    click.echo(f"wrote {out}/gaussians.ply, settings.json and renders.png")
+
+
 # ---------------------------------------------------------------- generate-mpm (MPM issue)
 @cli.command("generate-mpm")
 @click.option("--shape", default=None, metavar="NAME",
