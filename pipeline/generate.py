@@ -211,11 +211,21 @@ def particle_colors(obj: ParticleObject, rest: np.ndarray | None = None) -> np.n
     return PALETTE[k]
 
 
-def scene_cameras(cfg: GenerateConfig) -> Cameras:
-    """``views`` cameras around and above the drop: y up, looking at the middle of the motion."""
-    target = (0.0, cfg.ground_height + 0.5 * (cfg.drop_height - cfg.ground_height) + 0.25 * cfg.size, 0.0)
-    radius = 1.2 + 1.5 * max(0.0, cfg.size - 0.4)
-    return orbit_cameras(cfg.views, radius, target=target, elevation_deg=20.0, fov_deg=40.0,
+def scene_cameras(cfg: GenerateConfig, positions: np.ndarray | None = None) -> Cameras:
+    """``views`` cameras around and above the motion, y up, every one seeing all of it.
+
+    They look at the centre of the box bounding ``positions`` [T,P,3] (all frames), from a
+    distance at which the box's bounding sphere fills the 40 degree field of view with a margin;
+    without positions, the box of the drop (object size, drop height, ground) stands in.
+    """
+    fov = 40.0
+    if positions is None:
+        lo = np.array([-cfg.size / 2, cfg.ground_height, -cfg.size / 2])
+        hi = np.array([cfg.size / 2, cfg.drop_height + cfg.size, cfg.size / 2])
+    else:
+        lo, hi = positions.min(axis=(0, 1)).astype(np.float64), positions.max(axis=(0, 1)).astype(np.float64)
+    radius = 0.5 * float(np.linalg.norm(hi - lo)) * 1.08 / math.sin(math.radians(fov / 2))
+    return orbit_cameras(cfg.views, radius, target=tuple((lo + hi) / 2), elevation_deg=20.0, fov_deg=fov,
                          width=cfg.resolution, height=cfg.resolution, elevation_jitter_deg=10.0,
                          azimuth0_deg=15.0)
 
@@ -292,7 +302,7 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True, log=No
     if log:
         log(f"simulated {sim.obj.n_particles} particles, {cfg.frames} frames, {sim.substeps_per_frame} "
             f"substeps per frame in {sim.seconds:.1f} s; first ground contact at frame {sim.contact_frame}")
-    cameras = scene_cameras(cfg)
+    cameras = scene_cameras(cfg, sim.positions)
     colors = particle_colors(sim.obj)
     shown = sim.obj.surface  # interior particles are hidden behind the surface shell
     scale = 0.7 * sim.obj.spacing
