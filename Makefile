@@ -59,6 +59,8 @@ test-browser: $(STAMP)
 bench: $(STAMP)
 	$(VPY) benchmarks/bench_sim.py
 	$(VPY) benchmarks/bench_render.py
+	$(VPY) benchmarks/bench_mpm.py
+	$(VPY) benchmarks/bench_fit.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

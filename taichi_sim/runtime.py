@@ -6,6 +6,8 @@ used because it segfaults on machines without a GPU (it falls through to OpenGL)
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 
 os.environ.setdefault("TI_SKIP_VERSION_CHECK", "on")
@@ -41,14 +43,16 @@ def init_taichi(arch: str = "auto", default_fp: str = "f32", debug: bool = False
         return arch
     if _state["arch"] is not None:
         ti.reset()
-    ti.init(
-        arch=ti.cuda if arch == "cuda" else ti.cpu,
-        default_fp=ti.f64 if default_fp == "f64" else ti.f32,
-        default_ip=ti.i32,
-        debug=debug,
-        log_level=ti.WARN,
-        random_seed=0,
-    )
+    # ti.init prints "[Taichi] Starting on arch=..." with print(); keep stdout for our output
+    with contextlib.redirect_stdout(io.StringIO()):
+        ti.init(
+            arch=ti.cuda if arch == "cuda" else ti.cpu,
+            default_fp=ti.f64 if default_fp == "f64" else ti.f32,
+            default_ip=ti.i32,
+            debug=debug,
+            log_level=ti.WARN,
+            random_seed=0,
+        )
     _state["arch"], _state["default_fp"] = arch, default_fp
     return arch
 
