@@ -73,30 +73,37 @@ def cli(ctx: click.Context, arch: str) -> None:
 @cli.command("reconstruct")
 @click.argument("data", type=click.Path(file_okay=False, path_type=str))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory to write.")
-@click.option("--iterations", type=int, default=3000, show_default=True, help="Optimisation steps.")
+@click.option("--iterations", type=int, default=1500, show_default=True, help="Optimisation steps.")
 @click.option("--scale", type=float, default=0.003, show_default=True,
               help="The constant scale s0 of every Gaussian (scene units).")
-@click.option("--image-scale", type=float, default=1.0, show_default=True, help="Resize the images by this factor.")
+@click.option("--image-size", type=int, default=128, show_default=True,
+              help="Longest image side used, in pixels (0 = full resolution).")
 @click.option("--n-init", type=int, default=2000, show_default=True, help="Initial Gaussians.")
 @click.option("--init", "init", type=click.Choice(["hull", "box"]), default="hull", show_default=True,
               help="hull: inside the visual hull of the masks; box: anywhere in the box the cameras see.")
+@click.option("--grad-threshold", type=float, default=0.0005, show_default=True,
+              help="Clone Gaussians whose mean view-space gradient (NDC) exceeds this.")
 @click.option("--max-gaussians", type=int, default=200000, show_default=True, help="Cap on densification.")
 @click.option("--views", "views_per_iteration", type=int, default=4, show_default=True,
               help="Views rendered per iteration.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-def reconstruct_cmd(ctx, data, out, iterations, scale, image_scale, n_init, init, max_gaussians,
+def reconstruct_cmd(ctx, data, out, iterations, scale, image_size, n_init, init, grad_threshold, max_gaussians,
                     views_per_iteration, seed, quiet):
     """Static stage alone (paper Sec. 4.1): isotropic Gaussians of constant scale fitted to frame 0
-    of every view in DATA; writes OUT/gaussians.ply, OUT/settings.json and OUT/renders.png."""
+    of every view in DATA; writes OUT/gaussians.ply, OUT/settings.json and OUT/renders.png and
+    prints the PSNR of every view."""
     from pipeline.static_recon import StaticSettings, reconstruct_to_dir
 
-    settings = StaticSettings(iterations=iterations, scale=scale, image_scale=image_scale, n_init=n_init, init=init,
-                              max_gaussians=max_gaussians, views_per_iteration=views_per_iteration, seed=seed)
+    if image_size < 0:
+        raise click.BadParameter("--image-size must be 0 (full resolution) or positive")
+    settings = StaticSettings(iterations=iterations, scale=scale, n_init=n_init, init=init,
+                              grad_threshold=grad_threshold, max_gaussians=max_gaussians,
+                              views_per_iteration=views_per_iteration, seed=seed)
     settings.validate()
     _taichi(ctx)
-    reconstruct_to_dir(data, out, settings, progress=not quiet, log=click.echo)
+    reconstruct_to_dir(data, out, settings, image_size=image_size or None, progress=not quiet, log=click.echo)
     click.echo(f"wrote {out}/gaussians.ply, settings.json and renders.png")
 
 

@@ -40,7 +40,7 @@ from pipeline.gaussians import Gaussians
 class StaticSettings:
     """Settings of the static stage (defaults in brackets).
 
-    iterations [3000]         Adam steps.
+    iterations [1500]         Adam steps.
     scale [0.003]             s0, the constant isotropic scale (std-dev, scene units).
     lr_means [0.002]          learning rate of the centres, in units of the scene radius; decays
                               exponentially to 1 % of it by the last iteration.
@@ -50,7 +50,7 @@ class StaticSettings:
     densify_from [None]       first densification iteration (None: iterations // 10).
     densify_until [None]      no densification from here on (None: iterations * 6 // 10).
     densify_every [None]      period of densification and pruning (None: max(25, iterations // 30)).
-    grad_threshold [0.002]    clone Gaussians whose mean view-space gradient (NDC) exceeds this.
+    grad_threshold [0.0005]   clone Gaussians whose mean view-space gradient (NDC) exceeds this.
     prune_opacity [0.01]      remove Gaussians less opaque than this (also after the last step).
     n_init [2000]             number of initial Gaussians.
     image_scale [1.0]         images resized by this factor before fitting.
@@ -61,7 +61,7 @@ class StaticSettings:
     max_gaussians [200000]    densification stops adding Gaussians at this count.
     """
 
-    iterations: int = 3000
+    iterations: int = 1500
     scale: float = 0.003
     lr_means: float = 0.002
     lr_colors: float = 0.01
@@ -70,7 +70,7 @@ class StaticSettings:
     densify_from: int | None = None
     densify_until: int | None = None
     densify_every: int | None = None
-    grad_threshold: float = 0.002
+    grad_threshold: float = 0.0005
     prune_opacity: float = 0.01
     n_init: int = 2000
     image_scale: float = 1.0
@@ -344,10 +344,13 @@ def comparison_grid(renders: torch.Tensor, targets: torch.Tensor, pairs_per_row:
     return (grid.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
 
 
-def reconstruct_to_dir(data, out, settings: StaticSettings, progress: bool = True, log=print) -> dict:
+def reconstruct_to_dir(data, out, settings: StaticSettings, image_size: int | None = None, progress: bool = True,
+                       log=print) -> dict:
     """``sgaus reconstruct``: fit frame 0 of the dataset ``data`` and write ``out/gaussians.ply``,
     ``out/settings.json`` and ``out/renders.png`` (each atomically, all after the fit
-    succeeded). Returns the summary written to settings.json (with PSNR per view)."""
+    succeeded). ``image_size`` (longest side in pixels), when given, sets
+    ``settings.image_scale`` (never above 1). Returns the summary written to settings.json
+    (with the PSNR of every view)."""
     import time
     from pathlib import Path
 
@@ -363,6 +366,8 @@ def reconstruct_to_dir(data, out, settings: StaticSettings, progress: bool = Tru
         raise NotADirectoryError(f"--out exists and is not a directory: {out}")
     settings.validate()
     ds = load_dataset(data)
+    if image_size:
+        settings.image_scale = min(1.0, image_size / max(ds.cameras.width, ds.cameras.height))
     start = time.perf_counter()
     g = reconstruct_static(ds, settings, progress=progress)
     seconds = time.perf_counter() - start

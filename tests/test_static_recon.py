@@ -77,7 +77,7 @@ def test_reconstruction_reaches_30db_on_held_out_views(scene):
 
     root, cams, rgb, _pts = scene
     ds = load_dataset(root)
-    settings = StaticSettings(iterations=150, scale=SCALE, n_init=300, views_per_iteration=2, seed=0)
+    settings = StaticSettings(iterations=150, scale=SCALE, n_init=300, views_per_iteration=2, grad_threshold=0.002, seed=0)
     counts = []
     g = reconstruct_static(ds, settings, progress=False, callback=lambda it, loss, g: counts.append(len(g)))
     assert counts[0] == 300 and max(counts) > 300  # densification cloned Gaussians
@@ -112,3 +112,16 @@ def test_bad_settings_and_paths(scene, tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset not found"):
         reconstruct_to_dir(tmp_path / "none", tmp_path / "out", StaticSettings(iterations=1), progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_rejects_bad_settings_in_one_line(scene, tmp_path):
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    root, *_ = scene
+    res = CliRunner().invoke(cli, ["--arch", "cpu", "reconstruct", str(root), "--out", str(tmp_path / "o"),
+                                   "--iterations", "0"])
+    assert res.exit_code == 1
+    assert res.output.strip() == "Error: static settings: iterations must be positive, got 0"
+    assert not (tmp_path / "o").exists()
