@@ -29,8 +29,10 @@ class _Group(click.Group):
 
 def _taichi(ctx: click.Context, default_fp: str = "f32") -> str:
     """Initialise Taichi with the group's --arch (the only place the CLI does so)."""
-    from taichi_sim.runtime import init_taichi
+    from taichi_sim.runtime import current_arch, init_taichi
 
+    if current_arch() is not None:  # already running (e.g. a test session): keep it
+        return current_arch()
     return init_taichi(ctx.find_root().obj["arch"], default_fp=default_fp)
 
 

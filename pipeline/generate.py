@@ -320,7 +320,10 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True, log=No
                 rgb, alpha = render_frame(sim.positions[f][shown], colors[shown], scale, cameras)
             render_s += time.perf_counter() - t0
             for c, name in enumerate(cameras.names):
-                rgba = torch.cat([rgb[c], alpha[c]], dim=-1)
+                # PNG colour is straight (not premultiplied): the renderer's colour on black is
+                # rgb = colour * alpha, so divide it back out where anything was drawn
+                straight = torch.where(alpha[c] > 0, rgb[c] / alpha[c].clamp_min(1e-6), torch.zeros_like(rgb[c]))
+                rgba = torch.cat([straight.clamp(0, 1), alpha[c]], dim=-1)
                 iio.imwrite(tmp / "images" / name / f"{f:03d}.png", _to_u8(rgba))
                 iio.imwrite(tmp / "masks" / name / f"{f:03d}.png", _to_u8((alpha[c, ..., 0] > 0.5).float()))
         write_json(tmp / "scene.json", scene_json(cfg, sim))
