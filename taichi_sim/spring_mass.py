@@ -241,12 +241,14 @@ class SimulationUnstable(ValueError):
 class Prepared:
     """Validated, backend-neutral inputs of a rollout, all in the dtype of x0.
 
-    x0, v0 [N,3]; stiffness [N] = 10^log_stiffness; eta [K]; friction [] (all still attached to
-    the caller's autograd graph); prm [16] the kernel scalars (spring_kernels.py)."""
+    x0, v0 [N,3]; stiffness [N] = 10^log_stiffness; kappa []; eta [K] = soft_vector(kappa);
+    friction [] (all still attached to the caller's autograd graph); prm [16] the kernel scalars
+    (spring_kernels.py)."""
 
     x0: torch.Tensor
     v0: torch.Tensor
     stiffness: torch.Tensor
+    kappa: torch.Tensor
     eta: torch.Tensor
     friction: torch.Tensor
     neighbors: torch.Tensor
@@ -256,6 +258,7 @@ class Prepared:
     substeps: int
     max_speed: float
     law: int
+    p_k: float
 
 
 def _scalar(t, name: str, dtype) -> torch.Tensor:
@@ -319,10 +322,10 @@ def prepare(model: SpringModel, x0, v0, log_stiffness, kappa, phi, n_frames, sub
             cache["extent"] = float((r.max(0).values - r.min(0).values).norm()) if len(r) else 1.0
         max_speed = 100.0 * max(cache["extent"], 1e-6) / cfg.frame_dt
     return Prepared(
-        x0=x0, v0=v0, stiffness=stiffness, eta=eta, friction=friction,
+        x0=x0, v0=v0, stiffness=stiffness, kappa=kappa, eta=eta, friction=friction,
         neighbors=model.neighbors.to(dev), rest_length=model.rest_length.to(device=dev, dtype=dtype),
         prm=prm, n_frames=int(n_frames), substeps=substeps, max_speed=max_speed,
-        law=FORCE_LAWS.index(cfg.force_law),
+        law=FORCE_LAWS.index(cfg.force_law), p_k=float(cfg.p_k),
     )
 
 
@@ -338,20 +341,35 @@ def check_state(x: torch.Tensor, v: torch.Tensor, frame: int, prep: Prepared) ->
 
 # ----------------------------------------------------------------------------- Taichi backend
 def _kernel_topology(model: SpringModel, device) -> tuple:
-    """int32 neighbours and the reverse adjacency (CSR: for each anchor, the springs (i, slot)
-    of other anchors that end there), cached on the model."""
+    """Kernel-side topology, cached on the model: int32 neighbours [N,K]; ``mutual`` [N,K], the slot
+    q with neighbors[n, q] == a for the spring (a, jj) to n when n also holds a and both springs
+    have the same rest length (else -1); and the reverse adjacency of the remaining springs (CSR:
+    for anchor a, the springs (i, slot) of other anchors that end at a) with ``order``, their flat
+    indices into [N,K] arrays."""
     key = ("topology", str(device))
     if key not in model._cache:
         nbr = model.neighbors.to(device=device, dtype=torch.int64)
         n, k = nbr.shape
+        owner = torch.arange(n, device=device).repeat_interleave(k)
         flat = nbr.reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=n)
+        keys = owner * n + flat  # spring owner -> neighbour
+        sorted_keys, perm = torch.sort(keys)
+        back = flat * n + owner  # the reverse spring, if any
+        pos = torch.searchsorted(sorted_keys, back).clamp_max(len(keys) - 1)
+        found = sorted_keys[pos] == back
+        rev_flat = perm[pos]
+        rest = model.rest_length.to(device).reshape(-1)
+        found &= rest[rev_flat] == rest
+        mutual = torch.where(found, rev_flat % k, torch.full_like(rev_flat, -1)).reshape(n, k)
+        rest_edges = torch.nonzero(~found).squeeze(1)  # springs whose reverse is not a mutual pair
+        order = rest_edges[torch.argsort(flat[rest_edges], stable=True)]
+        counts = torch.bincount(flat[rest_edges], minlength=n)
         ptr = torch.zeros(n + 1, dtype=torch.int64, device=device)
         ptr[1:] = torch.cumsum(counts, 0)
-        src = (order // k).to(torch.int32).contiguous()
-        slot = (order % k).to(torch.int32).contiguous()
-        model._cache[key] = (nbr.to(torch.int32).contiguous(), ptr.to(torch.int32).contiguous(), src, slot)
+        model._cache[key] = (
+            nbr.to(torch.int32).contiguous(), mutual.to(torch.int32).contiguous(), ptr.to(torch.int32).contiguous(),
+            (order // k).to(torch.int32).contiguous(), (order % k).to(torch.int32).contiguous(), order,
+        )
     return model._cache[key]
 
 
@@ -360,10 +378,17 @@ class _Frames:
 
     def __init__(self, prep: Prepared, model: SpringModel):
         self.prep = prep
-        self.nbr, self.rev_ptr, self.rev_src, self.rev_slot = _kernel_topology(model, prep.x0.device)
+        self.nbr, self.mutual, self.rev_ptr, self.rev_src, self.rev_slot, order = _kernel_topology(
+            model, prep.x0.device)
         self.rest = prep.rest_length.detach().contiguous()
+        self.inv_rest = 1.0 / self.rest
+        self.rev_rest = self.rest.reshape(-1)[order].contiguous()  # in the order of the reverse adjacency
+        self.rev_inv_rest = self.inv_rest.reshape(-1)[order].contiguous()
         self.stiff = prep.stiffness.detach().contiguous()
-        self.eta = prep.eta.detach().contiguous()
+        kappa = prep.kappa.detach()
+        n_c, k = model.config.n_c, model.n_springs
+        eta, deta = torch.func.jvp(lambda kap: soft_vector(kap, k, n_c), (kappa,), (torch.ones_like(kappa),))
+        self.eta, self.deta = eta.to(prep.x0.device).contiguous(), deta.to(prep.x0.device).contiguous()
         self.prm = prep.prm.contiguous()
         x = prep.x0
         n = x.shape[0]
@@ -371,8 +396,8 @@ class _Frames:
         self.contact = torch.empty(n, dtype=torch.int32, device=x.device)
 
     def step(self, x, v, x_out, v_out, vh_out, contact_out) -> None:
-        K.substep_forward(x, v, self.nbr, self.rest, self.stiff, self.eta, self.prm,
-                          x_out, v_out, vh_out, contact_out, self.prep.law)
+        K.substep_forward(x, v, self.nbr, self.rest, self.inv_rest, self.stiff, self.eta, self.prm,
+                          x_out, v_out, vh_out, contact_out, self.prep.law, self.prep.p_k)
 
     def run(self, x, v, x_out, v_out) -> None:
         """Advance one frame from (x, v), writing the end state into (x_out, v_out)."""
@@ -400,7 +425,7 @@ class _Frames:
 
 class _TaichiRollout(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x0, v0, stiffness, eta, friction, prep, model, checkpoint, progress):
+    def forward(ctx, x0, v0, stiffness, kappa, friction, prep, model, checkpoint, progress):
         sim = _Frames(prep, model)
         f_total = prep.n_frames
         xs = torch.empty(f_total + 1, *x0.shape, dtype=x0.dtype, device=x0.device)
@@ -431,7 +456,7 @@ class _TaichiRollout(torch.autograd.Function):
         gv = g_vlast.contiguous().clone()
         gxd, gvd, gforce = (torch.empty_like(gx) for _ in range(3))
         g_stiff = torch.zeros(n, dtype=xs.dtype, device=xs.device)
-        g_eta = torch.zeros(n, sim.eta.shape[0], dtype=xs.dtype, device=xs.device)
+        g_kappa = torch.zeros(n, dtype=xs.dtype, device=xs.device)
         g_fric = torch.zeros(n, dtype=xs.dtype, device=xs.device)
         law = sim.prep.law
         f_total = xs.shape[0] - 1
@@ -440,17 +465,17 @@ class _TaichiRollout(torch.autograd.Function):
             X, V, VH, C = ctx.records[f] if ctx.records else sim.record(xs[f], vs[f])
             for s in reversed(range(sim.prep.substeps)):
                 K.ground_backward(gx, gv, VH[s], C[s], sim.prm, gxd, gvd, gforce, g_fric)
-                K.spring_backward(X[s], V[s], sim.nbr, sim.rest, sim.stiff, sim.eta, sim.prm,
-                                  sim.rev_ptr, sim.rev_src, sim.rev_slot, gxd, gvd, gforce,
-                                  gx, gv, g_stiff, g_eta, law)
+                K.spring_backward(X[s], V[s], sim.nbr, sim.rest, sim.inv_rest, sim.stiff, sim.eta, sim.prm,
+                                  sim.mutual, sim.rev_ptr, sim.rev_src, sim.rev_slot, sim.rev_rest, sim.rev_inv_rest,
+                                  gxd, gvd, gforce, sim.deta, gx, gv, g_stiff, g_kappa, law, sim.prep.p_k)
             gx += g_positions[f]
         ctx.records = None
-        return gx, gv, g_stiff, g_eta.sum(0), g_fric.sum(), None, None, None, None
+        return gx, gv, g_stiff, g_kappa.sum(), g_fric.sum(), None, None, None, None
 
 
 def _rollout_taichi(model: SpringModel, prep: Prepared, checkpoint: bool, progress: bool):
     require_taichi()
-    return _TaichiRollout.apply(prep.x0.contiguous(), prep.v0.contiguous(), prep.stiffness, prep.eta,
+    return _TaichiRollout.apply(prep.x0.contiguous(), prep.v0.contiguous(), prep.stiffness, prep.kappa,
                                 prep.friction, prep, model, checkpoint, progress)
 
 
