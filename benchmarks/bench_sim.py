@@ -1,0 +1,194 @@
+"""Speed and memory of the spring-mass simulator: Taichi kernels against the PyTorch twin.
+
+    python benchmarks/bench_sim.py [--json] [--arch auto|cpu|cuda] [--substeps N] [--torch-substeps N]
+
+Prints ms per substep, forward and backward, for (N, K) = (512, 64) and (2048, 256) in f32, the
+ratio torch / Taichi, and the peak memory (RSS high-water mark, VmHWM, reset before the run) of a
+full 20-frame x 100-substep backward at (2048, 256). Springs are stretched 1 % so every spring
+is outside the dead zone and does the full work. "bwd" is the whole backward of a rollout per
+substep (for Taichi: recomputing the frame's substeps from its checkpoint plus the gradient
+kernels); "bwd kernels" leaves the recomputation out, as does a rollout with checkpoint=False
+(substep states kept from the forward pass: about 150 MB per 20 x 100 substeps at N = 2048). Targets on a 2-core CPU: fwd+bwd at least
+20x faster than the twin, bwd at most 3x fwd, peak under 1.5 GB.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TI_SKIP_VERSION_CHECK", "on")
+os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "0")
+
+
+def _vm_hwm_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _scene(n, k, substeps):
+    import torch
+
+    from taichi_sim.spring_mass import SimConfig, build_model
+
+    g = torch.Generator().manual_seed(0)
+    anchors = torch.rand(n, 3, generator=g) * 0.4 + torch.tensor([0.0, 0.3, 0.0])
+    # the substep stays 0.03 s / 100 (the default) whatever number of substeps is timed
+    model = build_model(anchors, SimConfig(k_neighbors=k, substeps=substeps, frame_dt=3e-4 * substeps))
+    x0 = (anchors - anchors.mean(0)) * 1.01 + anchors.mean(0)  # all springs stretched by 1 %
+    params = [x0, torch.tensor([0.0, -1.0, 0.0]), torch.full((n,), 3.0), torch.tensor(0.0), torch.tensor(-1.0)]
+    return model, params
+
+
+def _time_rollout(model, params, substeps, frames, backend, repeats, checkpoint=True):
+    """Best-of-``repeats`` ms per substep for the forward (no graph) and for the backward."""
+    import torch
+
+    from taichi_sim.spring_mass import rollout
+
+    best_f = best_b = float("inf")
+    steps = substeps * frames
+    for _ in range(repeats):
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            rollout(model, *params, n_frames=frames, substeps=substeps, backend=backend, checkpoint=checkpoint)
+            best_f = min(best_f, (time.perf_counter() - t0) * 1e3 / steps)
+        ins = [p.clone().requires_grad_(True) for p in params]
+        pos, v = rollout(model, *ins, n_frames=frames, substeps=substeps, backend=backend, checkpoint=checkpoint)
+        loss = pos[-1].square().sum() + v.square().sum()
+        t0 = time.perf_counter()
+        loss.backward()
+        best_b = min(best_b, (time.perf_counter() - t0) * 1e3 / steps)
+    return best_f, best_b
+
+
+def _time_kernels(model, params, substeps, repeats):
+    """ms per substep of the gradient kernels alone (no recomputation)."""
+    import torch
+
+    from taichi_sim import spring_kernels as K
+    from taichi_sim.spring_mass import _Frames, prepare
+
+    prep = prepare(model, *params, 1, substeps)
+    sim = _Frames(prep, model)
+    X, V, VH, C = sim.record(prep.x0.contiguous(), prep.v0.contiguous())
+    n = X.shape[1]
+    gx, gv = torch.randn(n, 3), torch.randn(n, 3)
+    gxd, gvd, gf = (torch.empty(n, 3) for _ in range(3))
+    gk, gkap, gfr = torch.zeros(n), torch.zeros(n), torch.zeros(n)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for s in range(substeps):
+            K.ground_backward(gx, gv, VH[s], C[s], sim.prm, gxd, gvd, gf, gfr)
+            K.spring_backward(X[s], V[s], sim.nbr, sim.rest, sim.inv_rest, sim.stiff, sim.eta, sim.prm,
+                              sim.mutual, sim.rev_ptr, sim.rev_src, sim.rev_slot, sim.rev_rest, sim.rev_inv_rest,
+                              gxd, gvd, gf, sim.deta, gx, gv, gk, gkap, prep.law, prep.p_k)
+        best = min(best, (time.perf_counter() - t0) * 1e3 / substeps)
+    return best
+
+
+def _full_backward_peak(frames=20, substeps=100):
+    import torch
+
+    from taichi_sim.spring_mass import rollout
+
+    model, params = _scene(2048, 256, substeps)
+    params[0] = model.rest_positions.clone()  # a real drop: 20 frames from rest, falling
+    ins = [p.clone().requires_grad_(True) for p in params]
+    before_rss = _rss_mb()
+    reset = _reset_hwm()
+    before = _vm_hwm_mb() if reset else before_rss
+    t0 = time.perf_counter()
+    pos, v = rollout(model, *ins, n_frames=frames, substeps=substeps)
+    (pos.square().sum() + v.square().sum()).backward()
+    seconds = time.perf_counter() - t0
+    peak = _vm_hwm_mb()
+    assert all(torch.isfinite(p.grad).all() for p in ins)
+    return peak - before, peak, seconds, reset
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    ap.add_argument("--arch", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--substeps", type=int, default=50, help="substeps timed per Taichi measurement")
+    ap.add_argument("--torch-substeps", type=int, default=3, help="substeps timed per torch-twin measurement")
+    args = ap.parse_args()
+
+    import torch
+
+    from taichi_sim.runtime import init_taichi
+
+    arch = init_taichi(args.arch, default_fp="f32")
+    threads = torch.get_num_threads()
+    result: dict = {"arch": arch, "torch_threads": threads, "cpu_count": os.cpu_count()}
+    # warm-up: compile the f32 kernels
+    model, params = _scene(64, 8, 2)
+    _time_rollout(model, params, 2, 1, "taichi", 1)
+
+    # peak memory first, before the torch twin's large autograd graphs raise the high-water mark
+    delta, peak, seconds, reset = _full_backward_peak()
+    result["peak_mb_full_backward_2048_256"] = round(delta, 1)
+    result["peak_rss_mb_full_backward_2048_256"] = round(peak, 1)
+    result["hwm_reset"] = reset
+    result["seconds_full_20x100_fwd_bwd_2048_256"] = round(seconds, 2)
+
+    rows = []
+    for n, k in ((512, 64), (2048, 256)):
+        model, params = _scene(n, k, args.substeps)
+        tf, tb = _time_rollout(model, params, args.substeps, 1, "taichi", 3)
+        tk = _time_kernels(model, params, args.substeps, 3)
+        _f, tb_keep = _time_rollout(model, params, args.substeps, 1, "taichi", 3, checkpoint=False)
+        model_t, params_t = _scene(n, k, args.torch_substeps)
+        rf, rb = _time_rollout(model_t, params_t, args.torch_substeps, 1, "torch", 2)
+        speedup = (rf + rb) / (tf + tb)
+        rows.append((n, k, tf, tb, tk, rf, rb, speedup))
+        tag = f"{n}_{k}"
+        result.update({
+            f"taichi_fwd_ms_{tag}": round(tf, 3), f"taichi_bwd_ms_{tag}": round(tb, 3),
+            f"taichi_bwd_kernels_ms_{tag}": round(tk, 3),
+            f"torch_fwd_ms_{tag}": round(rf, 3), f"torch_bwd_ms_{tag}": round(rb, 3),
+            f"speedup_{tag}": round(speedup, 2), f"bwd_over_fwd_{tag}": round(tb / tf, 2),
+            f"bwd_kernels_over_fwd_{tag}": round(tk / tf, 2),
+            f"taichi_bwd_no_checkpoint_ms_{tag}": round(tb_keep, 3),
+        })
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"spring-mass simulator, f32, arch={arch}, {os.cpu_count()} CPUs; ms per substep (best of runs)")
+    print(f"{'N':>5} {'K':>4} | {'taichi fwd':>10} {'bwd':>7} {'bwd kern':>8} | {'torch fwd':>9} {'bwd':>7} | "
+          f"{'torch/taichi':>12} {'bwd/fwd':>7}")
+    for n, k, tf, tb, tk, rf, rb, sp in rows:
+        print(f"{n:>5} {k:>4} | {tf:>10.3f} {tb:>7.3f} {tk:>8.3f} | {rf:>9.2f} {rb:>7.2f} | {sp:>12.1f} {tb / tf:>7.2f}")
+    print(f"full 20 frames x 100 substeps forward + backward at (2048, 256): {seconds:.1f} s, "
+          f"peak RSS {peak:.0f} MB, {delta:.0f} MB above the start"
+          + ("" if reset else " (high-water mark could not be reset: RSS before vs peak)"))
+
+
+if __name__ == "__main__":
+    main()
