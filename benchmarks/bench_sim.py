@@ -8,8 +8,9 @@ full 20-frame x 100-substep backward at (2048, 256). Springs are stretched 1 % s
 is outside the dead zone and does the full work. "bwd" is the whole backward of a rollout per
 substep (for Taichi: recomputing the frame's substeps from its checkpoint plus the gradient
 kernels); "bwd kernels" leaves the recomputation out, as does a rollout with checkpoint=False
-(substep states kept from the forward pass: about 150 MB per 20 x 100 substeps at N = 2048). Targets on a 2-core CPU: fwd+bwd at least
-20x faster than the twin, bwd at most 3x fwd, peak under 1.5 GB.
+(substep states kept from the forward pass: about 150 MB per 20 x 100 substeps at N = 2048).
+Targets on a 2-core CPU: fwd+bwd at least 20x faster than the twin, bwd at most 3x fwd, peak
+under 1.5 GB.
 """
 from __future__ import annotations
 
@@ -184,7 +185,8 @@ def main() -> None:
     print(f"{'N':>5} {'K':>4} | {'taichi fwd':>10} {'bwd':>7} {'bwd kern':>8} | {'torch fwd':>9} {'bwd':>7} | "
           f"{'torch/taichi':>12} {'bwd/fwd':>7}")
     for n, k, tf, tb, tk, rf, rb, sp in rows:
-        print(f"{n:>5} {k:>4} | {tf:>10.3f} {tb:>7.3f} {tk:>8.3f} | {rf:>9.2f} {rb:>7.2f} | {sp:>12.1f} {tb / tf:>7.2f}")
+        print(f"{n:>5} {k:>4} | {tf:>10.3f} {tb:>7.3f} {tk:>8.3f} | {rf:>9.2f} {rb:>7.2f} | "
+              f"{sp:>12.1f} {tb / tf:>7.2f}")
     print(f"full 20 frames x 100 substeps forward + backward at (2048, 256): {seconds:.1f} s, "
           f"peak RSS {peak:.0f} MB, {delta:.0f} MB above the start"
           + ("" if reset else " (high-water mark could not be reset: RSS before vs peak)"))

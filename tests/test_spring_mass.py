@@ -63,7 +63,8 @@ def test_soft_vector_matches_eq8(kappa):
 
 def test_friction_logit_round_trip_and_ends():
     for value in (0.0, 0.22, 0.5, 0.9, 1.0):
-        assert float(friction_from_logit(torch.tensor(friction_logit(value), dtype=F64))) == pytest.approx(value, abs=1e-12)
+        phi = torch.tensor(friction_logit(value), dtype=F64)
+        assert float(friction_from_logit(phi)) == pytest.approx(value, abs=1e-12)
     assert float(friction_from_logit(torch.tensor(-1.0))) == pytest.approx(1.2 / (1 + math.e) - 0.1, abs=1e-6)
     with pytest.raises(ValueError, match="friction"):
         friction_logit(1.5)
