@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,6 +121,8 @@ def load_asset(run_or_asset: str | Path) -> Asset:
         )
     except (KeyError, TypeError) as err:
         raise ValueError(f"{d} is not a complete sgaus asset (missing {err})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{d} is not a complete sgaus asset ({err.__class__.__name__}: {err})") from None
 
 
 def simulate_asset(asset: Asset, n_frames: int, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -12,7 +12,7 @@ from typing import Iterator
 
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
     os.close(fd)
     return Path(name)
 
@@ -41,8 +41,8 @@ def write_json(path: str | os.PathLike, obj, indent: int = 2) -> Path:
 def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it is renamed onto ``path`` only on success.
 
-    ``suffix`` keeps an extension on the temporary name for writers that choose their
-    format from it (imageio, open3d)."""
+    ``suffix`` ends the temporary name, for writers that choose their format from the
+    extension or append it when it is missing (imageio, open3d, numpy.savez)."""
     path = Path(path)
     tmp = _tmp_sibling(path, suffix)
     try:
