@@ -26,7 +26,7 @@ def invoke(*args):
 def tiny_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "ball"
     r = invoke("generate-mpm", "--shape", "sphere", "--views", 4, "--frames", 10, "--fit-frames", 7,
-               "--resolution", 48, "--grid", 24, "--seed", 1, "--out", out)
+               "--resolution", 48, "--grid", 24, "--seed", 1, "--drop-height", 0.05, "--out", out)
     assert r.exit_code == 0, r.output
     return out
 
