@@ -53,8 +53,11 @@ test: $(STAMP)
 test-browser: $(STAMP)
 	@command -v chromium >/dev/null || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }
+	@command -v chromium >/dev/null || { echo "make test-browser: chromium is not installed" >&2; exit 1; }
 	$(VPY) -m pip install -q -e '.[test,viewer]' 2>&1 | grep -v '^WARNING: Location' || true
-	$(VPY) -m pytest -q tests -k viewer
+	@$(VPY) -c "import viser" || { echo "make test-browser: viser did not install" >&2; exit 1; }
+	@$(VPY) -m pytest -q -rs tests -k viewer; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-browser: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 bench: $(STAMP)
 	$(VPY) benchmarks/bench_sim.py

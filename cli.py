@@ -293,6 +293,28 @@ def export_cmd(ctx, run, fmt, out, frames):
 
 
 
+@cli.command("view")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--port", type=int, default=8080, show_default=True,
+              help="Port of the viewer (0 = any free port; a busy port moves to the next free one).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 = all).")
+@click.option("--frames", type=int, default=None, help="Frames to simulate (default: the dataset's).")
+@click.pass_context
+def view_cmd(ctx, run, port, host, frames):
+    """Interactive viewer of the asset in RUN in the browser (needs the optional viser:
+    pip install 'sgaus[viewer]'): Gaussians, anchors, springs, a frame slider, and the edits of
+    `sgaus simulate` with a button that re-simulates. Ctrl-C stops it."""
+    from pipeline.viewer import require_viser, serve
+
+    require_viser()
+    if frames is not None and frames < 1:
+        raise click.BadParameter("--frames must be at least 1")
+    if not 0 <= port <= 65535:
+        raise click.BadParameter("--port must be between 0 and 65535")
+    _taichi(ctx)
+    serve(run, host=host, port=port, n_frames=frames, log=click.echo)
+
+
 def main() -> None:
     cli(prog_name="sgaus")
 
