@@ -268,18 +268,12 @@ def stage_refine(g: Gaussians, means0: torch.Tensor, frames: FrameCache, setting
 
 
 def _physics_tensors(settings: FitSettings, n_anchors: int):
-    if settings.single_k:
-        log_k = torch.tensor([settings.init_log_stiffness], dtype=torch.float32)
-    else:
-        log_k = torch.full((n_anchors,), settings.init_log_stiffness, dtype=torch.float32)
+    """Initial (log10 stiffness [N], kappa, friction logit) of the simulation."""
+    log_k = torch.full((n_anchors,), settings.init_log_stiffness, dtype=torch.float32)
     # without the soft vector every spring weighs 1: softplus(kappa) -> 0 (Eq. 8), kappa not learned
     kappa = torch.tensor(settings.init_kappa if settings.soft_vector else -40.0, dtype=torch.float32)
     phi = torch.tensor(settings.init_friction_logit, dtype=torch.float32)
     return log_k, kappa, phi
-
-
-def _expand_k(log_k: torch.Tensor, n: int) -> torch.Tensor:
-    return log_k.expand(n) if log_k.numel() == 1 else log_k
 
 
 def stage_velocity(g: Gaussians, model: SpringModel, binding: Binding, frames: FrameCache, n_vel: int,
@@ -287,7 +281,6 @@ def stage_velocity(g: Gaussians, model: SpringModel, binding: Binding, frames: F
     """Fit one global initial velocity on frames 0..n_vel-1 (before contact), stiffness fixed."""
     v0 = torch.zeros(3, requires_grad=True)
     log_k, kappa, phi = _physics_tensors(settings, len(model.rest_positions))
-    log_k = _expand_k(log_k, len(model.rest_positions))
     opt = torch.optim.Adam([v0], lr=settings.velocity_lr)
     cams = frames.cameras
     ncam = min(len(cams), 4)
@@ -314,14 +307,29 @@ def stage_dynamic(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.
                   n_fit: int, settings: FitSettings, progress: bool, desc: str = "dynamic") -> dict:
     """Fit per-anchor log10 stiffness, kappa and friction through the simulation (Eq. 18 loss)."""
     n = len(model.rest_positions)
-    log_k, kappa, phi = _physics_tensors(settings, n)
-    learn = [log_k, phi] + ([kappa] if settings.soft_vector else [])
-    for p in learn:
-        p.requires_grad_(True)
-    groups = [{"params": [log_k], "lr": settings.lr_stiffness}, {"params": [phi], "lr": settings.lr_friction}]
+    _init_k, kappa, phi = _physics_tensors(settings, n)
+    # log10 k_i = base + delta_i: the shared base takes the summed gradient of every anchor and
+    # moves the overall stiffness quickly; the per-anchor deltas (absent with single_k) then
+    # capture heterogeneity. Same model as one free value per anchor, better conditioned.
+    base = torch.tensor(settings.init_log_stiffness, dtype=torch.float32, requires_grad=True)
+    delta = torch.zeros(n, dtype=torch.float32, requires_grad=not settings.single_k)
+    learn = [base, phi] + ([delta] if not settings.single_k else []) + ([kappa] if settings.soft_vector else [])
+    phi.requires_grad_(True)
+    kappa.requires_grad_(settings.soft_vector)
+    groups = [{"params": [base], "lr": settings.lr_stiffness}, {"params": [phi], "lr": settings.lr_friction}]
+    if not settings.single_k:
+        groups.append({"params": [delta], "lr": settings.lr_stiffness})
     if settings.soft_vector:
         groups.append({"params": [kappa], "lr": settings.lr_kappa})
     opt = torch.optim.Adam(groups)
+    # exponential decay to lr_decay x the initial rates over the run, so Adam settles instead of
+    # oscillating around the optimum by about one learning rate
+    gamma = settings.lr_decay ** (1.0 / max(settings.iterations - 1, 1))
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
+
+    def log_stiffness():
+        return (base + delta).clamp(0.0, 7.0)
+
     cams = frames.cameras
     gen = random.Random(settings.seed + 2)
     substeps = settings.substeps
@@ -336,8 +344,6 @@ def stage_dynamic(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.
         _clip_grads(learn, settings.grad_clip)
         opt.step()
         opt.zero_grad()
-        with torch.no_grad():
-            log_k.clamp_(0.0, 7.0)
 
     bar = tqdm(range(settings.iterations), desc=desc, disable=not progress, leave=False)
     it = 0
@@ -349,21 +355,21 @@ def stage_dynamic(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.
             if settings.truncate_per_frame:
                 x, v = x_rest, v0
                 for f in range(1, n_fit):
-                    pos, v = rollout(m, x.detach(), v.detach(), _expand_k(log_k, n), kappa, phi, 1)
+                    pos, v = rollout(m, x.detach(), v.detach(), log_stiffness(), kappa, phi, 1)
                     loss = frame_loss(f, apply_binding(binding, pos[1]))
                     loss.backward()
                     step()
                     x = pos[1]
-                    total += float(loss)
+                    total += float(loss.detach())
                 total /= n_fit - 1
             else:
-                pos, _ = rollout(m, x_rest, v0, _expand_k(log_k, n), kappa, phi, n_fit - 1)
+                pos, _ = rollout(m, x_rest, v0, log_stiffness(), kappa, phi, n_fit - 1)
                 means = apply_binding(binding, pos)
                 loss = sum(frame_loss(f, means[f]) for f in range(1, n_fit)) / (n_fit - 1)
                 opt.zero_grad()
                 loss.backward()
                 step()
-                total = float(loss)
+                total = float(loss.detach())
         except SimulationUnstable as err:
             opt.zero_grad()
             if substeps + 50 > settings.max_substeps:
@@ -377,12 +383,13 @@ def stage_dynamic(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.
         if not math.isfinite(total):
             raise ValueError(f"the {desc} loss became {total} at iteration {it}; the fit is unstable")
         losses.append(total)
+        sched.step()
         bar.update(1)
-        bar.set_postfix(loss=f"{total:.4f}", k=f"{float(log_k.mean()):.2f}", substeps=substeps)
+        bar.set_postfix(loss=f"{total:.4f}", log_k=f"{float(log_stiffness().mean()):.2f}", substeps=substeps)
         it += 1
     bar.close()
     return {
-        "log_stiffness": _expand_k(log_k.detach(), n).clone(),
+        "log_stiffness": log_stiffness().detach().clone(),
         "kappa": kappa.detach().clone(),
         "friction_logit": phi.detach().clone(),
         "substeps": substeps,
@@ -494,7 +501,7 @@ class Fitter:
         s = self.settings if single_k is None else dataclasses.replace(self.settings, single_k=single_k)
         name = SINGLE_K_STAGE if (single_k and not self.settings.single_k) else "dynamic"
         key = hash_key(name, parent, self.facts.fit_frames, s.subset(
-            "iterations", "lr_stiffness", "lr_kappa", "lr_friction", "grad_clip", "lambda_dssim",
+            "iterations", "lr_stiffness", "lr_kappa", "lr_friction", "lr_decay", "grad_clip", "lambda_dssim",
             "init_log_stiffness", "init_kappa", "init_friction_logit", "truncate_per_frame",
             "cameras_per_frame", "soft_vector", "single_k", "seed", "max_substeps"))
         hit = self.run.cached(name, key)

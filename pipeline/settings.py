@@ -41,6 +41,7 @@ class FitSettings:
     Dynamic stage (per-anchor stiffness, soft vector kappa, ground friction)
       iterations: optimisation iterations over the fitted frames.
       lr_stiffness, lr_kappa, lr_friction: Adam learning rates.
+      lr_decay: the learning rates decay exponentially to this fraction by the last iteration.
       grad_clip: per-parameter gradient-norm clip.
       lambda_dssim: D-SSIM weight of the loss (Eq. 18).
       init_log_stiffness, init_kappa, init_friction_logit: starting values (log10 k, kappa, phi).
@@ -77,6 +78,7 @@ class FitSettings:
     lr_stiffness: float = 0.03
     lr_kappa: float = 0.03
     lr_friction: float = 0.05
+    lr_decay: float = 0.1
     grad_clip: float = 1.0
     lambda_dssim: float = 0.05
     init_log_stiffness: float = 3.0
@@ -105,6 +107,8 @@ class FitSettings:
             raise ValueError(f"force_law must be 'smooth' or 'paper', got {self.force_law!r}")
         if self.substeps > self.max_substeps:
             raise ValueError(f"substeps ({self.substeps}) exceeds max_substeps ({self.max_substeps})")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ValueError(f"lr_decay must lie in (0, 1], got {self.lr_decay}")
         if not 0.0 <= self.lambda_dssim <= 1.0:
             raise ValueError(f"lambda_dssim must lie in [0, 1], got {self.lambda_dssim}")
         if self.static_scale <= 0 or self.mass <= 0 or self.zeta0 < 0:

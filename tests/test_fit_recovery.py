@@ -62,13 +62,22 @@ def test_dynamic_stage_recovers_a_known_stiffness():
         frames = SyntheticFrames(cams, [render_rgb(g, m, cams) for m in apply_binding(binding, pos)])
     # the video shows contact and a visible squash
     assert float(pos[..., 1].min()) < 1e-6
-    settings = dataclasses.replace(
-        make_settings("tiny"), iterations=40, init_log_stiffness=2.6, lr_stiffness=0.03, lr_kappa=0.0,
-        lr_friction=0.02, cameras_per_frame=4, lambda_dssim=0.05, substeps=40,
+    heights = pos[..., 1].max(1).values - pos[..., 1].min(1).values
+    assert float(heights.min()) < 0.6 * float(heights[0])
+    base = dataclasses.replace(
+        make_settings("tiny"), iterations=40, init_log_stiffness=2.6, lr_stiffness=0.05, lr_kappa=0.0,
+        lr_friction=0.0, init_friction_logit=friction_logit(0.5), lr_decay=0.3, cameras_per_frame=4, lambda_dssim=0.05, substeps=40,
     )
-    r = stage_dynamic(g, model, binding, v0, frames, N_FRAMES, settings, progress=False)
-    k_fit = 10 ** r["log_stiffness"]
-    rel = (k_fit / 10**TRUE_LOG_K - 1).abs()
-    assert r["losses"][-1] < 0.5 * r["losses"][0]
-    # the initial guess was 4x too stiff; on average the fit is back within 10 %
-    assert float(rel.mean()) < 0.10, f"mean relative error {float(rel.mean()):.3f}"
+    # the initial guess is 4x too stiff (log10 2.6 vs 2.0); friction and kappa are held at the values
+    # that made the video, so that the test measures the stiffness alone (fitted jointly, a wrong
+    # friction can hold the stiffness in a local minimum)
+    for single_k in (False, True):
+        r = stage_dynamic(g, model, binding, v0, frames, N_FRAMES, dataclasses.replace(base, single_k=single_k),
+                          progress=False)
+        assert r["losses"][-1] < 0.3 * r["losses"][0]
+        # per-anchor fit: the anchors' stiffness is back within 10 % on average (geometric mean);
+        # single k: the one global stiffness is within 10 %
+        mean_k = 10 ** float(r["log_stiffness"].mean())
+        assert abs(mean_k / 10**TRUE_LOG_K - 1) < 0.10, f"single_k={single_k}: mean stiffness {mean_k:.1f}"
+        if single_k:
+            assert torch.equal(r["log_stiffness"], r["log_stiffness"][:1].expand(n))
