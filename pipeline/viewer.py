@@ -249,7 +249,8 @@ class Viewer:
         self.scene = scene
         self.max_springs = max_springs
         self.log = log
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # guards the shown scene (GUI callbacks run in viser's threads)
+        self._simulating = threading.Lock()  # one simulation at a time
         self._next_tick = 0.0
         self.server = viser.ViserServer(host=host, port=port, verbose=False)
         try:
@@ -404,27 +405,32 @@ class Viewer:
         """Re-simulate the asset under the edits ``controls`` ask for and show the new frames; an
         impossible edit or an unstable simulation is reported in the GUI and leaves the frames as
         they were. Returns whether the new simulation is shown."""
-        self.simulate_button.disabled = True
-        self.status.content = "simulating ..."
-        try:
-            t0 = time.perf_counter()
-            scene = build_scene(self.asset, controls.frames, controls.to_edits(self.asset), self.max_springs)
-        except ValueError as err:
-            self.status.content = f"**not simulated:** {str(err).splitlines()[0]}"
+        if not self._simulating.acquire(blocking=False):
+            self.status.content = "a simulation is already running"
             return False
+        try:
+            self.simulate_button.disabled = True
+            self.status.content = "simulating ..."
+            t0 = time.perf_counter()
+            try:
+                scene = build_scene(self.asset, controls.frames, controls.to_edits(self.asset), self.max_springs)
+            except ValueError as err:
+                self.status.content = f"**not simulated:** {str(err).splitlines()[0]}"
+                return False
+            with self._lock:
+                self.scene = scene
+                self.frame_slider.max = max(scene.n_frames - 1, 1)
+                self.frame_slider.disabled = scene.n_frames < 2
+                frame = min(self.frame, scene.n_frames - 1)
+                self.frame_slider.value = frame
+                self.show_frame(frame)
+                self._place_ground()
+                self.info.content = self._info_text()
+            self.status.content = f"simulated in {time.perf_counter() - t0:.1f} s"
+            return True
         finally:
             self.simulate_button.disabled = False
-        with self._lock:
-            self.scene = scene
-            self.frame_slider.max = max(scene.n_frames - 1, 1)
-            self.frame_slider.disabled = scene.n_frames < 2
-            frame = min(self.frame, scene.n_frames - 1)
-            self.frame_slider.value = frame
-            self.show_frame(frame)
-            self._place_ground()
-            self.info.content = self._info_text()
-        self.status.content = f"simulated in {time.perf_counter() - t0:.1f} s"
-        return True
+            self._simulating.release()
 
     def tick(self) -> None:
         """Advance the shown frame while "play" is on, at the simulation's real time (at most 30 fps)."""
@@ -432,8 +438,8 @@ class Viewer:
         if not self.play.value or now < self._next_tick or self.scene.n_frames < 2:
             return
         self._next_tick = now + max(self.scene.frame_dt, 1.0 / 30.0)
+        # assigning the slider's value runs its callback, which shows the frame
         self.frame_slider.value = (int(self.frame_slider.value) + 1) % self.scene.n_frames
-        self.show_frame(int(self.frame_slider.value))
 
     def stop(self) -> None:
         self.server.stop()

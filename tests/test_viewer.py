@@ -3,6 +3,7 @@
 Chromium; `make test-browser` installs both)."""
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
 import os
@@ -24,7 +25,8 @@ from cli import cli
 from pipeline.asset import Asset, save_asset
 from pipeline.gaussians import Gaussians
 from pipeline.simulate import apply_edits
-from pipeline.viewer import Controls, ViewerUnavailable, build_scene, require_viser, spring_pairs, undirected_springs
+from pipeline.viewer import (Controls, ViewerUnavailable, _wxyz_z_to, build_scene, require_viser, spring_pairs,
+                             undirected_springs)
 from taichi_sim.binding import compute_binding
 from taichi_sim.spring_mass import SimConfig, build_model
 
@@ -114,6 +116,16 @@ def test_controls_start_at_the_fitted_values_and_map_to_edits():
         dataclasses.replace(c, friction="icy").to_edits(asset)
 
 
+def test_ground_grid_is_turned_onto_the_ground_normal():
+    for normal in ([0.0, 1.0, 0.0], [0.3, 0.8, -0.5], [0.0, 0.0, 1.0], [0.0, 0.0, -1.0]):
+        n = np.asarray(normal) / np.linalg.norm(normal)
+        w, x, y, z = _wxyz_z_to(n)
+        assert w * w + x * x + y * y + z * z == pytest.approx(1.0)
+        # the rotation matrix's third column is where +z goes
+        z_image = np.array([2 * (x * z + w * y), 2 * (y * z - w * x), 1 - 2 * (x * x + y * y)])
+        assert np.allclose(z_image, n, atol=1e-12)
+
+
 def test_view_without_viser_is_one_clear_error(tmp_path, monkeypatch):
     save_asset(tmp_path / "run" / "asset", small_asset())
     monkeypatch.setitem(sys.modules, "viser", None)  # `import viser` now raises ImportError
@@ -155,6 +167,18 @@ def test_viewer_gui_resimulates_with_edits_and_plays():
         assert np.allclose(viewer.scene.anchors[:, :, 1], viewer.scene.anchors[0, :, 1], atol=1e-6)
         assert "7 frames" in viewer.info.content
 
+        # GUI callbacks run in viser's worker threads: simulate from one, with a stronger gravity
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            hyper = dataclasses.replace(viewer.read_controls(), gravity=19.6, ground=True, frames=5)
+            assert pool.submit(viewer.simulate, hyper).result(timeout=120)
+        drop = viewer.scene.anchors[0, :, 1].mean() - viewer.scene.anchors[-1, :, 1].mean()
+        assert drop == pytest.approx(0.5 * 19.6 * (4 * 0.03) ** 2, rel=0.05)
+        assert viewer.frame_slider.max == 4 and viewer.ground_grid.visible
+
+        # one simulation at a time
+        with viewer._simulating:
+            assert not viewer.simulate(hyper) and "already running" in viewer.status.content
+
         # an impossible edit is reported in the GUI and keeps the frames shown
         before = viewer.scene
         bad = dataclasses.replace(viewer.read_controls(), ground=True, ground_height=1.0)
@@ -169,17 +193,29 @@ def test_viewer_gui_resimulates_with_edits_and_plays():
         assert dataclasses.replace(shown, friction_value=fitted.friction_value) == fitted
 
         # play advances the frame slider and wraps around
-        viewer.show_frame(0)
         viewer.frame_slider.value = 0
+        assert viewer.frame == 0
         viewer.play.value = True
-        seen = set()
-        for _ in range(8):
+        seen = []
+        for _ in range(6):
             viewer._next_tick = 0.0
             viewer.tick()
-            seen.add(viewer.frame)
-        assert seen == set(range(7))
+            seen.append(viewer.frame)
+            assert np.array_equal(viewer.splats.centers, viewer.scene.centres[viewer.frame])
+        assert seen == [1, 2, 3, 4, 0, 1]
     finally:
         viewer.stop()
+
+
+def test_view_of_a_missing_or_empty_run_is_one_clear_error(tmp_path):
+    pytest.importorskip("viser", reason="viser is not installed (pip install 'sgaus[viewer]')")
+    res = CliRunner().invoke(cli, ["view", str(tmp_path / "nothing")])
+    assert res.exit_code == 1 and res.output.strip() == f"Error: no such run directory: {tmp_path / 'nothing'}"
+    res = CliRunner().invoke(cli, ["view", str(tmp_path)])
+    assert res.exit_code == 1 and "holds no fitted asset" in res.output and len(res.output.strip().splitlines()) == 1
+    save_asset(tmp_path / "run" / "asset", small_asset())
+    res = CliRunner().invoke(cli, ["view", str(tmp_path / "run"), "--frames", "0"])
+    assert res.exit_code == 2 and "--frames must be at least 1" in res.output
 
 
 # ------------------------------------------------------------------ viser + headless Chromium
