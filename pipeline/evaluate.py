@@ -156,7 +156,7 @@ def evaluate(run, data=None, scale: float | None = None, baselines: bool = True,
         hold_rows += frame_metrics(asset, hold, ds, range(fit_frames, n), scale, progress, "eval hold")
         per_frame["hold"] = hold_rows
         result["baselines"]["hold"] = summarise(hold_rows, fit_frames)
-        single = single_k_asset(run_dir, data, progress, log)
+        single = single_k_asset(run_dir, asset, data, progress, log)
         if single is not None:
             _p, means_k, _ = simulate_asset(single, n - 1)
             per_frame["single_k"] = frame_metrics(single, means_k, ds, range(n), scale, progress, "eval single-k")
@@ -188,12 +188,15 @@ def evaluate(run, data=None, scale: float | None = None, baselines: bool = True,
     return result
 
 
-def single_k_asset(run_dir: RunDir, data, progress: bool, log) -> Asset | None:
-    """The Table 3 baseline: the dynamic stage refitted with one global stiffness, reusing the
-    run's earlier stages (their cached outputs when the settings and data still match)."""
+def single_k_asset(run_dir: RunDir, asset: Asset, data, progress: bool, log) -> Asset | None:
+    """The Table 3 baseline: the dynamic stage refitted with one global stiffness, on the asset's
+    own Gaussians, anchors, springs and initial velocity (cached in RUN/stages/dynamic_single_k,
+    keyed by those and the settings)."""
+    import yaml
+
     from pipeline.fit import Fitter
     from pipeline.settings import make_settings
-    import yaml
+    from pipeline.stages import hash_files, hash_key
 
     saved = run_dir.root / "settings.yaml"
     if not saved.exists():
@@ -202,6 +205,7 @@ def single_k_asset(run_dir: RunDir, data, progress: bool, log) -> Asset | None:
     if settings.single_k:
         return None  # the run itself is the single-k ablation
     f = Fitter(data, run_dir.root, settings, resume=True, progress=progress, log=log)
-    g2, model, binding, v0, key = f.upstream()
-    r, _ = f.run_dynamic(g2, model, binding, v0, key, single_k=True)
-    return f.make_asset(g2, model, binding, v0, r)
+    adir = run_dir.root / "asset"
+    parent = hash_key("asset", hash_files([adir / "gaussians.ply", adir / "anchors.npz"]), asset.v0.tolist())
+    r, _ = f.run_dynamic(asset.gaussians, asset.model, asset.binding, asset.v0, parent, single_k=True)
+    return f.make_asset(asset.gaussians, asset.model, asset.binding, asset.v0, r)

@@ -260,7 +260,7 @@ def stage_refine(g: Gaussians, means0: torch.Tensor, frames: FrameCache, setting
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     for p in params:
         p.requires_grad_(False)
@@ -283,12 +283,13 @@ def stage_velocity(g: Gaussians, model: SpringModel, binding: Binding, frames: F
     log_k, kappa, phi = _physics_tensors(settings, len(model.rest_positions))
     opt = torch.optim.Adam([v0], lr=settings.velocity_lr)
     cams = frames.cameras
-    ncam = min(len(cams), 4)
+    ncam = min(len(cams), 2)
     gen = random.Random(settings.seed + 1)
     losses = []
     bar = tqdm(range(settings.velocity_iterations), desc="velocity", disable=not progress, leave=False)
     for _ in bar:
-        positions, _ = rollout(model, model.rest_positions, v0, log_k, kappa, phi, n_vel - 1)
+        positions, _ = rollout(model, model.rest_positions, v0, log_k, kappa, phi, n_vel - 1,
+                               substeps=settings.velocity_substeps)
         means = apply_binding(binding, positions)
         loss = 0.0
         for f in range(1, n_vel):
@@ -298,7 +299,7 @@ def stage_velocity(g: Gaussians, model: SpringModel, binding: Binding, frames: F
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}", v0=",".join(f"{x:.2f}" for x in v0.tolist()))
     return v0.detach(), losses
 
@@ -484,7 +485,7 @@ class Fitter:
         s = self.settings
         n_vel = self.velocity_frames(g)
         key = hash_key("velocity", parent, n_vel, dataclasses.asdict(model.config),
-                       s.subset("velocity_iterations", "velocity_lr", "init_log_stiffness", "init_kappa",
+                       s.subset("velocity_iterations", "velocity_lr", "velocity_substeps", "init_log_stiffness", "init_kappa",
                                 "init_friction_logit", "soft_vector", "single_k", "seed"))
         hit = self.run.cached("velocity", key)
         if hit:

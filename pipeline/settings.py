@@ -38,6 +38,8 @@ class FitSettings:
     Initial velocity
       velocity_frames: frames used to fit v0 (0 = frames before the first ground contact).
       velocity_iterations, velocity_lr.
+      velocity_substeps: substeps per frame while fitting v0 (before contact the springs stay at
+        rest and the motion is a free fall, so few are needed).
     Dynamic stage (per-anchor stiffness, soft vector kappa, ground friction)
       iterations: optimisation iterations over the fitted frames.
       lr_stiffness, lr_kappa, lr_friction: Adam learning rates.
@@ -67,13 +69,14 @@ class FitSettings:
     force_law: str = "smooth"
     zeta0: float = 0.1
     mass: float = 1.0
-    substeps: int = 100
+    substeps: int = 60
     max_substeps: int = 500
     refine_iterations: int = 200
     refine_lr: float = 0.01
     velocity_frames: int = 0
     velocity_iterations: int = 60
     velocity_lr: float = 0.05
+    velocity_substeps: int = 20
     iterations: int = 60
     lr_stiffness: float = 0.03
     lr_kappa: float = 0.03
@@ -90,7 +93,7 @@ class FitSettings:
     single_k: bool = False
 
     def validate(self) -> "FitSettings":
-        positive = ["static_iterations", "n_anchors", "k_neighbors", "n_b", "substeps", "max_substeps",
+        positive = ["static_iterations", "n_anchors", "k_neighbors", "n_b", "substeps", "max_substeps", "velocity_substeps",
                     "cameras_per_frame", "static_max_gaussians"]
         for name in positive:
             if getattr(self, name) <= 0:
