@@ -70,8 +70,7 @@ def cli(ctx: click.Context, arch: str) -> None:
     ctx.obj["arch"] = arch
 
 
-# ---------------------------------------------------------------- demo (foundation issue)
-# ---------------------------------------------------------------- reconstruct (renderer issue)
+# ---------------------------------------------------------------- reconstruct
 @cli.command("reconstruct")
 @click.argument("data", type=click.Path(file_okay=False, path_type=str))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory to write.")
@@ -93,7 +92,7 @@ def cli(ctx: click.Context, arch: str) -> None:
 @click.pass_context
 def reconstruct_cmd(ctx, data, out, iterations, scale, image_size, n_init, init, grad_threshold, max_gaussians,
                     views_per_iteration, seed, quiet):
-    """Static stage alone (paper Sec. 4.1): isotropic Gaussians of constant scale fitted to frame 0
+    """Fit the static stage alone (paper Sec 4.1): isotropic Gaussians of constant scale fitted to frame 0
     of every view in DATA; writes OUT/gaussians.ply, OUT/settings.json and OUT/renders.png and
     prints the PSNR of every view."""
     from pipeline.static_recon import StaticSettings, reconstruct_to_dir
@@ -109,7 +108,7 @@ def reconstruct_cmd(ctx, data, out, iterations, scale, image_size, n_init, init,
     click.echo(f"wrote {out}/gaussians.ply, settings.json and renders.png")
 
 
-# ---------------------------------------------------------------- generate-mpm (MPM issue)
+# ---------------------------------------------------------------- generate-mpm
 @cli.command("generate-mpm")
 @click.option("--shape", default=None, metavar="NAME",
               help="Built-in shape: banana, box, cross, letter_l, letter_s, letter_t, pawn, sphere, torus "
@@ -163,7 +162,7 @@ def generate_mpm_cmd(ctx, shape, mesh, size, rotate, drop_height, youngs_modulus
     click.echo(f"wrote {path}")
 
 
-# ---------------------------------------------------------------- fit / eval (fit issue)
+# ---------------------------------------------------------------- fit / eval
 @cli.command("fit")
 @click.argument("data", type=click.Path(file_okay=False, path_type=str))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Run directory to write.")
