@@ -386,7 +386,7 @@ def stage_dynamic(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.
         losses.append(total)
         sched.step()
         bar.update(1)
-        bar.set_postfix(loss=f"{total:.4f}", log_k=f"{float(log_stiffness().mean()):.2f}", substeps=substeps)
+        bar.set_postfix(loss=f"{total:.4f}", log_k=f"{float(log_stiffness().detach().mean()):.2f}", substeps=substeps)
         it += 1
     bar.close()
     return {

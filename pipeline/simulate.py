@@ -178,16 +178,17 @@ def simulate(run, out, edits: Edits, n_frames: int | None = None, fps: float | N
     fps = float(fps if fps is not None else min(30.0, 1.0 / asset.config.frame_dt))
     if fps <= 0:
         raise ValueError(f"--fps must be positive, got {fps}")
-    if orbit:
-        rest = asset.gaussians.means.detach().numpy()
-        centre = rest.mean(0)
-        radius = 3.0 * float(np.linalg.norm(rest - centre, axis=1).max())
-        normal = asset.config.ground_normal
-        cams = orbit_camera_path(centre, radius, n_frames, size, up=normal)
-    else:
-        cams = _dataset_camera(asset, camera, size)
+    cams = None if orbit else _dataset_camera(asset, camera, size)
     log(f"simulating {n_frames} frames ({asset.config.substeps} substeps per frame)")
     positions, means, substeps = simulate_asset(asset, n_frames - 1)
+    if orbit:
+        # frame the whole motion: a sphere around every centre of every frame, seen with a 40 degree lens
+        pts = means.detach().reshape(-1, 3).numpy()
+        lo, hi = pts.min(0), pts.max(0)
+        centre = 0.5 * (lo + hi)
+        extent = 0.5 * float(np.linalg.norm(hi - lo)) + 1e-6
+        cams = orbit_camera_path(centre, 1.15 * extent / math.sin(math.radians(20.0)), n_frames, size,
+                                 up=asset.config.ground_normal)
     images = render_frames(asset, means, cams, progress)
     with atomic_dir(out) as tmp:
         (tmp / "frames").mkdir()
