@@ -3,6 +3,7 @@ load_dataset, repeatability and bad options (tiny scenes: 32^3 grid, 2 views, 64
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ from click.testing import CliRunner
 from pipeline import shapes
 from pipeline.generate import GenerateConfig, generate, load_scene
 
-SPOT = "/work/shared/meshes/spot.obj"
+# Keenan Crane's "Spot" (CC0), kept in assets/ so the tests need nothing outside the repository
+SPOT = str(Path(__file__).resolve().parents[1] / "assets" / "meshes" / "spot.obj")
 
 
 @pytest.mark.parametrize("name", shapes.shape_names())
