@@ -9,7 +9,6 @@ Target on a 2-core CPU: the fast preset end to end in at most 10 minutes.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -110,8 +109,8 @@ def main() -> None:
         paper_iter_s = time.perf_counter() - t0
 
     print()
-    print(f"| stage | wall s | peak RSS MB |")
-    print(f"|---|---|---|")
+    print("| stage | wall s | peak RSS MB |")
+    print("|---|---|---|")
     for label, s, mb in rows:
         print(f"| {label} | {s:.1f} | {mb:.0f} |")
     print(f"| **fast preset total** | {total:.1f} | {max(r[2] for r in rows):.0f} |")

@@ -14,8 +14,6 @@ and "single_k" (the dynamic stage refitted with one global stiffness, Table 3's 
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from tqdm.auto import tqdm
 
 from pipeline import metrics
 from pipeline.asset import Asset, load_asset, simulate_asset
-from pipeline.atomic import atomic_dir, atomic_file, write_json, write_text
+from pipeline.atomic import atomic_dir, write_json, write_text
 from pipeline.datasets import VideoDataset, load_dataset
 from pipeline.stages import RunDir
 
@@ -108,9 +106,8 @@ def markdown_table(result: dict, caption: str) -> str:
 def side_by_side_video(path: Path, asset: Asset, means: torch.Tensor, ds: VideoDataset, camera: int,
                        scale: float, fps: float) -> Path:
     """An mp4 of ground truth | prediction for one camera over every frame."""
-    import imageio.v2 as imageio
-
     from pipeline.fit import FrameCache
+    from pipeline.simulate import write_video
 
     cache = FrameCache(ds, scale)
     cam = cache.cameras[camera]
@@ -122,11 +119,7 @@ def side_by_side_video(path: Path, asset: Asset, means: torch.Tensor, ds: VideoD
         img = torch.cat([gt, pred], dim=1).clamp(0, 1)
         frames.append((img.numpy() * 255).astype(np.uint8))
         cache._frames.pop(f, None)
-    h, w = frames[0].shape[:2]
-    pad = lambda a: np.pad(a, ((0, (-h) % 16), (0, (-w) % 16), (0, 0)))  # codec-friendly size
-    with atomic_file(path, suffix=".mp4") as tmp:
-        imageio.mimwrite(tmp, [pad(f) for f in frames], fps=fps, macro_block_size=1)
-    return path
+    return write_video(path, frames, fps)
 
 
 def evaluate(run, data=None, scale: float | None = None, baselines: bool = True, camera: str | None = None,

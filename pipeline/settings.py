@@ -7,7 +7,7 @@ CLI override those. The settings used are saved with the run (settings.yaml).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml

@@ -148,6 +148,7 @@ def render_frames(asset: Asset, means: torch.Tensor, cams: Cameras, progress: bo
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float) -> Path:
+    """An mp4 (imageio-ffmpeg) of uint8 frames, padded to a multiple of 16 pixels for the codec."""
     import imageio.v2 as imageio
 
     h, w = frames[0].shape[:2]

@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from cli import cli
