@@ -99,16 +99,13 @@ def _time_kernels(model, params, substeps, repeats):
     X, V, VH, C = sim.record(prep.x0.contiguous(), prep.v0.contiguous())
     n = X.shape[1]
     gx, gv = torch.randn(n, 3), torch.randn(n, 3)
-    gxd, gvd, gf = (torch.empty(n, 3) for _ in range(3))
+    scratch = [torch.empty(n, 3) for _ in range(3)]
     gk, gkap, gfr = torch.zeros(n), torch.zeros(n), torch.zeros(n)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         for s in range(substeps):
-            K.ground_backward(gx, gv, VH[s], C[s], sim.prm, gxd, gvd, gf, gfr)
-            K.spring_backward(X[s], V[s], sim.nbr, sim.rest, sim.inv_rest, sim.stiff, sim.eta, sim.prm,
-                              sim.mutual, sim.rev_ptr, sim.rev_src, sim.rev_slot, sim.rev_rest, sim.rev_inv_rest,
-                              gxd, gvd, gf, sim.deta, gx, gv, gk, gkap, prep.law, prep.p_k)
+            sim.grad_step(X[s], V[s], VH[s], C[s], gx, gv, gk, gkap, gfr, scratch)
         best = min(best, (time.perf_counter() - t0) * 1e3 / substeps)
     return best
 

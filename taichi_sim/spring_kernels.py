@@ -9,11 +9,20 @@ backend runs in parallel; nothing is scattered with atomics:
 * :func:`ground_backward` -- per anchor, the adjoint of the ground condition and of Euler's
   update; it leaves the adjoint of each anchor's force in ``g_force``.
 * :func:`spring_backward` -- per anchor n, the gradient that reaches n through its own springs
-  (as their owner) and through the springs of other anchors that end at n (read from the reverse
-  adjacency ``rev_ptr/rev_src/rev_slot``). Each spring's Jacobian is recomputed twice instead of
-  being scattered with atomics, which on a CPU cost more than the arithmetic. The soft vector's
-  gradient is folded into kappa's at once (``deta`` = d eta / d kappa) because any store to a
-  global array inside the spring loop makes the loop about four times slower on the CPU.
+  (as their owner) and through the springs of other anchors that end at n: a mutual pair (n holds
+  m and m holds n with the same rest length) shares one geometry in n's own loop; the other
+  springs ending at n come from the padded reverse adjacency ``rev_ptr/rev_src``. Each spring's
+  Jacobian is recomputed at both ends instead of being scattered with atomics, which on a CPU
+  cost more than the arithmetic. The soft vector's gradient is folded into kappa's at once
+  (``deta`` = d eta / d kappa) because any store to a global array inside the spring loop makes
+  the loop about four times slower on the CPU. Per-rollout constants (1/L0, stiffness * eta of
+  the reverse springs) are tabled by the caller so the loops gather as little as possible.
+
+The smooth force law is written with the relative extension l/L0 - 1, so it needs 1/L0 only;
+the rest length itself is read for the "paper" law alone. The inner loops are vectorised by LLVM
+(8 springs per instruction in f32, several vectors per iteration), which is why the reverse
+lists are padded and why no loop body may branch. The parallel loop over anchors runs in tasks
+of ``BLOCK`` anchors, so both cores stay busy at N = 2048 even when the work per anchor varies.
 
 Taichi's automatic differentiation is not used: a vector summed over a non-static inner loop is
 differentiated wrongly by it (REFERENCE.md section 4).
@@ -32,6 +41,8 @@ P_DT, P_INV_MASS, P_ZETA0, P_PK, P_DEAD = 0, 1, 2, 3, 4
 P_G, P_GP, P_GN, P_HAS_GROUND, P_FRICTION = 5, 8, 11, 14, 15
 N_PRM = 16
 TINY = 1e-12  # springs shorter than this have no direction and exert nothing
+REV_PAD = 32  # the reverse adjacency of each anchor is padded to a multiple of this (spring_mass.py)
+BLOCK = 64  # anchors per parallel task (Taichi's CPU default is 512 or more: 4 tasks at N = 2048)
 
 
 @ti.func
@@ -52,27 +63,46 @@ def _put(a: ti.template(), i, val):
 
 
 @ti.func
-def _law(ext, inv_rest, p: ti.template(), law: ti.template()):
-    """phi(l) = (l-L0) * h and d phi / d l for the force magnitude k*eta*phi (Eq. 9)."""
-    a = ti.abs(ext)
-    phi = ext
-    dphi = ext * 0 + 1
+def _law(ext_rel, rest_l, p: ti.template(), law: ti.template()):
+    """phi(l) / L0 and d phi / d l for the force magnitude k*eta*phi (Eq. 9), from the relative
+    extension ext_rel = l/L0 - 1 (so the "smooth" law needs no rest length)."""
+    a = ti.abs(ext_rel)
+    phi_rel = ext_rel
+    dphi = ext_rel * 0 + 1
     if ti.static(law == 0):
-        e = a * inv_rest  # "smooth": h = (1 + |l/L0 - 1|)^p
-        h = ti.pow(1 + e, p)
-        phi = ext * h
-        dphi = h + (p * e) * h / (1 + e)
+        h = ti.pow(1 + a, p)  # "smooth": h = (1 + |l/L0 - 1|)^p
+        phi_rel = ext_rel * h
+        dphi = h + (p * a) * h / (1 + a)
     else:
-        h = ti.pow(a, p)  # "paper": h = |l - L0|^p
-        phi = ext * h
+        h = ti.pow(a * rest_l, p)  # "paper": h = |l - L0|^p
+        phi_rel = ext_rel * h
         dphi = (1 + p) * h
-    return phi, dphi
+    return phi_rel, dphi
+
+
+@ti.func
+def _rest(rest: ti.template(), i, jj, inv_rest, law: ti.template()):
+    """The rest length rest[i, jj], loaded only for the "paper" law (the smooth law needs only 1/L0)."""
+    out = inv_rest * 0
+    if ti.static(law != 0):
+        out = rest[i, jj]
+    return out
+
+
+@ti.func
+def _rest_1d(rest: ti.template(), e, inv_rest, law: ti.template()):
+    """:func:`_rest` for a flat array."""
+    out = inv_rest * 0
+    if ti.static(law != 0):
+        out = rest[e]
+    return out
 
 
 @ti.kernel
 def substep_forward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: NDA, eta: NDA, prm: NDA,
                     x_out: NDA, v_out: NDA, vh_out: NDA, contact: NDA, law: ti.template(), p: ti.template()):
     n_springs = nbr.shape[1]
+    ti.loop_config(block_dim=BLOCK)
     for i in range(x.shape[0]):
         dt = prm[P_DT]
         zeta0 = prm[P_ZETA0]
@@ -83,16 +113,17 @@ def substep_forward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: N
         force = xi * 0
         for jj in range(n_springs):  # branch-free: a branch here makes the loop several times slower
             n = nbr[i, jj]
-            d = xi - _vec(x, n)
-            length = d.norm()
-            u = d * ti.select(length > TINY, 1 / ti.max(length, TINY), length * 0)
-            ext = length - rest[i, jj]
             il = inv_rest[i, jj]
-            phi, _dphi = _law(ext, il, p, law)
-            phi = ti.select(ti.abs(ext) >= dead, phi, phi * 0)  # dead zone: no spring force
+            d = xi - _vec(x, n)
+            l2 = d.dot(d)
+            length = ti.sqrt(l2)
+            u = d * ti.select(length > TINY, 1 / ti.max(length, TINY), length * 0)
+            ext_rel = length * il - 1
+            phi_rel, _dphi = _law(ext_rel, _rest(rest, i, jj, il, law), p, law)
+            phi_rel = ti.select(ti.abs(ext_rel) >= dead * il, phi_rel, phi_rel * 0)  # dead zone |l-L0| < dead
             w = vi - _vec(v, n)
             # Eq. 9 with k_ij = k_i / L0 (Eq. 16) and Eq. 10 with zeta_ij = zeta0 / L0 (Eq. 17)
-            force -= ((ki * eta[jj] * phi + zeta0 * w.dot(u)) * il) * u
+            force -= (ki * eta[jj] * phi_rel + (zeta0 * il) * w.dot(u)) * u
         vh = vi + (force * prm[P_INV_MASS] + _prm_vec(prm, P_G)) * dt  # Eq. 12
         xh = xi + vh * dt  # Eq. 13
         touching = 0
@@ -131,38 +162,36 @@ def ground_backward(gx: NDA, gv: NDA, vh: NDA, contact: NDA, prm: NDA,
 
 
 @ti.func
-def _spring_geometry(d, w, rest_l, inv_rest, zeta0, p: ti.template(), dead, law: ti.template()):
-    """What the adjoint of a spring needs from its state: u, 1/l, phi, phi', w.u and c = zeta0/L0."""
-    length = d.norm()
+def _spring_geometry(d, w, inv_rest, rest_l, zeta0, p: ti.template(), dead, law: ti.template()):
+    """What the adjoint of a spring needs from its state: u, 1/l, phi/L0, phi'/L0, w.u and
+    c = zeta0/L0."""
+    length = ti.sqrt(d.dot(d))
     inv_len = ti.select(length > TINY, 1 / ti.max(length, TINY), length * 0)
     u = d * inv_len
-    ext = length - rest_l
-    phi, dphi = _law(ext, inv_rest, p, law)
-    on = ti.abs(ext) >= dead
-    phi = ti.select(on, phi, phi * 0)
-    dphi = ti.select(on, dphi, dphi * 0)
-    return u, inv_len, phi, dphi, w.dot(u), zeta0 * inv_rest
-
-
-@ti.func
-def _adjoint_from_geometry(u, w, g, inv_len, phi, dphi, wu, c, s):
-    """(dL/dd, dL/dw) of f = -s phi(l) u - c (w.u) u for the upstream g = dL/df, where
-    df/dd = -s (phi' u u^T + phi/l P) - c/l (u w^T P + (w.u) P), P = I - u u^T (written out as
-    A u + B g + C w)."""
-    ug = u.dot(g)
-    coef_u = ug * (inv_len * (s * phi + 2 * c * wu) - s * dphi)
-    coef_g = -inv_len * (s * phi + c * wu)
-    coef_w = -c * ug * inv_len
-    return coef_u * u + coef_g * g + coef_w * w, (-c * ug) * u, ug
+    ext_rel = length * inv_rest - 1
+    phi_rel, dphi = _law(ext_rel, rest_l, p, law)
+    on = ti.abs(ext_rel) >= dead * inv_rest
+    phi_rel = ti.select(on, phi_rel, phi_rel * 0)
+    dphi_rel = ti.select(on, dphi * inv_rest, dphi * 0)
+    return u, inv_len, phi_rel, dphi_rel, w.dot(u), zeta0 * inv_rest
 
 
 @ti.kernel
 def spring_backward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: NDA, eta: NDA, prm: NDA,
-                    mutual: NDA, rev_ptr: NDA, rev_src: NDA, rev_slot: NDA, rev_rest: NDA, rev_inv_rest: NDA,
+                    mutual_k: NDA, rev_ptr: NDA, rev_src: NDA, rev_rest: NDA, rev_inv_rest: NDA, rev_k: NDA,
                     gx_direct: NDA, gv_direct: NDA, g_force: NDA,
                     deta: NDA, gx_out: NDA, gv_out: NDA, g_stiff: NDA, g_kappa: NDA, law: ti.template(),
                     p: ti.template()):
+    """Adjoint of a spring's force f = -K phi/L0 u - c (w.u) u (K = k eta, c = zeta0/L0) for the
+    upstream g = dL/df: with P = I - u u^T,
+    (df/dd)^T g = (u.g) (A + B - K phi'/L0) u - A g - B' w,  A = (K phi/L0 + c w.u)/l,
+    B = c (w.u)/l, B' = c (u.g)/l; (df/dw)^T g = -c (u.g) u; df/dk_owner = -eta phi/L0 u.
+
+    ``mutual_k`` [N,K]: for the spring (a, jj) to n, stiff[n] * eta[q] when n holds a at slot q with
+    the same rest length (a mutual pair, handled here from both ends), else -1. ``rev_k`` [E]:
+    stiff * eta of the remaining springs of other anchors that end at a (reverse adjacency)."""
     n_springs = nbr.shape[1]
+    ti.loop_config(block_dim=BLOCK)
     for a in range(x.shape[0]):
         zeta0 = prm[P_ZETA0]
         dead = prm[P_DEAD]
@@ -174,49 +203,51 @@ def spring_backward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: N
         ka = stiff[a]
         gk = ka * 0
         gkappa = ka * 0
-        # springs owned by a (force on a) and, when n also holds a in its list at slot q with the
-        # same rest length (a mutual pair), n's spring to a, sharing the geometry. Terms along the
-        # constant g_a are summed as scalars. No store in this loop: a global store makes it several
-        # times slower on the CPU.
+        # springs owned by a (force on a) and, for a mutual pair, n's spring to a, sharing the
+        # geometry (d' = -d, w' = -w, u' = -u, same l, phi, phi'). Terms along the constant g_a
+        # are summed as scalars. No store in this loop: a global store makes it several times
+        # slower on the CPU.
         coef_ga = ka * 0
         for jj in range(n_springs):
             n = nbr[a, jj]
-            w = va - _vec(v, n)
             il = inv_rest[a, jj]
-            u, inv_len, phi, dphi, wu, c = _spring_geometry(xa - _vec(x, n), w, rest[a, jj], il,
-                                                            zeta0, p, dead, law)
+            w = va - _vec(v, n)
+            u, inv_len, phi_rel, dphi_rel, wu, c = _spring_geometry(
+                xa - _vec(x, n), w, il, _rest(rest, a, jj, il, law), zeta0, p, dead, law)
             eta_j = eta[jj]
-            s1 = ka * eta_j * il
+            k1 = ka * eta_j
+            km = mutual_k[a, jj]
+            gn = _vec(g_force, n) * ti.select(km >= 0, ka * 0 + 1, ka * 0)  # zero unless mutual
+            k2 = ti.max(km, 0)
+            cl = c * inv_len
+            b = cl * wu
             ug1 = u.dot(ga)
-            # own spring a -> n: (df/dd)^T g_a = cu1 u + cg1 g_a + cw1 w (see _adjoint_from_geometry)
-            cu1 = ug1 * (inv_len * (s1 * phi + 2 * c * wu) - s1 * dphi)
-            coef_ga -= inv_len * (s1 * phi + c * wu)
-            cw1 = -c * ug1 * inv_len
-            gphi = -phi * ug1 * il  # d f / d(k_a), per unit eta_j
+            ugn = u.dot(gn)  # u'.g_n = -ugn
+            a1 = inv_len * k1 * phi_rel + b
+            a2 = inv_len * k2 * phi_rel + b
+            coef_ga -= a1
+            gphi = -phi_rel * ug1  # d f / d(k_a), per unit eta_j
             gk += eta_j * gphi
             gkappa += gphi * deta[jj]
-            # n's spring n -> a (d' = -d, w' = -w, u' = -u, same l, phi, phi'); it enters with a minus
-            q = mutual[a, jj]
-            on = ti.select(q >= 0, ka * 0 + 1, ka * 0)
-            gn = _vec(g_force, n)
-            s2 = on * stiff[n] * eta[ti.max(q, 0)] * il
-            ugn = u.dot(gn)  # u'.g_n = -ugn
-            cu2 = -ugn * (inv_len * (s2 * phi + 2 * c * wu) - s2 * dphi) * on
-            cg2 = -inv_len * (s2 * phi + c * wu) * on
-            cw2 = c * ugn * inv_len * on
-            gx += (cu1 + cu2) * u + (cw1 + cw2) * w - cg2 * gn
-            gv += (c * (on * ugn - ug1)) * u
+            gx += (ug1 * (a1 + b - k1 * dphi_rel) - ugn * (a2 + b - k2 * dphi_rel)) * u \
+                + (cl * (ugn - ug1)) * w + a2 * gn
+            gv += (c * (ugn - ug1)) * u
         gx += coef_ga * ga
         gkappa *= ka
         for e in range(rev_ptr[a], rev_ptr[a + 1]):  # the other springs of other anchors that end at a
             i = rev_src[e]
+            il = rev_inv_rest[e]
             w = _vec(v, i) - va
-            u, inv_len, phi, dphi, wu, c = _spring_geometry(_vec(x, i) - xa, w, rev_rest[e], rev_inv_rest[e],
-                                                            zeta0, p, dead, law)
-            gd, gw, _ug = _adjoint_from_geometry(u, w, _vec(g_force, i), inv_len, phi, dphi, wu, c,
-                                                 stiff[i] * eta[rev_slot[e]] * rev_inv_rest[e])
-            gx -= gd
-            gv -= gw
+            u, inv_len, phi_rel, dphi_rel, wu, c = _spring_geometry(
+                _vec(x, i) - xa, w, il, _rest_1d(rev_rest, e, il, law), zeta0, p, dead, law)
+            g = _vec(g_force, i)
+            k = rev_k[e]
+            ug = u.dot(g)
+            cl = c * inv_len
+            b = cl * wu
+            ai = inv_len * k * phi_rel + b
+            gx -= (ug * (ai + b - k * dphi_rel)) * u - ai * g - (cl * ug) * w
+            gv += (c * ug) * u
         g_stiff[a] = g_stiff[a] + gk  # each anchor owns its entry: no atomic (+= would be one)
         g_kappa[a] = g_kappa[a] + gkappa
         _put(gx_out, a, gx)

@@ -343,9 +343,10 @@ def check_state(x: torch.Tensor, v: torch.Tensor, frame: int, prep: Prepared) ->
 def _kernel_topology(model: SpringModel, device) -> tuple:
     """Kernel-side topology, cached on the model: int32 neighbours [N,K]; ``mutual`` [N,K], the slot
     q with neighbors[n, q] == a for the spring (a, jj) to n when n also holds a and both springs
-    have the same rest length (else -1); and the reverse adjacency of the remaining springs (CSR:
-    for anchor a, the springs (i, slot) of other anchors that end at a) with ``order``, their flat
-    indices into [N,K] arrays."""
+    have the same rest length (else -1); and the reverse adjacency of the remaining springs (CSR
+    ``ptr`` [N+1], each anchor's list padded to a multiple of K.REV_PAD: for anchor a, the source
+    anchors ``rev_src`` of the springs of other anchors that end at a, and ``rev_flat``, their flat
+    indices into [N,K] arrays, -1 for padding, whose source is a itself)."""
     key = ("topology", str(device))
     if key not in model._cache:
         nbr = model.neighbors.to(device=device, dtype=torch.int64)
@@ -362,13 +363,26 @@ def _kernel_topology(model: SpringModel, device) -> tuple:
         found &= rest[rev_flat] == rest
         mutual = torch.where(found, rev_flat % k, torch.full_like(rev_flat, -1)).reshape(n, k)
         rest_edges = torch.nonzero(~found).squeeze(1)  # springs whose reverse is not a mutual pair
-        order = rest_edges[torch.argsort(flat[rest_edges], stable=True)]
-        counts = torch.bincount(flat[rest_edges], minlength=n)
+        target = flat[rest_edges]
+        order = rest_edges[torch.argsort(target, stable=True)]
+        target = flat[order]
+        counts = torch.bincount(target, minlength=n)
+        # every anchor's list is padded to a multiple of K.REV_PAD with empty springs (from the anchor
+        # itself, weight 0): the compiled loop runs REV_PAD springs at a time and leaves the rest to a
+        # scalar tail several times slower per spring
+        padded = (counts + K.REV_PAD - 1) // K.REV_PAD * K.REV_PAD
         ptr = torch.zeros(n + 1, dtype=torch.int64, device=device)
-        ptr[1:] = torch.cumsum(counts, 0)
+        ptr[1:] = torch.cumsum(padded, 0)
+        start = torch.zeros(n, dtype=torch.int64, device=device)
+        start[1:] = torch.cumsum(counts, 0)[:-1]
+        pos = ptr[target] + torch.arange(len(order), device=device) - start[target]
+        rev_src = torch.repeat_interleave(torch.arange(n, device=device), padded)
+        rev_flat = torch.full_like(rev_src, -1)  # flat index into [N,K] arrays, -1 for padding
+        rev_src[pos] = order // k
+        rev_flat[pos] = order
         model._cache[key] = (
             nbr.to(torch.int32).contiguous(), mutual.to(torch.int32).contiguous(), ptr.to(torch.int32).contiguous(),
-            (order // k).to(torch.int32).contiguous(), (order % k).to(torch.int32).contiguous(), order,
+            rev_src.to(torch.int32).contiguous(), rev_flat,
         )
     return model._cache[key]
 
@@ -378,18 +392,30 @@ class _Frames:
 
     def __init__(self, prep: Prepared, model: SpringModel):
         self.prep = prep
-        self.nbr, self.mutual, self.rev_ptr, self.rev_src, self.rev_slot, order = _kernel_topology(
-            model, prep.x0.device)
+        self.nbr, self.mutual, self.rev_ptr, self.rev_src, rev_flat = _kernel_topology(model, prep.x0.device)
         self.rest = prep.rest_length.detach().contiguous()
         self.inv_rest = 1.0 / self.rest
-        self.rev_rest = self.rest.reshape(-1)[order].contiguous()  # in the order of the reverse adjacency
-        self.rev_inv_rest = self.inv_rest.reshape(-1)[order].contiguous()
+        # the reverse adjacency's springs; padding: rest 1, 1/rest 0, stiffness 0 (they add nothing)
+        real = rev_flat >= 0
+        flat_idx = rev_flat.clamp_min(0)
+        self.rev_rest = torch.where(real, self.rest.reshape(-1)[flat_idx], torch.ones_like(flat_idx, dtype=self.rest.dtype))
+        self.rev_inv_rest = torch.where(real, 1.0 / self.rev_rest, torch.zeros_like(self.rev_rest)).contiguous()
+        self.rev_rest = self.rev_rest.contiguous()
         self.stiff = prep.stiffness.detach().contiguous()
         kappa = prep.kappa.detach()
         n_c, k = model.config.n_c, model.n_springs
         eta, deta = torch.func.jvp(lambda kap: soft_vector(kap, k, n_c), (kappa,), (torch.ones_like(kappa),))
         self.eta, self.deta = eta.to(prep.x0.device).contiguous(), deta.to(prep.x0.device).contiguous()
         self.prm = prep.prm.contiguous()
+        # per-rollout constants of the gradient kernel: stiff[n] * eta[q] of the reverse spring of a
+        # mutual pair (-1 where there is none) and stiff * eta of the springs in the reverse adjacency
+        nbr_long = self.nbr.long()
+        q = self.mutual.long()
+        self.mutual_k = torch.where(q >= 0, self.stiff[nbr_long] * self.eta[q.clamp_min(0)],
+                                    torch.full_like(self.rest, -1.0)).contiguous()
+        k_springs = model.n_springs
+        self.rev_k = torch.where(real, self.stiff[flat_idx // k_springs] * self.eta[flat_idx % k_springs],
+                                 torch.zeros_like(self.rev_rest)).contiguous()
         x = prep.x0
         n = x.shape[0]
         self.tmp = [torch.empty(n, 3, dtype=x.dtype, device=x.device) for _ in range(5)]
@@ -398,6 +424,17 @@ class _Frames:
     def step(self, x, v, x_out, v_out, vh_out, contact_out) -> None:
         K.substep_forward(x, v, self.nbr, self.rest, self.inv_rest, self.stiff, self.eta, self.prm,
                           x_out, v_out, vh_out, contact_out, self.prep.law, self.prep.p_k)
+
+    def grad_step(self, x, v, vh, contact, gx, gv, g_stiff, g_kappa, g_friction, scratch) -> None:
+        """Adjoint of one substep from (x, v) (and its recorded vh, contact): (gx, gv), the gradient
+        with respect to the substep's output, is replaced in place by the gradient with respect to
+        its input; the parameters' gradients are added to g_stiff, g_kappa, g_friction [N].
+        ``scratch``: three [N,3] buffers."""
+        gxd, gvd, gforce = scratch
+        K.ground_backward(gx, gv, vh, contact, self.prm, gxd, gvd, gforce, g_friction)
+        K.spring_backward(x, v, self.nbr, self.rest, self.inv_rest, self.stiff, self.eta, self.prm,
+                          self.mutual_k, self.rev_ptr, self.rev_src, self.rev_rest, self.rev_inv_rest, self.rev_k,
+                          gxd, gvd, gforce, self.deta, gx, gv, g_stiff, g_kappa, self.prep.law, self.prep.p_k)
 
     def run(self, x, v, x_out, v_out) -> None:
         """Advance one frame from (x, v), writing the end state into (x_out, v_out)."""
@@ -454,20 +491,16 @@ class _TaichiRollout(torch.autograd.Function):
         n = xs.shape[1]
         gx = g_positions[-1].contiguous().clone()
         gv = g_vlast.contiguous().clone()
-        gxd, gvd, gforce = (torch.empty_like(gx) for _ in range(3))
+        scratch = [torch.empty_like(gx) for _ in range(3)]
         g_stiff = torch.zeros(n, dtype=xs.dtype, device=xs.device)
         g_kappa = torch.zeros(n, dtype=xs.dtype, device=xs.device)
         g_fric = torch.zeros(n, dtype=xs.dtype, device=xs.device)
-        law = sim.prep.law
         f_total = xs.shape[0] - 1
         for f in tqdm(reversed(range(f_total)), total=f_total, desc="backward", disable=not ctx.progress,
                       leave=False):
             X, V, VH, C = ctx.records[f] if ctx.records else sim.record(xs[f], vs[f])
             for s in reversed(range(sim.prep.substeps)):
-                K.ground_backward(gx, gv, VH[s], C[s], sim.prm, gxd, gvd, gforce, g_fric)
-                K.spring_backward(X[s], V[s], sim.nbr, sim.rest, sim.inv_rest, sim.stiff, sim.eta, sim.prm,
-                                  sim.mutual, sim.rev_ptr, sim.rev_src, sim.rev_slot, sim.rev_rest, sim.rev_inv_rest,
-                                  gxd, gvd, gforce, sim.deta, gx, gv, g_stiff, g_kappa, law, sim.prep.p_k)
+                sim.grad_step(X[s], V[s], VH[s], C[s], gx, gv, g_stiff, g_kappa, g_fric, scratch)
             gx += g_positions[f]
         ctx.records = None
         return gx, gv, g_stiff, g_kappa.sum(), g_fric.sum(), None, None, None, None
