@@ -3,14 +3,17 @@
     python benchmarks/bench_sim.py [--json] [--arch auto|cpu|cuda] [--substeps N] [--torch-substeps N]
 
 Prints ms per substep, forward and backward, for (N, K) = (512, 64) and (2048, 256) in f32, the
-ratio torch / Taichi, and the peak memory (RSS high-water mark, VmHWM, reset before the run) of a
-full 20-frame x 100-substep backward at (2048, 256). Springs are stretched 1 % so every spring
-is outside the dead zone and does the full work. "bwd" is the whole backward of a rollout per
-substep (for Taichi: recomputing the frame's substeps from its checkpoint plus the gradient
-kernels); "bwd kernels" leaves the recomputation out, as does a rollout with checkpoint=False
-(substep states kept from the forward pass: about 150 MB per 20 x 100 substeps at N = 2048).
-Targets on a 2-core CPU: fwd+bwd at least 20x faster than the twin, bwd at most 3x fwd, peak
-under 1.5 GB.
+speed-up of Taichi fwd+bwd over our PyTorch twin (measured here, same run) and over the plain
+PyTorch figures of REFERENCE.md section 4 (measured once on this kind of machine: 3.0 + 3.2 ms at
+(512, 64), 70 + 46 = 116 ms at (2048, 256)), and the peak memory (RSS high-water mark, VmHWM,
+reset before the run) of a full 20-frame x 100-substep backward at (2048, 256). Springs are
+stretched 1 % so every spring is outside the dead zone and does the full work. "bwd" is the whole
+backward of a rollout per substep with the default settings (the substep states are kept from the
+forward pass within rollout's record_mb, about 40 bytes per anchor and substep: 164 MB for
+20 x 100 substeps at N = 2048); "bwd recomp" is the same with record_mb=0 (every frame's substeps
+recomputed from its frame checkpoint during backward, the least memory); "bwd kern" is the
+gradient kernels alone. Targets on a 2-core CPU: fwd+bwd at least 20x faster than the twin, bwd at
+most 3x fwd, peak under 1.5 GB.
 """
 from __future__ import annotations
 
@@ -24,6 +27,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TI_SKIP_VERSION_CHECK", "on")
 os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "0")
+
+
+# REFERENCE.md section 4: plain PyTorch autograd spring step, fwd + bwd ms per substep, 2-core CPU
+REFERENCE_TORCH_MS = {(512, 64): 3.0 + 3.2, (2048, 256): 70.0 + 46.0}
 
 
 def _vm_hwm_mb() -> float:
@@ -65,7 +72,7 @@ def _scene(n, k, substeps):
     return model, params
 
 
-def _time_rollout(model, params, substeps, frames, backend, repeats, checkpoint=True):
+def _time_rollout(model, params, substeps, frames, backend, repeats, **kw):
     """Best-of-``repeats`` ms per substep for the forward (no graph) and for the backward."""
     import torch
 
@@ -76,10 +83,10 @@ def _time_rollout(model, params, substeps, frames, backend, repeats, checkpoint=
     for _ in range(repeats):
         with torch.no_grad():
             t0 = time.perf_counter()
-            rollout(model, *params, n_frames=frames, substeps=substeps, backend=backend, checkpoint=checkpoint)
+            rollout(model, *params, n_frames=frames, substeps=substeps, backend=backend, **kw)
             best_f = min(best_f, (time.perf_counter() - t0) * 1e3 / steps)
         ins = [p.clone().requires_grad_(True) for p in params]
-        pos, v = rollout(model, *ins, n_frames=frames, substeps=substeps, backend=backend, checkpoint=checkpoint)
+        pos, v = rollout(model, *ins, n_frames=frames, substeps=substeps, backend=backend, **kw)
         loss = pos[-1].square().sum() + v.square().sum()
         t0 = time.perf_counter()
         loss.backward()
@@ -91,7 +98,6 @@ def _time_kernels(model, params, substeps, repeats):
     """ms per substep of the gradient kernels alone (no recomputation)."""
     import torch
 
-    from taichi_sim import spring_kernels as K
     from taichi_sim.spring_mass import _Frames, prepare
 
     prep = prepare(model, *params, 1, substeps)
@@ -161,29 +167,36 @@ def main() -> None:
         model, params = _scene(n, k, args.substeps)
         tf, tb = _time_rollout(model, params, args.substeps, 1, "taichi", 3)
         tk = _time_kernels(model, params, args.substeps, 3)
-        _f, tb_keep = _time_rollout(model, params, args.substeps, 1, "taichi", 3, checkpoint=False)
+        _f, tb_recomp = _time_rollout(model, params, args.substeps, 1, "taichi", 3, record_mb=0.0)
         model_t, params_t = _scene(n, k, args.torch_substeps)
         rf, rb = _time_rollout(model_t, params_t, args.torch_substeps, 1, "torch", 2)
         speedup = (rf + rb) / (tf + tb)
-        rows.append((n, k, tf, tb, tk, rf, rb, speedup))
+        ref = REFERENCE_TORCH_MS[(n, k)]
+        rows.append((n, k, tf, tb, tb_recomp, tk, rf, rb, speedup, ref / (tf + tb)))
         tag = f"{n}_{k}"
         result.update({
             f"taichi_fwd_ms_{tag}": round(tf, 3), f"taichi_bwd_ms_{tag}": round(tb, 3),
             f"taichi_bwd_kernels_ms_{tag}": round(tk, 3),
             f"torch_fwd_ms_{tag}": round(rf, 3), f"torch_bwd_ms_{tag}": round(rb, 3),
             f"speedup_{tag}": round(speedup, 2), f"bwd_over_fwd_{tag}": round(tb / tf, 2),
+            f"reference_torch_ms_{tag}": ref, f"speedup_vs_reference_{tag}": round(ref / (tf + tb), 2),
             f"bwd_kernels_over_fwd_{tag}": round(tk / tf, 2),
-            f"taichi_bwd_no_checkpoint_ms_{tag}": round(tb_keep, 3),
+            f"taichi_bwd_recompute_ms_{tag}": round(tb_recomp, 3),
+            f"bwd_recompute_over_fwd_{tag}": round(tb_recomp / tf, 2),
         })
     if args.json:
         print(json.dumps(result))
         return
     print(f"spring-mass simulator, f32, arch={arch}, {os.cpu_count()} CPUs; ms per substep (best of runs)")
-    print(f"{'N':>5} {'K':>4} | {'taichi fwd':>10} {'bwd':>7} {'bwd kern':>8} | {'torch fwd':>9} {'bwd':>7} | "
-          f"{'torch/taichi':>12} {'bwd/fwd':>7}")
-    for n, k, tf, tb, tk, rf, rb, sp in rows:
-        print(f"{n:>5} {k:>4} | {tf:>10.3f} {tb:>7.3f} {tk:>8.3f} | {rf:>9.2f} {rb:>7.2f} | "
-              f"{sp:>12.1f} {tb / tf:>7.2f}")
+    print(f"{'':>10} | {'Taichi':^37} | {'PyTorch twin':^17} | {'speed-up fwd+bwd':^17} | {'bwd/fwd':^15}")
+    print(f"{'N':>5} {'K':>4} | {'fwd':>7} {'bwd':>7} {'bwd recomp':>10} {'bwd kern':>8} | {'fwd':>8} {'bwd':>8} | "
+          f"{'vs twin':>8} {'vs REF':>8} | {'bwd':>6} {'recomp':>8}")
+    for n, k, tf, tb, tr, tk, rf, rb, sp, sp_ref in rows:
+        print(f"{n:>5} {k:>4} | {tf:>7.3f} {tb:>7.3f} {tr:>10.3f} {tk:>8.3f} | {rf:>8.2f} {rb:>8.2f} | "
+              f"{sp:>7.1f}x {sp_ref:>7.1f}x | {tb / tf:>6.2f} {tr / tf:>8.2f}")
+    print("vs twin: (twin fwd + bwd) / (Taichi fwd + bwd), both measured in this run; vs REF: REFERENCE.md "
+          "section 4's plain PyTorch figure (" + ", ".join(f"{ms:g} ms at {nk}" for nk, ms in REFERENCE_TORCH_MS.items())
+          + ") / (Taichi fwd + bwd)")
     print(f"full 20 frames x 100 substeps forward + backward at (2048, 256): {seconds:.1f} s, "
           f"peak RSS {peak:.0f} MB, {delta:.0f} MB above the start"
           + ("" if reset else " (high-water mark could not be reset: RSS before vs peak)"))

@@ -24,9 +24,12 @@ projected onto it, loses its normal velocity, and its tangential velocity is mul
 :func:`rollout` runs frames of substeps with the Taichi kernels (``backend="taichi"``,
 taichi_sim/spring_kernels.py) or the plain-PyTorch twin (``backend="torch"``,
 taichi_sim/spring_mass_torch.py); both are differentiable with respect to x0, v0, log_stiffness,
-kappa and phi. The Taichi backward is hand-written; it keeps the state at frame boundaries and
-recomputes the substeps of one frame at a time (``checkpoint=True``), so memory stays bounded by
-one frame of substeps. The state is checked for NaN, Inf and runaway speed once per frame (one
+kappa and phi. The Taichi backward is hand-written. With ``checkpoint=True`` (the default) the
+forward pass keeps what the backward needs of every substep (x, v, the velocity before the
+ground, the contact flags: about 40 bytes per anchor and substep in f32) for as many frames as fit
+in ``record_mb`` megabytes, and only the frames past that budget are recomputed from their
+frame-boundary state during backward, so memory stays bounded; ``checkpoint=False`` keeps every
+frame. The state is checked for NaN, Inf and runaway speed once per frame (one
 host synchronisation per frame, none inside the substep loop); a failure raises
 :class:`SimulationUnstable`, which :func:`rollout_with_retry` answers with 50 more substeps.
 """
@@ -43,6 +46,7 @@ from taichi_sim import spring_kernels as K
 from taichi_sim.runtime import require_taichi
 
 FORCE_LAWS = ("smooth", "paper")
+RECORD_MB = 512.0  # default memory for substep states kept from the forward pass (rollout's record_mb)
 BACKENDS = ("taichi", "torch")
 
 
@@ -462,7 +466,7 @@ class _Frames:
 
 class _TaichiRollout(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x0, v0, stiffness, kappa, friction, prep, model, checkpoint, progress):
+    def forward(ctx, x0, v0, stiffness, kappa, friction, prep, model, checkpoint, record_mb, progress):
         sim = _Frames(prep, model)
         f_total = prep.n_frames
         xs = torch.empty(f_total + 1, *x0.shape, dtype=x0.dtype, device=x0.device)
@@ -470,9 +474,13 @@ class _TaichiRollout(torch.autograd.Function):
         xs[0].copy_(x0)
         vs[0].copy_(v0)
         records = []
-        keep = any(ctx.needs_input_grad[:5]) and not checkpoint
+        keep = 0  # frames whose substeps are kept for the backward pass
+        if any(ctx.needs_input_grad[:5]):
+            n, item = x0.shape[0], x0.element_size()
+            frame_bytes = prep.substeps * n * (9 * item + 4) + 6 * n * item
+            keep = f_total if not checkpoint else min(f_total, int(record_mb * 2**20 // frame_bytes))
         for f in tqdm(range(f_total), desc="simulate", disable=not progress, leave=False):
-            if keep:
+            if f < keep:
                 rec = sim.record(xs[f], vs[f])
                 records.append(rec)
                 xs[f + 1].copy_(rec[0][-1])
@@ -498,49 +506,57 @@ class _TaichiRollout(torch.autograd.Function):
         f_total = xs.shape[0] - 1
         for f in tqdm(reversed(range(f_total)), total=f_total, desc="backward", disable=not ctx.progress,
                       leave=False):
-            X, V, VH, C = ctx.records[f] if ctx.records else sim.record(xs[f], vs[f])
+            rec = ctx.records[f] if f < len(ctx.records) else None  # None: past the budget, or freed
+            X, V, VH, C = rec if rec is not None else sim.record(xs[f], vs[f])
             for s in reversed(range(sim.prep.substeps)):
                 sim.grad_step(X[s], V[s], VH[s], C[s], gx, gv, g_stiff, g_kappa, g_fric, scratch)
+            if f < len(ctx.records):
+                ctx.records[f] = rec = None  # free each frame's record once it is used
             gx += g_positions[f]
-        ctx.records = None
-        return gx, gv, g_stiff, g_kappa.sum(), g_fric.sum(), None, None, None, None
+        return gx, gv, g_stiff, g_kappa.sum(), g_fric.sum(), None, None, None, None, None
 
 
-def _rollout_taichi(model: SpringModel, prep: Prepared, checkpoint: bool, progress: bool):
+def _rollout_taichi(model: SpringModel, prep: Prepared, checkpoint: bool, record_mb: float, progress: bool):
     require_taichi()
     return _TaichiRollout.apply(prep.x0.contiguous(), prep.v0.contiguous(), prep.stiffness, prep.kappa,
-                                prep.friction, prep, model, checkpoint, progress)
+                                prep.friction, prep, model, checkpoint, record_mb, progress)
 
 
 # ----------------------------------------------------------------------------- public entry points
 def rollout(model: SpringModel, x0: torch.Tensor, v0: torch.Tensor, log_stiffness: torch.Tensor,
             kappa: torch.Tensor, friction_logit: torch.Tensor, n_frames: int, substeps: int | None = None,
-            backend: str = "taichi", checkpoint: bool = True, progress: bool = False
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+            backend: str = "taichi", checkpoint: bool = True, progress: bool = False,
+            record_mb: float = RECORD_MB) -> tuple[torch.Tensor, torch.Tensor]:
     """Simulate ``n_frames`` frames of ``substeps`` substeps (default ``model.config.substeps``).
 
     x0 [N,3] start positions; v0 [3] (one velocity for all) or [N,3]; log_stiffness [N] (log10 k_i);
     kappa [] soft-vector parameter (Eq. 8); friction_logit [] ground friction phi.
     Returns (positions [n_frames+1, N, 3] with positions[0] = x0, v_last [N,3]), in x0's dtype,
     differentiable with respect to all five tensors. ``backend`` "taichi" (hand-written kernels and
-    gradients, frame checkpointing when ``checkpoint``) or "torch" (the plain-PyTorch twin).
+    gradients) or "torch" (the plain-PyTorch twin). ``checkpoint``: bound the backward's memory;
+    Taichi keeps the substeps of the first frames that fit in ``record_mb`` MB and recomputes the
+    others from frame checkpoints (record_mb=0: recompute every frame); the torch twin recomputes
+    every frame. ``checkpoint=False`` keeps every substep.
     Raises SimulationUnstable (a ValueError) naming the frame when the state blows up.
     For gradients truncated at frame boundaries, call it with n_frames=1 from a detached state.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if not float(record_mb) >= 0:
+        raise ValueError(f"record_mb must be a number >= 0, got {record_mb}")
     prep = prepare(model, x0, v0, log_stiffness, kappa, friction_logit, n_frames, substeps)
     if backend == "torch":
         from taichi_sim.spring_mass_torch import simulate_prepared
 
         return simulate_prepared(prep, checkpoint=checkpoint, progress=progress)
-    return _rollout_taichi(model, prep, checkpoint, progress)
+    return _rollout_taichi(model, prep, checkpoint, float(record_mb), progress)
 
 
 def rollout_with_retry(model: SpringModel, x0: torch.Tensor, v0: torch.Tensor, log_stiffness: torch.Tensor,
                        kappa: torch.Tensor, friction_logit: torch.Tensor, n_frames: int,
                        substeps: int | None = None, backend: str = "taichi", checkpoint: bool = True,
-                       progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
+                       progress: bool = False, record_mb: float = RECORD_MB
+                       ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """:func:`rollout`, retried with 50 more substeps per frame after each SimulationUnstable up to
     ``model.config.max_substeps`` (then the last SimulationUnstable is raised again).
 
@@ -549,7 +565,7 @@ def rollout_with_retry(model: SpringModel, x0: torch.Tensor, v0: torch.Tensor, l
     while True:
         try:
             pos, v = rollout(model, x0, v0, log_stiffness, kappa, friction_logit, n_frames, substeps,
-                             backend=backend, checkpoint=checkpoint, progress=progress)
+                             backend=backend, checkpoint=checkpoint, progress=progress, record_mb=record_mb)
             return pos, v, int(substeps)
         except SimulationUnstable:
             if substeps + 50 > model.config.max_substeps:
