@@ -178,8 +178,7 @@ def _spring_geometry(d, w, inv_rest, rest_l, zeta0, p: ti.template(), dead, law:
 
 @ti.kernel
 def spring_backward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: NDA, eta: NDA, prm: NDA,
-                    mutual_k: NDA, rev_ptr: NDA, rev_src: NDA, rev_rest: NDA, rev_inv_rest: NDA, rev_k: NDA,
-                    gx_direct: NDA, gv_direct: NDA, g_force: NDA,
+                    mutual_k: NDA, gx_direct: NDA, gv_direct: NDA, g_force: NDA,
                     deta: NDA, gx_out: NDA, gv_out: NDA, g_stiff: NDA, g_kappa: NDA, law: ti.template(),
                     p: ti.template()):
     """Adjoint of a spring's force f = -K phi/L0 u - c (w.u) u (K = k eta, c = zeta0/L0) for the
@@ -189,7 +188,9 @@ def spring_backward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: N
 
     ``mutual_k`` [N,K]: for the spring (a, jj) to n, stiff[n] * eta[q] when n holds a at slot q with
     the same rest length (a mutual pair, handled here from both ends), else -1. ``rev_k`` [E]:
-    stiff * eta of the remaining springs of other anchors that end at a (reverse adjacency)."""
+    stiff * eta of the remaining springs of other anchors that end at a (reverse adjacency), which
+    :func:`spring_backward_reverse` adds afterwards (in one kernel with this loop, LLVM compiles both
+    loops worse: together they took 30 % longer than apart)."""
     n_springs = nbr.shape[1]
     ti.loop_config(block_dim=BLOCK)
     for a in range(x.shape[0]):
@@ -234,6 +235,26 @@ def spring_backward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: N
             gv += (c * (ugn - ug1)) * u
         gx += coef_ga * ga
         gkappa *= ka
+        g_stiff[a] = g_stiff[a] + gk  # each anchor owns its entry: no atomic (+= would be one)
+        g_kappa[a] = g_kappa[a] + gkappa
+        _put(gx_out, a, gx)
+        _put(gv_out, a, gv)
+
+
+@ti.kernel
+def spring_backward_reverse(x: NDA, v: NDA, g_force: NDA, prm: NDA, rev_ptr: NDA, rev_src: NDA, rev_rest: NDA,
+                            rev_inv_rest: NDA, rev_k: NDA, gx_out: NDA, gv_out: NDA, law: ti.template(),
+                            p: ti.template()):
+    """Adds to (gx_out, gv_out) the gradient through the springs of the reverse adjacency (see
+    :func:`spring_backward`)."""
+    ti.loop_config(block_dim=BLOCK)
+    for a in range(x.shape[0]):
+        zeta0 = prm[P_ZETA0]
+        dead = prm[P_DEAD]
+        xa = _vec(x, a)
+        va = _vec(v, a)
+        gx = xa * 0
+        gv = xa * 0
         for e in range(rev_ptr[a], rev_ptr[a + 1]):  # the other springs of other anchors that end at a
             i = rev_src[e]
             il = rev_inv_rest[e]
@@ -248,7 +269,5 @@ def spring_backward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: N
             ai = inv_len * k * phi_rel + b
             gx -= (ug * (ai + b - k * dphi_rel)) * u - ai * g - (cl * ug) * w
             gv += (c * ug) * u
-        g_stiff[a] = g_stiff[a] + gk  # each anchor owns its entry: no atomic (+= would be one)
-        g_kappa[a] = g_kappa[a] + gkappa
-        _put(gx_out, a, gx)
-        _put(gv_out, a, gv)
+        _put(gx_out, a, _vec(gx_out, a) + gx)
+        _put(gv_out, a, _vec(gv_out, a) + gv)

@@ -436,9 +436,11 @@ class _Frames:
         ``scratch``: three [N,3] buffers."""
         gxd, gvd, gforce = scratch
         K.ground_backward(gx, gv, vh, contact, self.prm, gxd, gvd, gforce, g_friction)
-        K.spring_backward(x, v, self.nbr, self.rest, self.inv_rest, self.stiff, self.eta, self.prm,
-                          self.mutual_k, self.rev_ptr, self.rev_src, self.rev_rest, self.rev_inv_rest, self.rev_k,
-                          gxd, gvd, gforce, self.deta, gx, gv, g_stiff, g_kappa, self.prep.law, self.prep.p_k)
+        law, p_k = self.prep.law, self.prep.p_k
+        K.spring_backward(x, v, self.nbr, self.rest, self.inv_rest, self.stiff, self.eta, self.prm, self.mutual_k,
+                          gxd, gvd, gforce, self.deta, gx, gv, g_stiff, g_kappa, law, p_k)
+        K.spring_backward_reverse(x, v, gforce, self.prm, self.rev_ptr, self.rev_src, self.rev_rest,
+                                  self.rev_inv_rest, self.rev_k, gx, gv, law, p_k)
 
     def run(self, x, v, x_out, v_out) -> None:
         """Advance one frame from (x, v), writing the end state into (x_out, v_out)."""
