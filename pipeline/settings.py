@@ -77,7 +77,7 @@ class FitSettings:
     velocity_iterations: int = 60
     velocity_lr: float = 0.05
     velocity_substeps: int = 20
-    iterations: int = 60
+    iterations: int = 40
     lr_stiffness: float = 0.03
     lr_kappa: float = 0.03
     lr_friction: float = 0.05
