@@ -344,6 +344,25 @@ def check_state(x: torch.Tensor, v: torch.Tensor, frame: int, prep: Prepared) ->
 
 
 # ----------------------------------------------------------------------------- Taichi backend
+_TABLES: list = []  # [(neighbors, rest_length, versions, tables)], the most recent first
+
+
+def _tables_cache(model: SpringModel) -> dict:
+    """The kernel tables of a model's springs, shared by every SpringModel made from the same
+    neighbors and rest_length tensors (callers make a new SpringModel per iteration to change the
+    substeps, and the tables take about a second to build at N = 2048, K = 256). The last four
+    springs' tables are kept; a tensor changed in place counts as new."""
+    nbr, rest = model.neighbors, model.rest_length
+    versions = (nbr._version, rest._version)
+    for i, (n_, r_, ver, tables) in enumerate(_TABLES):
+        if n_ is nbr and r_ is rest and ver == versions:
+            _TABLES.insert(0, _TABLES.pop(i))
+            return tables
+    _TABLES.insert(0, (nbr, rest, versions, {}))
+    del _TABLES[4:]
+    return _TABLES[0][3]
+
+
 def _kernel_topology(model: SpringModel, device) -> tuple:
     """Kernel-side topology, cached on the model: int32 neighbours [N,K]; ``mutual`` [N,K], the slot
     q with neighbors[n, q] == a for the spring (a, jj) to n when n also holds a and both springs
@@ -351,8 +370,9 @@ def _kernel_topology(model: SpringModel, device) -> tuple:
     ``ptr`` [N+1], each anchor's list padded to a multiple of K.REV_PAD: for anchor a, the source
     anchors ``rev_src`` of the springs of other anchors that end at a, and ``rev_flat``, their flat
     indices into [N,K] arrays, -1 for padding, whose source is a itself)."""
+    cache = _tables_cache(model)
     key = ("topology", str(device))
-    if key not in model._cache:
+    if key not in cache:
         nbr = model.neighbors.to(device=device, dtype=torch.int64)
         n, k = nbr.shape
         owner = torch.arange(n, device=device).repeat_interleave(k)
@@ -384,46 +404,60 @@ def _kernel_topology(model: SpringModel, device) -> tuple:
         rev_flat = torch.full_like(rev_src, -1)  # flat index into [N,K] arrays, -1 for padding
         rev_src[pos] = order // k
         rev_flat[pos] = order
-        model._cache[key] = (
+        cache[key] = (
             nbr.to(torch.int32).contiguous(), mutual.to(torch.int32).contiguous(), ptr.to(torch.int32).contiguous(),
             rev_src.to(torch.int32).contiguous(), rev_flat,
         )
-    return model._cache[key]
+    return cache[key]
+
+
+def _rest_tables(model: SpringModel, device, dtype) -> tuple:
+    """Rest lengths and their inverses [N,K], and the same for the reverse adjacency in its order
+    (padding: rest 1, inverse 0, so a padding spring adds nothing), cached on the model."""
+    cache = _tables_cache(model)
+    key = ("rest", str(device), dtype)
+    if key not in cache:
+        rev_flat = _kernel_topology(model, device)[4]
+        rest = model.rest_length.to(device=device, dtype=dtype).contiguous()
+        real = rev_flat >= 0
+        rev_rest = torch.where(real, rest.reshape(-1)[rev_flat.clamp_min(0)], torch.ones((), dtype=dtype, device=device))
+        rev_inv_rest = torch.where(real, 1.0 / rev_rest, torch.zeros((), dtype=dtype, device=device))
+        cache[key] = (rest, (1.0 / rest).contiguous(), rev_rest.contiguous(), rev_inv_rest.contiguous())
+    return cache[key]
 
 
 class _Frames:
     """Runs substeps with the Taichi kernels; buffers are allocated once per rollout."""
 
     def __init__(self, prep: Prepared, model: SpringModel):
-        self.prep = prep
-        self.nbr, self.mutual, self.rev_ptr, self.rev_src, rev_flat = _kernel_topology(model, prep.x0.device)
-        self.rest = prep.rest_length.detach().contiguous()
-        self.inv_rest = 1.0 / self.rest
-        # the reverse adjacency's springs; padding: rest 1, 1/rest 0, stiffness 0 (they add nothing)
-        real = rev_flat >= 0
-        flat_idx = rev_flat.clamp_min(0)
-        self.rev_rest = torch.where(real, self.rest.reshape(-1)[flat_idx], torch.ones_like(flat_idx, dtype=self.rest.dtype))
-        self.rev_inv_rest = torch.where(real, 1.0 / self.rev_rest, torch.zeros_like(self.rev_rest)).contiguous()
-        self.rev_rest = self.rev_rest.contiguous()
+        self.prep, self.model = prep, model
+        dev, dtype = prep.x0.device, prep.x0.dtype
+        self.nbr, self.mutual, self.rev_ptr, self.rev_src, _rev_flat = _kernel_topology(model, dev)
+        self.rest, self.inv_rest, self.rev_rest, self.rev_inv_rest = _rest_tables(model, dev, dtype)
         self.stiff = prep.stiffness.detach().contiguous()
         kappa = prep.kappa.detach()
         n_c, k = model.config.n_c, model.n_springs
         eta, deta = torch.func.jvp(lambda kap: soft_vector(kap, k, n_c), (kappa,), (torch.ones_like(kappa),))
-        self.eta, self.deta = eta.to(prep.x0.device).contiguous(), deta.to(prep.x0.device).contiguous()
+        self.eta, self.deta = eta.to(dev).contiguous(), deta.to(dev).contiguous()
         self.prm = prep.prm.contiguous()
-        # per-rollout constants of the gradient kernel: stiff[n] * eta[q] of the reverse spring of a
-        # mutual pair (-1 where there is none) and stiff * eta of the springs in the reverse adjacency
-        nbr_long = self.nbr.long()
-        q = self.mutual.long()
-        self.mutual_k = torch.where(q >= 0, self.stiff[nbr_long] * self.eta[q.clamp_min(0)],
-                                    torch.full_like(self.rest, -1.0)).contiguous()
-        k_springs = model.n_springs
-        self.rev_k = torch.where(real, self.stiff[flat_idx // k_springs] * self.eta[flat_idx % k_springs],
-                                 torch.zeros_like(self.rev_rest)).contiguous()
+        self.mutual_k = self.rev_k = None  # made by the first grad_step
         x = prep.x0
         n = x.shape[0]
         self.tmp = [torch.empty(n, 3, dtype=x.dtype, device=x.device) for _ in range(5)]
         self.contact = torch.empty(n, dtype=torch.int32, device=x.device)
+
+    def _stiffness_tables(self) -> None:
+        """Per-rollout constants of the gradient kernels: stiff[n] * eta[q] of the reverse spring of
+        a mutual pair (-1 where there is none) and stiff * eta of the springs of the reverse
+        adjacency (0 for padding)."""
+        _nbr, _mutual, _ptr, _src, rev_flat = _kernel_topology(self.model, self.prep.x0.device)
+        k = self.model.n_springs
+        q = self.mutual.long()
+        self.mutual_k = torch.where(q >= 0, self.stiff[self.nbr.long()] * self.eta[q.clamp_min(0)],
+                                    torch.full_like(self.rest, -1.0)).contiguous()
+        flat = rev_flat.clamp_min(0)
+        self.rev_k = torch.where(rev_flat >= 0, self.stiff[flat // k] * self.eta[flat % k],
+                                 torch.zeros_like(self.rev_rest)).contiguous()
 
     def step(self, x, v, x_out, v_out, vh_out, contact_out) -> None:
         K.substep_forward(x, v, self.nbr, self.rest, self.inv_rest, self.stiff, self.eta, self.prm,
@@ -435,6 +469,8 @@ class _Frames:
         its input; the parameters' gradients are added to g_stiff, g_kappa, g_friction [N].
         ``scratch``: three [N,3] buffers."""
         gxd, gvd, gforce = scratch
+        if self.mutual_k is None:
+            self._stiffness_tables()
         K.ground_backward(gx, gv, vh, contact, self.prm, gxd, gvd, gforce, g_friction)
         law, p_k = self.prep.law, self.prep.p_k
         K.spring_backward(x, v, self.nbr, self.rest, self.inv_rest, self.stiff, self.eta, self.prm, self.mutual_k,

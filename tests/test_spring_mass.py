@@ -213,3 +213,21 @@ def test_bad_inputs_raise_value_error():
     for fn, match in cases:
         with pytest.raises(ValueError, match=match):
             fn()
+
+
+def test_kernel_tables_shared_between_models_of_the_same_springs_and_renewed_after_an_edit():
+    """A SpringModel re-made from the same tensors (as the fit does to change the substeps) reuses
+    the kernel tables; rest lengths edited in place are seen by the next rollout."""
+    from taichi_sim.spring_mass import _kernel_topology
+
+    g = torch.Generator().manual_seed(3)
+    model = build_model(torch.rand(40, 3, generator=g, dtype=F64) * 0.3 + 0.05, SimConfig(k_neighbors=6, substeps=8))
+    again = SpringModel(model.rest_positions, model.neighbors, model.rest_length, SimConfig(k_neighbors=6, substeps=9))
+    assert _kernel_topology(again, torch.device("cpu")) is _kernel_topology(model, torch.device("cpu"))
+    params = _params(model)
+    rollout(model, model.rest_positions, torch.zeros(3, dtype=F64), *params, n_frames=1)
+    model.rest_length.mul_(0.9)  # an edit: every spring now pulls
+    out = {b: rollout(model, model.rest_positions, torch.zeros(3, dtype=F64), *params, n_frames=1, backend=b)[0]
+           for b in ("taichi", "torch")}
+    assert float((out["taichi"] - out["torch"]).abs().max()) < 1e-9
+    assert float((out["taichi"][-1] - out["taichi"][0]).abs().max()) > 1e-4
