@@ -11,7 +11,8 @@ backend runs in parallel; nothing is scattered with atomics:
 * :func:`spring_backward` -- per anchor n, the gradient that reaches n through its own springs
   (as their owner) and through the springs of other anchors that end at n: a mutual pair (n holds
   m and m holds n with the same rest length) shares one geometry in n's own loop; the other
-  springs ending at n come from the padded reverse adjacency ``rev_ptr/rev_src``. Each spring's
+  springs ending at n come from the padded reverse adjacency ``rev_ptr/rev_src`` in
+  :func:`spring_backward_reverse`, which adds them to the first kernel's output. Each spring's
   Jacobian is recomputed at both ends instead of being scattered with atomics, which on a CPU
   cost more than the arithmetic. The soft vector's gradient is folded into kappa's at once
   (``deta`` = d eta / d kappa) because any store to a global array inside the spring loop makes
