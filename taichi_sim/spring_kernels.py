@@ -272,3 +272,18 @@ def spring_backward_reverse(x: NDA, v: NDA, g_force: NDA, prm: NDA, rev_ptr: NDA
             gv += (c * ug) * u
         _put(gx_out, a, _vec(gx_out, a) + gx)
         _put(gv_out, a, _vec(gv_out, a) + gv)
+
+
+@ti.kernel
+def stiffness_tables(nbr: NDA, mutual: NDA, rev_flat: NDA, stiff: NDA, eta: NDA, mutual_k: NDA, rev_k: NDA):
+    """Per-rollout tables of :func:`spring_backward` and :func:`spring_backward_reverse`:
+    mutual_k[a, jj] = stiff[n] * eta[q] for a mutual pair (q = mutual[a, jj] >= 0), else -1;
+    rev_k[e] = stiff * eta of the spring at flat index rev_flat[e] of [N,K], 0 for padding (-1)."""
+    n_springs = nbr.shape[1]
+    for a, jj in ti.ndrange(nbr.shape[0], n_springs):
+        q = mutual[a, jj]
+        mutual_k[a, jj] = ti.select(q >= 0, stiff[nbr[a, jj]] * eta[ti.max(q, 0)], -1.0)
+    for e in range(rev_flat.shape[0]):
+        f = rev_flat[e]
+        g = ti.max(f, 0)
+        rev_k[e] = ti.select(f >= 0, stiff[g // n_springs] * eta[g % n_springs], 0.0)

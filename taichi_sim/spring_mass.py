@@ -406,7 +406,7 @@ def _kernel_topology(model: SpringModel, device) -> tuple:
         rev_flat[pos] = order
         cache[key] = (
             nbr.to(torch.int32).contiguous(), mutual.to(torch.int32).contiguous(), ptr.to(torch.int32).contiguous(),
-            rev_src.to(torch.int32).contiguous(), rev_flat,
+            rev_src.to(torch.int32).contiguous(), rev_flat.to(torch.int32).contiguous(),
         )
     return cache[key]
 
@@ -450,14 +450,10 @@ class _Frames:
         """Per-rollout constants of the gradient kernels: stiff[n] * eta[q] of the reverse spring of
         a mutual pair (-1 where there is none) and stiff * eta of the springs of the reverse
         adjacency (0 for padding)."""
-        _nbr, _mutual, _ptr, _src, rev_flat = _kernel_topology(self.model, self.prep.x0.device)
-        k = self.model.n_springs
-        q = self.mutual.long()
-        self.mutual_k = torch.where(q >= 0, self.stiff[self.nbr.long()] * self.eta[q.clamp_min(0)],
-                                    torch.full_like(self.rest, -1.0)).contiguous()
-        flat = rev_flat.clamp_min(0)
-        self.rev_k = torch.where(rev_flat >= 0, self.stiff[flat // k] * self.eta[flat % k],
-                                 torch.zeros_like(self.rev_rest)).contiguous()
+        rev_flat = _kernel_topology(self.model, self.prep.x0.device)[4]
+        self.mutual_k = torch.empty_like(self.rest)
+        self.rev_k = torch.empty_like(self.rev_rest)
+        K.stiffness_tables(self.nbr, self.mutual, rev_flat, self.stiff, self.eta, self.mutual_k, self.rev_k)
 
     def step(self, x, v, x_out, v_out, vh_out, contact_out) -> None:
         K.substep_forward(x, v, self.nbr, self.rest, self.inv_rest, self.stiff, self.eta, self.prm,
