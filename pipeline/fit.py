@@ -154,17 +154,11 @@ def _clip_grads(params, max_norm: float) -> None:
 # ----------------------------------------------------------------------------- anchors
 def carve_visual_hull(points: torch.Tensor, frames: FrameCache, frame: int = 0, threshold: float = 0.5) -> torch.Tensor:
     """Boolean mask [P]: points that project inside the object's mask in every view."""
-    alpha = frames.rgba(frame)[..., 3]  # [C,H,W]
-    uv, z = frames.cameras.project(points)
-    u, v = uv[..., 0].floor().long(), uv[..., 1].floor().long()
-    H, W = alpha.shape[1:]
-    inside = (z > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
-    keep = torch.ones(len(points), dtype=torch.bool)
-    for c in range(len(alpha)):
-        a = torch.zeros(len(points))
-        a[inside[c]] = alpha[c, v[c, inside[c]], u[c, inside[c]]]
-        keep &= a > threshold
-    return keep
+    from pipeline.static_recon import lookup_pixels
+
+    alpha = frames.rgba(frame)[..., 3:4]  # [C,H,W,1]
+    values, inside = lookup_pixels(alpha, frames.cameras, points)
+    return ((values[..., 0] > threshold) & inside).all(0)
 
 
 def farthest_point_sampling(points: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
@@ -348,9 +342,11 @@ def stage_dynamic(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.
 
     bar = tqdm(range(settings.iterations), desc=desc, disable=not progress, leave=False)
     it = 0
+    m = None
     while it < settings.iterations:
-        cfg = dataclasses.replace(model.config, substeps=substeps)
-        m = SpringModel(model.rest_positions, model.neighbors, model.rest_length, cfg)
+        if m is None or m.config.substeps != substeps:
+            cfg = dataclasses.replace(model.config, substeps=substeps)
+            m = SpringModel(model.rest_positions, model.neighbors, model.rest_length, cfg)
         try:
             total = 0.0
             if settings.truncate_per_frame:

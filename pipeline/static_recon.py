@@ -135,7 +135,7 @@ def viewing_box(cams: Cameras) -> tuple[torch.Tensor, float]:
     return centre.float(), radius
 
 
-def _lookup(images: torch.Tensor, cams: Cameras, points: torch.Tensor):
+def lookup_pixels(images: torch.Tensor, cams: Cameras, points: torch.Tensor):
     """Values of images [C,H,W,K] under the projections of points [P,3] (nearest pixel):
     values [C,P,K] and a mask [C,P] of projections inside the image and in front."""
     uv, z = cams.project(points)
@@ -158,7 +158,7 @@ def carve_hull(alpha: torch.Tensor, cams: Cameras, centre: torch.Tensor, radius:
     kept = torch.empty(0, 3)
     for _round in range(3):
         cand = lo + (hi - lo) * torch.rand(max(20 * n, 20000), 3, generator=gen)
-        a, inside = _lookup(alpha, cams, cand)
+        a, inside = lookup_pixels(alpha, cams, cand)
         keep = torch.all(~inside | (a[..., 0] > threshold), dim=0) & (inside.sum(0) >= min_views)
         kept = torch.cat([kept, cand[keep]])
         if len(kept) == 0:
@@ -182,7 +182,7 @@ def initial_gaussians(images: torch.Tensor, cams: Cameras, settings: StaticSetti
     else:
         pts = centre - radius + 2 * radius * torch.rand(settings.n_init, 3, generator=gen)
     rgb = images[..., :3] * alpha
-    values, inside = _lookup(rgb, cams, pts)
+    values, inside = lookup_pixels(rgb, cams, pts)
     w = inside.float()[..., None]
     colors = (values * w).sum(0) / w.sum(0).clamp_min(1)
     colors = torch.where(w.sum(0) > 0, colors, torch.full_like(colors, 0.5))
