@@ -4,7 +4,7 @@ The viewer shows the asset's Gaussians (viser's Gaussian splats), its anchors (a
 springs (line segments, a random subsample when there are many) and the ground plane, with a frame
 slider over a simulation of the asset and GUI controls for the edits of ``sgaus simulate``
 (gravity, ground height / no ground, friction, initial velocity, stiffness scale); the "simulate"
-button re-runs :func:`pipeline.asset.simulate_asset` on :func:`pipeline.simulate.apply_edits`.
+button re-runs :func:`pipeline.simulate.simulate_asset` on :func:`pipeline.simulate.apply_edits`.
 
 Two layers, so that the scene can be checked without a browser or viser:
 
@@ -26,16 +26,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.asset import Asset, load_asset, simulate_asset
-from pipeline.simulate import Edits, apply_edits
-from taichi_sim.spring_mass import friction_from_logit
+from pipeline.asset import Asset, load_asset
+from pipeline.simulate import Edits, apply_edits, simulate_asset
+from taichi_sim.errors import SgausError
+from taichi_sim.spring_params import friction_from_logit
 
 MAX_SPRINGS = 4000  # springs drawn at most (a random subsample of the undirected springs)
 MAX_FRAMES = 2000  # frames one simulation may ask for from the GUI
 VISER_MISSING = "the viewer needs viser: pip install 'sgaus[viewer]'"
 
 
-class ViewerUnavailable(ValueError):
+class ViewerUnavailable(SgausError):
     """viser is not installed."""
 
 
@@ -71,7 +72,7 @@ def spring_pairs(neighbors: torch.Tensor, max_springs: int = MAX_SPRINGS, seed: 
     """The undirected springs [S,2] to draw: all of them, or a random subsample of ``max_springs``
     when there are more (same seed, same subsample)."""
     if max_springs < 0:
-        raise ValueError(f"max_springs must not be negative, got {max_springs}")
+        raise SgausError(f"max_springs must not be negative, got {max_springs}")
     pairs = undirected_springs(neighbors)
     if len(pairs) > max_springs:
         keep = np.random.default_rng(seed).choice(len(pairs), size=max_springs, replace=False)
@@ -138,11 +139,11 @@ def build_scene(asset: Asset, n_frames: int | None = None, edits: Edits | None =
     and collect what the viewer draws. Taichi must be initialised."""
     n_frames = default_frames(asset) if n_frames is None else int(n_frames)
     if not 1 <= n_frames <= MAX_FRAMES:
-        raise ValueError(f"--frames must be between 1 and {MAX_FRAMES}, got {n_frames}")
+        raise SgausError(f"--frames must be between 1 and {MAX_FRAMES}, got {n_frames}")
     edited = apply_edits(asset, edits) if edits is not None else asset
     positions, means, substeps = simulate_asset(edited, n_frames - 1)
     g = edited.gaussians
-    cfg = edited.config
+    cfg = edited.model
     ground = None
     if cfg.ground_point is not None:
         normal = np.asarray(cfg.ground_normal, dtype=np.float64)
@@ -156,7 +157,7 @@ def build_scene(asset: Asset, n_frames: int | None = None, edits: Edits | None =
         springs=spring_pairs(edited.model.neighbors, max_springs),
         n_springs=len(undirected_springs(edited.model.neighbors)),
         substeps=int(substeps),
-        frame_dt=float(cfg.frame_dt),
+        frame_dt=float(edited.integrator.frame_dt),
         ground=ground,
     )
 
@@ -190,7 +191,7 @@ class Controls:
 
     @classmethod
     def from_asset(cls, asset: Asset, frames: int | None = None) -> "Controls":
-        cfg = asset.config
+        cfg = asset.model
         g = tuple(float(x) for x in cfg.gravity)
         normal = np.asarray(cfg.ground_normal, dtype=np.float64)
         normal = normal / np.linalg.norm(normal)
@@ -202,7 +203,7 @@ class Controls:
         return cls(
             gravity_as_vector=False, gravity=float(np.linalg.norm(g)), gravity_vector=g,
             ground=cfg.ground_point is not None, ground_height=height, friction="fitted",
-            friction_value=float(friction_from_logit(asset.friction_logit.detach().double())),
+            friction_value=float(friction_from_logit(asset.params.friction_logit.detach().double())),
             velocity=tuple(float(x) for x in asset.v0.detach().double()), stiffness_scale=1.0,
             frames=default_frames(asset) if frames is None else int(frames),
         )
@@ -211,7 +212,7 @@ class Controls:
         """The :class:`Edits` these controls ask of ``asset``; unchanged controls keep the fitted values."""
         fitted = Controls.from_asset(asset)
         if self.friction not in ("fitted", "sticky", "smooth", "value"):
-            raise ValueError(f"friction must be fitted, sticky, smooth or value, got {self.friction!r}")
+            raise SgausError(f"friction must be fitted, sticky, smooth or value, got {self.friction!r}")
         ground_height = None
         if self.ground and (not fitted.ground or abs(self.ground_height - fitted.ground_height) > 1e-9):
             ground_height = float(self.ground_height)
@@ -226,7 +227,7 @@ class Controls:
 
 
 # ------------------------------------------------------------------ the viser server
-def _wxyz_z_to(normal: np.ndarray) -> tuple[float, float, float, float]:
+def wxyz_z_to(normal: np.ndarray) -> tuple[float, float, float, float]:
     """The unit quaternion (w, x, y, z) rotating +z onto ``normal``."""
     n = np.asarray(normal, dtype=np.float64)
     n = n / np.linalg.norm(n)
@@ -285,7 +286,7 @@ class Viewer:
         sc = self.server.scene
         s = self.scene
         centre, radius, spacing = self._sizes()
-        up = s.ground[1] if s.ground is not None else np.asarray(self.asset.config.ground_normal, dtype=np.float64)
+        up = s.ground[1] if s.ground is not None else np.asarray(self.asset.model.ground_normal, dtype=np.float64)
         sc.set_up_direction(tuple(float(x) for x in up / np.linalg.norm(up)))
         self.splats = sc.add_gaussian_splats("/gaussians", centers=s.centres[0], covariances=s.covariances,
                                              rgbs=s.rgbs, opacities=s.opacities)
@@ -312,7 +313,7 @@ class Viewer:
         centre = s.anchors[0].astype(np.float64).mean(0)
         below = centre - ((centre - point) @ normal) * normal  # the object's centre dropped onto the plane
         self.ground_grid.position = tuple(float(x) for x in below)
-        self.ground_grid.wxyz = _wxyz_z_to(normal)
+        self.ground_grid.wxyz = wxyz_z_to(normal)
         self.ground_grid.visible = True
 
     def show_frame(self, frame: int) -> None:
@@ -414,7 +415,7 @@ class Viewer:
             t0 = time.perf_counter()
             try:
                 scene = build_scene(self.asset, controls.frames, controls.to_edits(self.asset), self.max_springs)
-            except ValueError as err:
+            except SgausError as err:
                 self.status.content = f"**not simulated:** {str(err).splitlines()[0]}"
                 return False
             with self._lock:
@@ -452,7 +453,7 @@ def start_viewer(run_or_asset, host: str = "127.0.0.1", port: int = 8080, n_fram
     ``port=0`` lets the OS choose a free port; a busy port makes viser try the next ones."""
     require_viser()
     if not 0 <= int(port) <= 65535:
-        raise ValueError(f"--port must be between 0 and 65535, got {port}")
+        raise SgausError(f"--port must be between 0 and 65535, got {port}")
     asset = run_or_asset if isinstance(run_or_asset, Asset) else load_asset(run_or_asset)
     n = default_frames(asset) if n_frames is None else int(n_frames)
     log(f"simulating {n} frames")
