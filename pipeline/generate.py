@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from pipeline.atomic import atomic_dir, write_json
 from pipeline.cameras import Cameras, orbit_cameras
 from pipeline.shapes import SHAPES, ParticleObject, fill_object, shape_names, split_halves
-from taichi_sim.mpm import GROUND_MODES, MODELS, Ground, MPMSimulator, check_material
+from taichi_sim.mpm import CONTACT_GAP, GROUND_MODES, MODELS, Ground, MPMSimulator, check_material, ground_aligned_lo
 
 FORMAT = "sgaus-mpm/1"
 BOX_SIZE = 1.0  # metres: the simulation box is a cube of this side above the ground
@@ -124,7 +124,9 @@ class GenerateConfig:
 
     @property
     def box_lo(self) -> tuple:
-        return (-BOX_SIZE / 2, self.ground_height - 0.1 * BOX_SIZE, -BOX_SIZE / 2)
+        """The box's lowest corner: about 0.1 box sizes below the ground, with the grid aligned so
+        that resting particles sit on the plane (taichi_sim.mpm.CONTACT_GAP)."""
+        return (-BOX_SIZE / 2, ground_aligned_lo(self.ground_height, self.dx, 0.1 * BOX_SIZE), -BOX_SIZE / 2)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -181,7 +183,10 @@ def simulate_object(cfg: GenerateConfig, progress: bool = True) -> SimResult:
         positions[f], energy[f] = sim.positions(), sim.kinetic_energy()
         bar.set_postfix(substeps=n_sub)
     seconds = time.perf_counter() - t0
-    contact = first_contact_frame(positions, cfg.ground_height, cfg.gravity[1], cfg.frame_dt, 1.5 * cfg.dx)
+    # the highest node row the ground holds lies CONTACT_GAP cells below the plane (box_lo), and
+    # the B-spline stencil reaches 1.5 cells above it
+    contact = first_contact_frame(positions, cfg.ground_height, cfg.gravity[1], cfg.frame_dt,
+                                  (1.5 - CONTACT_GAP) * cfg.dx)
     return SimResult(positions, obj, E, int(sim.substeps_per_frame or 0), contact, energy, sim.particle_mass, seconds)
 
 
@@ -189,9 +194,10 @@ def first_contact_frame(positions: np.ndarray, ground_height: float, gravity_y: 
                         reach: float) -> int | None:
     """The first frame whose motion the ground affected, or None.
 
-    A particle feels the ground once it is within ``reach`` of the plane (1.5 cells: the B-spline
-    stencil). Contact can start between two frames, so frame f counts when its particles, or
-    their free-flight prediction from frames f-2 and f-1, come within reach.
+    A particle feels the ground once it is within ``reach`` of the plane (the B-spline stencil's
+    1.5 cells, less the depth of the highest grid node row the ground holds). Contact can start
+    between two frames, so frame f counts when its particles, or their free-flight prediction
+    from frames f-2 and f-1, come within reach.
     """
     height = positions[..., 1].astype(np.float64) - ground_height
     low = height.min(axis=1)
