@@ -24,6 +24,10 @@ from pipeline.shapes import SHAPES, ParticleObject, fill_object, shape_names, sp
 from taichi_sim.mpm import CONTACT_GAP, GROUND_MODES, MODELS, Ground, MPMSimulator, check_material, ground_aligned_lo
 
 FORMAT = "sgaus-mpm/1"
+# scene.json's "generator" field says which version of this generator wrote a dataset.
+# 1 (no field): particles rested 0.5 to 0.7 grid cells above the declared ground plane.
+# 2: ground contact at the declared plane (resting particles within a quarter cell of it).
+GENERATOR_VERSION = 2
 BOX_SIZE = 1.0  # metres: the simulation box is a cube of this side above the ground
 PALETTE = np.array([
     [0.90, 0.25, 0.20], [0.98, 0.78, 0.20], [0.20, 0.65, 0.35], [0.20, 0.45, 0.90], [0.85, 0.85, 0.85],
@@ -262,6 +266,7 @@ def scene_json(cfg: GenerateConfig, sim: SimResult) -> dict:
                       "n_particles": int(np.sum(sim.obj.part == 1)), "region": "x > median"})
     return {
         "format": FORMAT,
+        "generator": {"name": "sgaus generate-mpm", "version": GENERATOR_VERSION},
         "object": {"shape": cfg.shape, "mesh": str(cfg.mesh) if cfg.mesh else None,
                    "n_particles": int(sim.obj.n_particles), "size": float(sim.obj.size),
                    "center": [float(c) for c in sim.obj.center], "rotation_deg": list(cfg.rotation_deg),

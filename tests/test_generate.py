@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline import shapes
+from pipeline import generate as gen
 from pipeline.generate import GenerateConfig, generate, load_scene
 
 # Keenan Crane's "Spot" (CC0), kept in assets/ so the tests need nothing outside the repository
@@ -75,6 +76,7 @@ def test_dataset_files_and_scene_json(dataset):
     assert names == ["images", "masks", "particles", "scene.json", "transforms.json"]
     scene = load_scene(dataset)
     assert scene["format"] == "sgaus-mpm/1"
+    assert scene["generator"] == {"name": "sgaus generate-mpm", "version": 2} and gen.GENERATOR_VERSION == 2
     for key in ("object", "material", "gravity", "velocity", "ground", "frame_dt", "n_frames", "substeps_per_frame",
                 "grid", "seed", "contact_frame", "split", "cameras"):
         assert key in scene, key
