@@ -37,13 +37,10 @@ def _taichi(ctx: click.Context) -> str:
     return init_taichi(ctx.find_root().obj["arch"])
 
 
-def _vec3(text: str, name: str) -> tuple[float, float, float]:
+def _vec3(text, name: str) -> tuple[float, float, float]:
     from taichi_sim.spring_model import vec3
 
-    try:
-        return vec3(text, name)
-    except SgausError as err:
-        raise click.BadParameter(str(err)) from None
+    return vec3(text, name)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -200,7 +197,7 @@ def fit_cmd(ctx, data, out, preset, config, assignments, resume, overwrite, grav
     """Fit a simulatable asset to the multi-view video in DATA (static Gaussians, anchors and
     springs, refine, initial velocity, then stiffness, soft vector and friction)."""
     from pipeline.fit.runner import fit
-    from pipeline.settings import make_settings, parse_assignments
+    from pipeline.fit.settings import make_settings, parse_assignments
 
     overrides = parse_assignments(assignments)
     named = dict(iterations=iterations, n_anchors=n_anchors, k_neighbors=k_neighbors, substeps=substeps,

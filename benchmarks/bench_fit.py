@@ -58,7 +58,7 @@ def main() -> None:
     from pipeline.fit import dynamic as dynamic_stage
     from pipeline.fit.physics import spring_model
     from pipeline.fit.runner import Fitter
-    from pipeline.settings import make_settings
+    from pipeline.fit.settings import make_settings
     from taichi_sim.runtime import init_taichi
 
     arch = init_taichi(args.arch, "f32")

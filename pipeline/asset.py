@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
+from pipeline.data.anchors import Anchors, load_anchors, save_anchors
 from pipeline.data.files import atomic_dir, write_json
 from pipeline.data.gaussians import Gaussians, load_ply, save_ply
 from pipeline.data.schema import integer, matrix, number, read_json, vector3
-from pipeline.fit import anchors as anchors_stage
 from taichi_sim.binding import Binding
 from taichi_sim.errors import SgausError
 from taichi_sim.spring_model import FORCE_LAWS, FRICTION_MODES, SpringModel
@@ -49,11 +49,11 @@ class Asset:
 
 def save_asset(directory: str | Path, asset: Asset) -> Path:
     directory = Path(directory)
-    a = anchors_stage.Anchors(asset.model.rest_positions, asset.model.neighbors, asset.model.rest_length,
+    a = Anchors(asset.model.rest_positions, asset.model.neighbors, asset.model.rest_length,
                               asset.binding)
     with atomic_dir(directory) as tmp:
         save_ply(tmp / "gaussians.ply", asset.gaussians)
-        anchors_stage.save(a, tmp / "anchors.npz")
+        save_anchors(a, tmp / "anchors.npz")
         write_json(tmp / "physics.json", {
             "format": ASSET_FORMAT,
             "model": asset.model.physics(),
@@ -105,7 +105,7 @@ def load_asset(run_or_asset: str | Path) -> Asset:
         raise SgausError(f"{d} holds an asset of format {phys.get('format')!r}; this sgaus reads {ASSET_FORMAT!r} "
                          "(fit it again)")
     gaussians = load_ply(d / "gaussians.ply")
-    a = anchors_stage.load(d / "anchors.npz", len(gaussians))
+    a = load_anchors(d / "anchors.npz", len(gaussians))
     n = len(a.rest_positions)
     model = SpringModel(a.rest_positions.float(), a.neighbors, a.rest_length.float(), **_model_constants(phys, path))
     integ = phys.get("integrator")

@@ -37,18 +37,17 @@ METHOD_LABELS = {"spring_gaus": "Spring-Gaus (sgaus)", "hold": "hold (frozen aft
 
 
 def frame_metrics(asset: Asset, means: torch.Tensor, ds: VideoDataset, frames, scale: float,
-                  progress: bool, desc: str) -> list[dict]:
-    """Per-frame CD, EMD, PSNR, SSIM of a trajectory of Gaussian centres [F,G,3]."""
+                  progress: bool, desc: str, ground_truth: list | None = None) -> list[dict]:
+    """Per-frame CD, EMD (against ``ground_truth`` particles, when given), PSNR, SSIM of a
+    trajectory of Gaussian centres [F,G,3]."""
     cache = FrameCache(ds, scale)
-    with_gt = has_particles(ds.root)
     out = []
     for f in tqdm(list(frames), desc=desc, disable=not progress, leave=False):
         row = {"frame": f}
         pred = means[f].detach()
-        if with_gt:
-            gt = load_particles(ds.root, f)
-            row["cd"] = metrics.chamfer_distance(pred, gt)
-            row["emd"] = metrics.earth_movers_distance(pred, gt)
+        if ground_truth is not None:
+            row["cd"] = metrics.chamfer_distance(pred, ground_truth[f])
+            row["emd"] = metrics.earth_movers_distance(pred, ground_truth[f])
         with torch.no_grad():
             rgb = asset.gaussians.render(cache.cameras, pred).clamp(0, 1)
             target = cache.rgb(f)
@@ -59,16 +58,18 @@ def frame_metrics(asset: Asset, means: torch.Tensor, ds: VideoDataset, frames, s
     return out
 
 
-def check_ground_truth(ds: VideoDataset, n_frames: int) -> None:
-    """Every frame's particles file must exist when the dataset has ground truth at all (a missing
-    frame would silently shrink the CD/EMD means)."""
+def load_ground_truth(ds: VideoDataset, n_frames: int) -> list | None:
+    """Every frame's ground-truth surface particles, read and checked before any work (None when
+    the dataset has no ground truth at all). A missing frame is an error naming it: it would
+    silently shrink the CD/EMD means."""
     if not has_particles(ds.root):
-        return
+        return None
     missing = [f for f in range(n_frames) if not particles_path(ds.root, f).is_file()]
     if missing:
         shown = ", ".join(str(particles_path(ds.root, f).relative_to(ds.root)) for f in missing[:5])
         raise SgausError(f"{ds.root}: ground-truth particles are missing for {len(missing)} frame(s) ({shown}"
                          f"{', ...' if len(missing) > 5 else ''}); restore them or evaluate against a complete dataset")
+    return [load_particles(ds.root, f) for f in range(n_frames)]
 
 
 def _mean(rows: list[dict], key: str):
@@ -134,10 +135,12 @@ def evaluate(run, data=None, scale: float | None = None, baselines: bool = True,
     if not 0 < scale <= 1:
         raise SgausError(f"--scale must lie in (0, 1], got {scale}")
     n = ds.n_frames
-    check_ground_truth(ds, n)
+    gt = load_ground_truth(ds, n)
+    if baselines:
+        fit_settings(run_dir)  # read and checked before any work
     log(f"simulating the asset over {n} frames ({fit_frames} fitted, {n - fit_frames} future)")
     _pos, means, _ = simulate_asset(asset, n - 1)
-    per_frame = {"spring_gaus": frame_metrics(asset, means, ds, range(n), scale, progress, "eval")}
+    per_frame = {"spring_gaus": frame_metrics(asset, means, ds, range(n), scale, progress, "eval", gt)}
     result = summarise(per_frame["spring_gaus"], fit_frames)
     result["baselines"] = {}
     if baselines:
@@ -145,13 +148,13 @@ def evaluate(run, data=None, scale: float | None = None, baselines: bool = True,
         hold_rows = [dict(r) for r in per_frame["spring_gaus"] if r["frame"] < fit_frames]
         hold = means.clone()
         hold[fit_frames:] = means[fit_frames - 1]
-        hold_rows += frame_metrics(asset, hold, ds, range(fit_frames, n), scale, progress, "eval hold")
+        hold_rows += frame_metrics(asset, hold, ds, range(fit_frames, n), scale, progress, "eval hold", gt)
         per_frame["hold"] = hold_rows
         result["baselines"]["hold"] = summarise(hold_rows, fit_frames)
         single = single_k_asset(run_dir, asset, ds, progress)
         if single is not None:
             _p, means_k, _ = simulate_asset(single, n - 1)
-            per_frame["single_k"] = frame_metrics(single, means_k, ds, range(n), scale, progress, "eval single-k")
+            per_frame["single_k"] = frame_metrics(single, means_k, ds, range(n), scale, progress, "eval single-k", gt)
             result["baselines"]["single_k"] = summarise(per_frame["single_k"], fit_frames)
     has_gt = any("cd" in r for r in per_frame["spring_gaus"])
     caption = (
@@ -183,34 +186,35 @@ def evaluate(run, data=None, scale: float | None = None, baselines: bool = True,
     return result
 
 
+def fit_settings(run_dir: RunDir):
+    """The FitSettings a run was fitted with (RUN/settings.yaml, checked)."""
+    from pipeline.fit.settings import load_settings
+
+    return load_settings(run_dir.root / "settings.yaml")
+
+
 def single_k_asset(run_dir: RunDir, asset: Asset, ds: VideoDataset, progress: bool) -> Asset | None:
     """The Table 3 baseline: the dynamic stage refitted with one global stiffness, on the asset's
     own Gaussians, anchors, springs and initial velocity (cached in RUN/stages/dynamic_single_k,
     keyed by those and the whole dynamic-stage settings). It calls the dynamic stage itself; the
     run's metadata is left as it is."""
-    import yaml
-
     from pipeline.fit import dynamic as dynamic_stage
-    from pipeline.settings import make_settings
+    from pipeline.fit import global_search
 
-    saved = run_dir.root / "settings.yaml"
-    if not saved.exists():
-        raise SgausError(f"{run_dir.root} has no settings.yaml: cannot refit the single-k baseline")
-    try:
-        doc = yaml.safe_load(saved.read_text())
-    except yaml.YAMLError as err:
-        raise SgausError(f"{saved} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("settings"), dict):
-        raise SgausError(f"{saved}: expected a mapping with 'settings'")
-    settings = make_settings("fast", overrides=doc["settings"])
+    settings = fit_settings(run_dir)
     if settings.single_k:
         return None  # the run itself is the single-k ablation
     stage = settings.dynamic(single_k=True)
     adir = run_dir.root / "asset"
     fit_frames = int(asset.info.get("fit_frames", min(20, ds.n_frames)))
+    # the baseline starts where the fit's dense stage started: from the global search when there was one
+    start = None
+    if settings.global_search and (run_dir.stage_dir("global") / "global.json").exists():
+        start = global_search.load(run_dir.stage_dir("global")).params
     key = hash_key("dynamic_single_k", hash_files([adir / "gaussians.ply", adir / "anchors.npz"]),
                    asset.v0.tolist(), asset.model.physics(), fit_frames, asset.integrator.frame_dt,
-                   float(asset.info.get("image_scale", 1.0)), dataclasses.asdict(stage))
+                   float(asset.info.get("image_scale", 1.0)), dataclasses.asdict(stage),
+                   None if start is None else [float(t.reshape(-1)[0]) for t in start.tensors()])
     name = "dynamic_single_k"
     resumable = RunDir(run_dir.root, resume=True, create=False)
     hit = resumable.cached(name, key)
@@ -219,7 +223,7 @@ def single_k_asset(run_dir: RunDir, asset: Asset, ds: VideoDataset, progress: bo
     else:
         frames = FrameCache(ds, float(asset.info.get("image_scale", 1.0)))
         r = dynamic_stage.run(asset.gaussians, asset.model, asset.binding, asset.v0, frames, fit_frames,
-                              asset.integrator.frame_dt, stage, progress, desc="single-k")
+                              asset.integrator.frame_dt, stage, progress, desc="single-k", start=start)
         with resumable.write_stage(name, key) as d:
             dynamic_stage.save(r, d)
     integrator = dataclasses.replace(asset.integrator, substeps=r.substeps)

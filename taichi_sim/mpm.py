@@ -117,9 +117,9 @@ def _per_particle(value, n: int, name: str) -> np.ndarray:
 def _torch_dtype():
     import torch
 
-    from taichi_sim.runtime import _state
+    from taichi_sim.runtime import default_float
 
-    return torch.float64 if _state["default_fp"] == "f64" else torch.float32
+    return torch.float64 if default_float() == "f64" else torch.float32
 
 
 # ------------------------------------------------------------------ Taichi kernels

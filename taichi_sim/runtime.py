@@ -58,6 +58,11 @@ def init_taichi(arch: str = "auto", default_fp: str = "f32", debug: bool = False
     return arch
 
 
+def default_float() -> str | None:
+    """The default float precision Taichi was initialised with ("f32" or "f64"), or None before."""
+    return _state["default_fp"]
+
+
 def current_arch() -> str | None:
     """The arch Taichi was initialised with, or None before :func:`init_taichi`."""
     return _state["arch"]

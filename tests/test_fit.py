@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from pipeline.settings import make_settings
+from pipeline.fit.settings import make_settings
 from pipeline.data.rundir import RunDir
 
 from conftest import TINY, invoke
@@ -21,7 +21,7 @@ def test_fit_writes_a_complete_asset(tiny_run):
     assert len(phys["log_stiffness"]) == make_settings("tiny").n_anchors
     assert np.isfinite(phys["log_stiffness"]).all()
     assert json.loads((tiny_run / "run.json").read_text())["stages_run"] == [
-        "static", "anchors", "refine", "velocity", "dynamic"]
+        "static", "anchors", "refine", "velocity", "global", "dynamic"]
 
 
 def test_eval_writes_metrics_table_and_video(tiny_run):
@@ -49,10 +49,15 @@ def test_resume_reuses_matching_stages_and_reruns_changed_ones(tiny_data, tiny_r
     # a refine setting changes refine and the stages after it, never the ones before
     r = invoke("fit", tiny_data, "--out", run, *TINY, "--resume", "--set", "refine_iterations=5")
     assert r.exit_code == 0, r.output
-    assert json.loads((run / "run.json").read_text())["stages_run"] == ["refine", "velocity", "dynamic"]
+    assert json.loads((run / "run.json").read_text())["stages_run"] == ["refine", "velocity", "global", "dynamic"]
     # a dynamic-stage setting changes only the dynamic stage
     r = invoke("fit", tiny_data, "--out", run, *TINY, "--resume", "--set", "refine_iterations=5",
                "--iterations", 2)
+    assert json.loads((run / "run.json").read_text())["stages_run"] == ["dynamic"]
+    # without the global search the dense stage starts from init_* (sgaus 0.1): only it re-runs
+    r = invoke("fit", tiny_data, "--out", run, *TINY, "--resume", "--set", "refine_iterations=5",
+               "--iterations", 2, "--set", "global_search=false")
+    assert r.exit_code == 0, r.output
     assert json.loads((run / "run.json").read_text())["stages_run"] == ["dynamic"]
 
 
@@ -73,7 +78,7 @@ def test_resume_after_a_kill_mid_stage(tiny_data, tmp_path, monkeypatch):
     assert not (run / "stages" / "velocity").exists()  # no half-written stage
     monkeypatch.setattr(velocity, "run", real)
     fit(tiny_data, run, make_settings("tiny"), resume=True, progress=False, log=lambda *_: None)
-    assert json.loads((run / "run.json").read_text())["stages_run"] == ["velocity", "dynamic"]
+    assert json.loads((run / "run.json").read_text())["stages_run"] == ["velocity", "global", "dynamic"]
 
 
 def test_bad_inputs_are_clear_errors(tiny_data, tmp_path):

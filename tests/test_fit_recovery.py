@@ -8,7 +8,7 @@ import torch
 
 from conftest import cube_scene, render_video
 from pipeline.fit import dynamic
-from pipeline.settings import make_settings
+from pipeline.fit.settings import make_settings
 from taichi_sim.spring_params import SpringParams, friction_logit
 
 TRUE_LOG_K = 2.0  # log10 of the stiffness that made the video

@@ -25,15 +25,21 @@ def snapshot(root) -> dict:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def one_line_error(r, *words):
+def one_line_error(r, *words, alone=True):
+    """The command failed with one error line holding ``words``, and no traceback; ``alone``:
+    nothing else was printed (the problem was found before any work)."""
     out = r.output.strip()
     assert r.exit_code != 0, out
     assert "Traceback" not in out and not isinstance(r.exception, (TypeError, KeyError, IndexError, AttributeError))
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
     lines = [ln for ln in out.splitlines() if ln.strip()]
-    assert len(lines) == 1, out
+    errors = [ln for ln in lines if ln.startswith("Error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], out
+    if alone:
+        assert len(lines) == 1, out
     for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
+        assert w in errors[0], errors[0]
+    return errors[0]
 
 
 @pytest.fixture
@@ -186,9 +192,9 @@ def _truncated_particles(data):
 
 
 DATA_CASES = {
-    "w_null": (lambda d: _edit_json(d / "transforms.json", lambda doc: doc.update(w=None)), "'w'"),
+    "w_text": (lambda d: _edit_json(d / "transforms.json", lambda doc: doc.update(w="wide")), "'w'"),
     "zero_matrix": (lambda d: _edit_json(d / "transforms.json", _zero_matrix), "transform_matrix"),
-    "zero_focal": (lambda d: _edit_json(d / "transforms.json", _zero_focal), "focal"),
+    "zero_focal": (lambda d: _edit_json(d / "transforms.json", _zero_focal), "'fl_x' must be a positive"),
     "ground_without_normal": (lambda d: _edit_json(d / "scene.json", lambda doc: doc["ground"].pop("normal")),
                               "normal"),
     "contact_frame_text": (lambda d: _edit_json(d / "scene.json", lambda doc: doc.update(contact_frame="abc")),
@@ -205,9 +211,17 @@ def test_malformed_dataset_files_are_named(tmp_path, small_run, tiny_data, case)
     corrupt, word = DATA_CASES[case]
     corrupt(data)
     one_line_error(invoke("eval", small_run, "--data", data, "--no-baselines", "--quiet"), word)
-    if case in ("w_null", "zero_matrix", "zero_focal", "ground_without_normal"):
+    if case in ("w_text", "zero_matrix", "zero_focal", "ground_without_normal"):
         one_line_error(invoke("fit", data, "--out", tmp_path / "r", *TINY), word)
         assert not (tmp_path / "r").exists()
+
+
+def test_a_null_image_size_is_read_from_the_images(tmp_path, small_run, tiny_data):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    _edit_json(data / "transforms.json", lambda doc: doc.update(w=None, h=None))
+    r = invoke("eval", small_run, "--data", data, "--no-baselines", "--quiet")
+    assert r.exit_code == 0, r.output
 
 
 def test_malformed_settings_and_asset_indices_are_named(tmp_path, small_run):
@@ -282,7 +296,7 @@ def test_corrupted_asset_files_never_traceback_nor_write_nan(tmp_path, small_run
             for ply in out.glob("*.ply"):
                 assert torch.isfinite(load_ply(ply).means).all(), label
         else:
-            one_line_error(r)
+            one_line_error(r, alone=False)
             assert not out.exists(), label
         path.write_bytes(original)
 
@@ -301,5 +315,5 @@ def test_corrupted_dataset_files_never_traceback(tmp_path, small_run, tiny_data,
             assert all(v is None or math.isfinite(v) for part in ("reconstruction", "future")
                        for v in m[part].values()), label
         else:
-            one_line_error(r)
+            one_line_error(r, alone=False)
         path.write_bytes(original)

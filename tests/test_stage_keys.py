@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from pipeline.fit.runner import stage_key
-from pipeline.settings import FitSettings, make_settings
+from pipeline.fit.settings import FitSettings, make_settings
 
 
 def _other(value):
@@ -37,10 +37,10 @@ def _variants(settings):
 
 def _stages(s: FitSettings):
     return {"static": s.static(0.5), "anchors": s.anchors(), "refine": s.refine(), "velocity": s.velocity(6),
-            "dynamic": s.dynamic()}
+            "global": s.global_search_settings(), "dynamic": s.dynamic()}
 
 
-@pytest.mark.parametrize("name", ["static", "anchors", "refine", "velocity", "dynamic"])
+@pytest.mark.parametrize("name", ["static", "anchors", "refine", "velocity", "global", "dynamic"])
 def test_changing_any_stage_setting_changes_the_stage_key(name):
     settings = _stages(make_settings("fast"))[name]
     base = stage_key(name, "parent", settings)
@@ -54,8 +54,8 @@ def test_changing_any_stage_setting_changes_the_stage_key(name):
 
 
 # settings that reach the fit through the scene facts or the image scale (part of the root key)
-# rather than through a stage's settings
-ROOT_SETTINGS = {"image_size", "fit_frames", "velocity_frames"}
+# rather than through a stage's settings, and the switch that runs the global stage at all
+ROOT_SETTINGS = {"image_size", "fit_frames", "velocity_frames", "global_search"}
 
 
 def test_every_fit_setting_reaches_a_stage():
@@ -65,6 +65,7 @@ def test_every_fit_setting_reaches_a_stage():
         if f.name in ROOT_SETTINGS:
             continue
         value = getattr(base, f.name)
-        other = {"force_law": "paper", "friction_mode": "per_time"}.get(f.name, _other(value))
+        choices = {"force_law": ("smooth", "paper"), "friction_mode": ("per_time", "per_substep")}
+        other = next(c for c in choices[f.name] if c != value) if f.name in choices else _other(value)
         changed = _stages(dataclasses.replace(base, **{f.name: other}))
         assert changed != stages, f"the setting {f.name} changes no stage's settings (and so no cache key)"

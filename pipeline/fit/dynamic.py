@@ -122,7 +122,10 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
 
     def params() -> SpringParams:
-        field_ = base + delta + (weights @ z if regions else 0.0)
+        field_ = base + delta
+        if regions:  # a zero-mean smooth field: the overall level stays the base's (one owner)
+            smooth = weights @ z
+            field_ = field_ + (smooth - smooth.mean())
         return SpringParams(field_.clamp(0.0, 7.0), kappa, phi)
 
     cams = frames.cameras

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.fit.anchors import Anchors
+from pipeline.data.anchors import Anchors
 from taichi_sim.spring_model import SpringModel
 from taichi_sim.spring_params import SpringParams
 

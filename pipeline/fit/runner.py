@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from pipeline.asset import Asset, save_asset
+from pipeline.data.anchors import load_anchors, save_anchors
 from pipeline.data.datasets import VideoDataset, load_dataset
 from pipeline.data.files import atomic_file, write_json
 from pipeline.data.frames import FrameCache
@@ -31,12 +32,13 @@ from pipeline.data.gaussians import load_ply, save_ply
 from pipeline.data.rundir import RunDir, hash_files, hash_key
 from pipeline.fit import anchors as anchors_stage
 from pipeline.fit import dynamic as dynamic_stage
+from pipeline.fit import global_search as global_stage
 from pipeline.fit import refine as refine_stage
 from pipeline.fit import velocity as velocity_stage
 from pipeline.fit.geometry import detect_contact_frame
 from pipeline.fit.physics import SceneFacts, spring_model
 from pipeline.fit.static import reconstruct_static
-from pipeline.settings import FitSettings, save_settings
+from pipeline.fit.settings import FitSettings, save_settings
 from taichi_sim.binding import apply_binding
 from taichi_sim.errors import SgausError
 from taichi_sim.spring_model import vec3
@@ -117,11 +119,11 @@ class Fitter:
         key = stage_key("anchors", parent, settings)
         hit = self._cached("anchors", key)
         if hit:
-            return anchors_stage.load(hit / "anchors.npz", len(g)), key
+            return load_anchors(hit / "anchors.npz", len(g)), key
         self.log(f"stage 2/5: {settings.n_anchors} anchors through the volume, {settings.k_neighbors} springs each")
         a = anchors_stage.run(g, self.frames, settings)
         with self.run.write_stage("anchors", key, {"anchors": len(a.rest_positions)}) as d:
-            anchors_stage.save(a, d / "anchors.npz")
+            save_anchors(a, d / "anchors.npz")
         self.ran.append("anchors")
         return a, key
 
@@ -163,6 +165,22 @@ class Fitter:
         self.ran.append("velocity")
         return r.v0, key
 
+    def global_(self, g, model, a, v0, parent: str):
+        settings = self.settings.global_search_settings()
+        key = stage_key("global", parent, settings)
+        hit = self._cached("global", key)
+        if hit:
+            return global_stage.load(hit), key
+        lo, hi = settings.log_k_range
+        self.log(f"stage 5/6: global search of log10 k in {lo:g}..{hi:g}, friction and kappa "
+                 f"({settings.grid_points} + {settings.cma_generations} x {settings.cma_population} rollouts)")
+        r = global_stage.run(g, model, a.binding, v0, self.frames, self.facts.fit_frames, self.facts.frame_dt,
+                             settings, self.progress)
+        with self.run.write_stage("global", key) as d:
+            global_stage.save(r, d)
+        self.ran.append("global")
+        return r, key
+
     def dynamic(self, g, model, a, v0, parent: str, start=None):
         settings = self.settings.dynamic()
         key = stage_key("dynamic", parent, settings)
@@ -170,7 +188,8 @@ class Fitter:
         if hit:
             return dynamic_stage.load(hit), key
         label = "single k" if settings.single_k else "per-anchor k"
-        self.log(f"stage 5/5: stiffness ({label}), soft vector and friction on frames 0..{self.facts.fit_frames - 1}")
+        self.log(f"stage {6 if start is not None else 5}/{6 if start is not None else 5}: stiffness ({label}), "
+                 f"soft vector and friction on frames 0..{self.facts.fit_frames - 1}")
         r = dynamic_stage.run(g, model, a.binding, v0, self.frames, self.facts.fit_frames, self.facts.frame_dt,
                               settings, self.progress, start=start)
         with self.run.write_stage("dynamic", key) as d:
@@ -200,7 +219,11 @@ def fit(data, out, settings: FitSettings, resume: bool = False, gravity=None, gr
     g2, k3 = f.refine(g, a, k2)
     model = spring_model(a, f.facts, settings.physics())
     v0, k4 = f.velocity(g2, model, a, k3)
-    r, _ = f.dynamic(g2, model, a, v0, k4)
+    start = None
+    if settings.global_search:
+        found, k4 = f.global_(g2, model, a, v0, k4)
+        start = found.params
+    r, _ = f.dynamic(g2, model, a, v0, k4, start)
     save_settings(f.run.root / "settings.yaml", settings, {"data": str(Path(data).resolve())})
     save_asset(f.run.root / "asset", f.make_asset(g2, model, a, v0, r))
     write_loss_plot(f.run)
@@ -218,16 +241,26 @@ def write_loss_plot(run: RunDir) -> Path:
     import matplotlib.pyplot as plt
 
     curves = []
-    for name, fname in [("refine", "stage.json"), ("velocity", "velocity.json"), ("dynamic", "fitted.json")]:
+    for name, fname in [("refine", "stage.json"), ("velocity", "velocity.json"), ("global", "global.json"),
+                        ("dynamic", "fitted.json")]:
         p = run.stage_dir(name) / fname
         if p.exists():
             doc = json.loads(p.read_text())
-            if doc.get("losses"):
+            if doc.get("losses") or doc.get("evaluations"):
                 curves.append((name, doc))
     fig, axes = plt.subplots(1, max(1, len(curves)), figsize=(4 * max(1, len(curves)), 3), squeeze=False)
     for ax, (name, doc) in zip(axes[0], curves):
-        ax.plot(np.arange(1, len(doc["losses"]) + 1), doc["losses"])
-        ax.set_xlabel("iteration")
+        if name == "global":  # every candidate's score against its log10 k; the chosen one marked
+            ev = [e for e in doc["evaluations"] if e["loss"] is not None]
+            ax.scatter([e["log_k"] for e in ev], [e["loss"] for e in ev], s=10, alpha=0.6)
+            ax.scatter([doc["log_k"]], [doc["loss"]], s=60, marker="*", color="red", zorder=3,
+                       label=f"log10 k {doc['log_k']:.2f}, friction logit {doc['friction_logit']:.2f}, "
+                             f"kappa {doc['kappa']:.2f}")
+            ax.legend(fontsize=6)
+            ax.set_xlabel("log10 k of the candidate")
+        else:
+            ax.plot(np.arange(1, len(doc["losses"]) + 1), doc["losses"])
+            ax.set_xlabel("iteration")
         ax.set_title(name)
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)

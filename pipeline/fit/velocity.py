@@ -20,13 +20,15 @@ from taichi_sim.spring_rollout import Integrator, SpringState, rollout
 @dataclass(frozen=True)
 class VelocitySettings:
     """frames: frames 0..frames-1 used (resolved: the frames before contact); iterations, lr: Adam;
-    substeps: substeps per frame while fitting v0; seed: the camera choice; physics: the model's
-    constants and starting values."""
+    substeps: substeps per frame while fitting v0; target_substeps: those of the dynamic stage,
+    which v0 is corrected for; seed: the camera choice; physics: the model's constants and
+    starting values."""
 
     frames: int = 2
     iterations: int = 60
     lr: float = 0.05
     substeps: int = 20
+    target_substeps: int = 60
     seed: int = 0
     physics: PhysicsSettings = field(default_factory=PhysicsSettings)
 
@@ -63,4 +65,13 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, frames: FrameCache, 
         opt.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}", v0=",".join(f"{x:.2f}" for x in v0.tolist()))
-    return Velocity(v0.detach(), n_vel, losses)
+    return Velocity(for_substeps(v0.detach(), model.gravity, frame_dt, settings.substeps, settings.target_substeps),
+                    n_vel, losses)
+
+
+def for_substeps(v0: torch.Tensor, gravity, frame_dt: float, fitted: int, target: int) -> torch.Tensor:
+    """The initial velocity that gives, at ``target`` substeps per frame, the free flight fitted at
+    ``fitted`` substeps: semi-implicit Euler puts a body at x0 + v0 t + g t^2 / 2 + g t dt / 2, so
+    the same frames need v0 + g (dt_fitted - dt_target) / 2."""
+    g = torch.tensor(gravity, dtype=v0.dtype)
+    return v0 + 0.5 * g * (frame_dt / fitted - frame_dt / target)

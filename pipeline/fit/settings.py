@@ -15,6 +15,7 @@ import yaml
 
 from pipeline.fit.anchors import AnchorSettings
 from pipeline.fit.dynamic import DynamicSettings
+from pipeline.fit.global_search import GlobalSearchSettings
 from pipeline.fit.physics import PhysicsSettings
 from pipeline.fit.refine import RefineSettings
 from pipeline.fit.static import StaticSettings
@@ -42,8 +43,8 @@ class FitSettings:
       n_b, p_b: anchors per Gaussian and the inverse-distance power of the binding (Eq. 15).
       p_k: force-law exponent (Eq. 9); force_law: "smooth" (authors' code) or "paper" (Eq. 9 as printed).
       zeta0, mass: damping (Eq. 17) and mass per anchor.
-      friction_mode: "per_substep" (the ground's tangential factor every substep, the authors'
-        form) or "per_time" (per 0.3 ms of contact, the same slide at any substep count).
+      friction_mode: "per_time" (the ground's tangential factor per 0.3 ms of contact: the same
+        slide at any substep count) or "per_substep" (every substep, the authors' form).
       substeps: simulation substeps per frame (raised by 50 on instability, up to max_substeps).
     Refine (Gaussians at their bound positions, colour/opacity/scale refined)
       refine_iterations, refine_lr.
@@ -52,6 +53,14 @@ class FitSettings:
       velocity_iterations, velocity_lr.
       velocity_substeps: substeps per frame while fitting v0 (before contact the springs stay at
         rest and the motion is a free fall, so few are needed).
+    Global search (pipeline/fit/global_search.py: before the dynamic stage, forward rollouts only)
+      global_search: search the global log10 k, friction and kappa first (false: start the
+        dynamic stage from init_* as sgaus 0.1 did).
+      global_log_k_min, global_log_k_max: the searched log10 stiffness interval.
+      global_grid_points: points of the coarse bracket over that interval.
+      global_cma_generations, global_cma_population: the CMA-ES budget after the bracket.
+      global_cameras: cameras scored per frame (an even spread).
+      silhouette_weight: weight of the rendered-alpha-vs-mask L1 term of the search's score.
     Dynamic stage (per-anchor stiffness, soft vector kappa, ground friction)
       iterations: optimisation iterations over the fitted frames.
       lr_stiffness, lr_kappa, lr_friction: Adam learning rates.
@@ -64,6 +73,10 @@ class FitSettings:
       cameras_per_frame: cameras rendered per frame and iteration (random choice).
       soft_vector: use the soft vector eta (False = all springs weight 1, Table 3 ablation).
       single_k: one global stiffness instead of one per anchor (Table 3 ablation).
+      stiffness_regions: R region values spread smoothly over the anchors, learned with the
+        per-anchor deltas (0 = per-anchor deltas alone).
+      patience: stop the dynamic stage once its loss has not improved by 0.5 % for this many
+        iterations (0 = run every iteration).
     """
 
     image_size: int = 128
@@ -81,7 +94,7 @@ class FitSettings:
     force_law: str = "smooth"
     zeta0: float = 0.1
     mass: float = 1.0
-    friction_mode: str = "per_substep"
+    friction_mode: str = "per_time"
     substeps: int = 60
     max_substeps: int = 500
     refine_iterations: int = 200
@@ -104,6 +117,16 @@ class FitSettings:
     cameras_per_frame: int = 1
     soft_vector: bool = True
     single_k: bool = False
+    global_search: bool = True
+    global_log_k_min: float = 0.0
+    global_log_k_max: float = 7.0
+    global_grid_points: int = 15
+    global_cma_generations: int = 6
+    global_cma_population: int = 8
+    global_cameras: int = 4
+    silhouette_weight: float = 0.5
+    stiffness_regions: int = 16
+    patience: int = 0
 
     def validate(self) -> "FitSettings":
         # a dynamic or velocity stage of 0 iterations would write the starting values as if fitted
@@ -157,15 +180,22 @@ class FitSettings:
 
     def velocity(self, frames: int) -> VelocitySettings:
         """``frames``: the frames before contact, resolved by the caller (velocity_frames or detection)."""
-        return VelocitySettings(frames, self.velocity_iterations, self.velocity_lr, self.velocity_substeps, self.seed,
-                                self.physics())
+        return VelocitySettings(frames, self.velocity_iterations, self.velocity_lr, self.velocity_substeps,
+                                self.substeps, self.seed, self.physics())
+
+    def global_search_settings(self) -> GlobalSearchSettings:
+        return GlobalSearchSettings(
+            (self.global_log_k_min, self.global_log_k_max), self.global_grid_points, self.global_cma_generations,
+            self.global_cma_population, search_friction=True, search_kappa=self.soft_vector,
+            cameras=self.global_cameras, silhouette_weight=self.silhouette_weight, lambda_dssim=self.lambda_dssim,
+            substeps=self.substeps, max_substeps=self.max_substeps, seed=self.seed, physics=self.physics())
 
     def dynamic(self, single_k: bool | None = None) -> DynamicSettings:
         return DynamicSettings(
             self.iterations, self.lr_stiffness, self.lr_kappa, self.lr_friction, self.lr_decay, self.grad_clip,
             self.lambda_dssim, self.truncate_per_frame, self.cameras_per_frame,
-            self.single_k if single_k is None else single_k, self.substeps, self.max_substeps, 0, 0, self.seed,
-            self.physics())
+            self.single_k if single_k is None else single_k, self.substeps, self.max_substeps,
+            self.stiffness_regions, self.patience, self.seed, self.physics())
 
 
 PRESETS: dict[str, dict] = {
@@ -182,6 +212,8 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(
         image_size=48, static_iterations=150, static_max_gaussians=3000, n_anchors=96, k_neighbors=16,
         n_c=4, n_b=4, substeps=40, refine_iterations=20, velocity_iterations=10, iterations=3,
+        global_grid_points=8, global_cma_generations=1, global_cma_population=4, global_cameras=2,
+        stiffness_regions=4,
     ),
 }
 
@@ -236,6 +268,23 @@ def parse_assignments(pairs: tuple[str, ...] | list[str]) -> dict:
         k, v = pair.split("=", 1)
         out[k.strip()] = v.strip()
     return out
+
+
+def load_settings(path: Path) -> FitSettings:
+    """The settings saved by :func:`save_settings`, checked like any other (one line naming the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SgausError(f"{path} is missing: the run's settings are unknown")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise SgausError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("settings"), dict):
+        raise SgausError(f"{path}: expected a mapping with 'settings'")
+    try:
+        return make_settings("fast", overrides=doc["settings"])
+    except SgausError as err:
+        raise SgausError(f"{path}: {err}") from None
 
 
 def save_settings(path: Path, settings: FitSettings, extra: dict | None = None) -> None:

@@ -1,0 +1,148 @@
+"""Physical identification over a grid of scenes: does `sgaus fit` find the material?
+
+    python benchmarks/bench_identify.py [--out DIR] [--only NAME ...] [--preset fast] [--json] [--set NAME=VALUE ...]
+
+Generates each scene once (cached in DIR/data, default bench_out/identify), fits it with the
+preset (cached with --resume), evaluates it with the hold and single-k baselines, and prints one
+row per scene: the true Young's modulus, the fitted mean log10 k, kappa, the friction factor,
+future CD / PSNR for sgaus, hold and single k, and the fit's wall time. Scenes (5 views, 128 px,
+30 frames, 20 fitted, as the issue measured them):
+
+* torus_E1e4 .. torus_E1e6: the same torus dropped the same way at E = 1e4, 3e4, 1e5, 3e5, 1e6 Pa
+* pawn_thrown: a soft pawn (E = 1e4) thrown sideways
+* banana_hetero: a banana whose +x half is 10x stiffer (E = 3e4 / 3e5)
+* spot_tossed: the Spot mesh tossed up and sideways
+
+Targets: fitted mean log10 k strictly increasing with E over the tori, spanning at least 1.5
+decades from 1e4 to 1e6; future CD and PSNR better than hold on every scene and better than
+single k on the heterogeneous one; its stiffer half with the higher mean fitted log10 k.
+With --json, one JSON object {"scenes": [...]} closes the output.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMON = ["--views", "5", "--frames", "30", "--fit-frames", "20", "--resolution", "128"]
+SCENES = {
+    **{f"torus_E{tag}": dict(args=["--shape", "torus", "--youngs-modulus", str(e)], youngs_modulus=e)
+       for tag, e in (("1e4", 1e4), ("3e4", 3e4), ("1e5", 1e5), ("3e5", 3e5), ("1e6", 1e6))},
+    "pawn_thrown": dict(args=["--shape", "pawn", "--youngs-modulus", "1e4", "--velocity", "1.2,0.5,0",
+                              "--drop-height", "0.15"], youngs_modulus=1e4),
+    "banana_hetero": dict(args=["--shape", "banana", "--youngs-modulus", "3e4", "--heterogeneous",
+                                "--stiffness-factor", "10"], youngs_modulus=3e4, heterogeneous=True),
+    "spot_tossed": dict(args=["--mesh", str(ROOT / "assets" / "meshes" / "spot.obj"), "--youngs-modulus", "5e4",
+                              "--velocity", "0.6,1.2,0.3", "--drop-height", "0.1", "--rotate", "0,30,0"],
+                        youngs_modulus=5e4),
+}
+
+
+def sgaus(*args) -> None:
+    cmd = [sys.executable, "-c", "from cli import main; main()", *map(str, args)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"failed: sgaus {' '.join(map(str, args))}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+
+
+def summarise(name: str, spec: dict, run: Path, fit_s: float) -> dict:
+    import torch
+
+    from pipeline.asset import load_asset
+    from taichi_sim.spring_params import friction_from_logit
+
+    asset = load_asset(run)
+    m = json.loads((run / "eval" / "metrics.json").read_text())
+    log_k = asset.params.log_stiffness.double()
+    row = {
+        "name": name, "youngs_modulus": spec["youngs_modulus"], "mean_log_k": float(log_k.mean()),
+        "kappa": float(asset.params.kappa), "friction": float(friction_from_logit(asset.params.friction_logit)),
+        "future_cd": m["future"]["cd"], "future_psnr": m["future"]["psnr"],
+        "hold_future_cd": m["baselines"]["hold"]["future"]["cd"],
+        "hold_future_psnr": m["baselines"]["hold"]["future"]["psnr"],
+        "single_k_future_cd": m["baselines"].get("single_k", {}).get("future", {}).get("cd"),
+        "single_k_future_psnr": m["baselines"].get("single_k", {}).get("future", {}).get("psnr"),
+        "fit_s": fit_s,
+    }
+    if spec.get("heterogeneous"):
+        x = asset.model.rest_positions[:, 0].double()
+        stiff = x > torch.median(x)  # the generator makes the +x half stiffer (scene.json: "x > median")
+        row["stiff_half_log_k"] = float(log_k[stiff].mean())
+        row["soft_half_log_k"] = float(log_k[~stiff].mean())
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "bench_out" / "identify"))
+    ap.add_argument("--only", nargs="*", default=None, help="scene names to run (default: all)")
+    ap.add_argument("--preset", default="fast")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
+                    help="fit settings for every scene (e.g. global_search=false for the old behaviour)")
+    ap.add_argument("--tag", default="", help="suffix of the run directories (to compare settings)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    out = Path(args.out)
+    names = args.only or list(SCENES)
+    unknown = [n for n in names if n not in SCENES]
+    if unknown:
+        raise SystemExit(f"unknown scenes {unknown}; known: {', '.join(SCENES)}")
+    rows = []
+    for name in names:
+        spec = SCENES[name]
+        data, run = out / "data" / name, out / "runs" / f"{name}{args.tag}"
+        if not (data / "scene.json").exists():
+            print(f"{name}: generating", flush=True)
+            sgaus("generate-mpm", *spec["args"], *COMMON, "--out", data, "--quiet")
+        print(f"{name}: fitting", flush=True)
+        t0 = time.perf_counter()
+        sets = [a for s in args.sets for a in ("--set", s)]
+        sgaus("fit", data, "--out", run, "--preset", args.preset, "--resume", "--quiet", *sets)
+        fit_s = time.perf_counter() - t0
+        sgaus("eval", run, "--quiet")
+        rows.append(summarise(name, spec, run, fit_s))
+        r = rows[-1]
+        print(f"  mean log10 k {r['mean_log_k']:.2f}, future CD {r['future_cd']:.2f} (hold {r['hold_future_cd']:.2f}), "
+              f"PSNR {r['future_psnr']:.2f} (hold {r['hold_future_psnr']:.2f}), fit {fit_s:.0f} s", flush=True)
+
+    fmt = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+    print()
+    print("| scene | E (Pa) | mean log10 k | kappa | friction | future CD sgaus / hold / single k "
+          "| future PSNR sgaus / hold / single k | fit s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        extra = f" (stiff half {r['stiff_half_log_k']:.2f}, soft half {r['soft_half_log_k']:.2f})" \
+            if "stiff_half_log_k" in r else ""
+        print(f"| {r['name']} | {r['youngs_modulus']:.0e} | {r['mean_log_k']:.2f}{extra} | {r['kappa']:.2f} | "
+              f"{r['friction']:.2f} | {fmt(r['future_cd'])} / {fmt(r['hold_future_cd'])} / {fmt(r['single_k_future_cd'])} "
+              f"| {fmt(r['future_psnr'])} / {fmt(r['hold_future_psnr'])} / {fmt(r['single_k_future_psnr'])} "
+              f"| {r['fit_s']:.0f} |")
+    tori = [r for r in rows if r["name"].startswith("torus_E")]
+    checks = []
+    if len(tori) > 1:
+        ks = [r["mean_log_k"] for r in sorted(tori, key=lambda r: r["youngs_modulus"])]
+        checks.append(("mean log10 k increases with E over the tori", all(np.diff(ks) > 0)))
+        checks.append((f"span 1e4 -> 1e6: {ks[-1] - ks[0]:.2f} decades (>= 1.5)", ks[-1] - ks[0] >= 1.5))
+    for r in rows:
+        checks.append((f"{r['name']}: future CD and PSNR better than hold",
+                       r["future_cd"] < r["hold_future_cd"] and r["future_psnr"] > r["hold_future_psnr"]))
+        if "stiff_half_log_k" in r:
+            checks.append((f"{r['name']}: better than single k",
+                           r["single_k_future_cd"] is not None and r["future_cd"] < r["single_k_future_cd"]))
+            checks.append((f"{r['name']}: stiffer half fitted stiffer", r["stiff_half_log_k"] > r["soft_half_log_k"]))
+    print()
+    for label, ok in checks:
+        print(f"{'OK    ' if ok else 'MISSED'} {label}")
+    if args.json:
+        print(json.dumps({"scenes": rows}))
+
+
+if __name__ == "__main__":
+    main()
