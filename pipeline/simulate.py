@@ -133,16 +133,26 @@ def _dataset_camera(asset: Asset, name: str | None, size: int) -> Cameras:
     return cam.scaled(min(1.0, size / max(cam.width, cam.height)))
 
 
-def render_frames(asset: Asset, means: torch.Tensor, cams: Cameras, progress: bool) -> list[np.ndarray]:
+def render_frames(asset: Asset, means: torch.Tensor, cams: Cameras, progress: bool, background: str = "black",
+                  ground: bool = False) -> list[np.ndarray]:
+    """Frames over ``background`` (black, white, checker); ``ground`` draws the ground plane as a
+    checker with the Gaussians' contact shadow (render.backdrop)."""
     from render import rasterization
+    from render.backdrop import composite_backdrop, nice_square
 
-    g = asset.gaussians
+    g, cfg = asset.gaussians, asset.config
+    if ground and cfg.ground_point is None:
+        raise ValueError("--ground-grid needs a ground plane, and this simulation has none")
+    rest = asset.model.rest_positions.detach().double()
+    square = nice_square(float((rest.max(0).values - rest.min(0).values).norm()) or 1.0)
     imgs = []
     for f in tqdm(range(len(means)), desc="render", disable=not progress, leave=False):
         cam = cams[f % len(cams)]
         with torch.no_grad():
-            rgb, _a, _d = rasterization(means[f], g.scales(), g.opacities(), g.rgb(), cam.viewmats, cam.Ks,
-                                        cam.width, cam.height)
+            rgb, a, d = rasterization(means[f], g.scales(), g.opacities(), g.rgb(), cam.viewmats, cam.Ks,
+                                      cam.width, cam.height)
+            rgb = composite_backdrop(rgb, a, d, cam.viewmats, cam.Ks, cfg.ground_point if ground else None,
+                                     cfg.ground_normal, background, square, shadow_points=means[f] if ground else None)
         imgs.append((rgb[0].clamp(0, 1).numpy() * 255).astype(np.uint8))
     return imgs
 
@@ -166,11 +176,15 @@ def gaussians_at(g: Gaussians, means: torch.Tensor) -> Gaussians:
 
 def simulate(run, out, edits: Edits, n_frames: int | None = None, fps: float | None = None,
              camera: str | None = None, orbit: bool = False, size: int = 384, progress: bool = True,
-             log=print) -> Path:
-    """Simulate the edited asset and write video.mp4, frames/, ply/, anchors.npz, simulation.json."""
+             log=print, background: str = "black", ground_grid: bool | None = None) -> Path:
+    """Simulate the edited asset and write video.mp4, frames/, ply/, anchors.npz, simulation.json.
+    ``ground_grid`` None draws the ground when the (edited) scene has one."""
     import imageio.v2 as imageio
 
     asset = apply_edits(load_asset(run), edits)
+    if ground_grid and asset.config.ground_point is None:
+        raise ValueError("--ground-grid needs a ground plane, and this simulation has none (--no-ground?)")
+    ground_grid = asset.config.ground_point is not None if ground_grid is None else ground_grid
     n_frames = int(n_frames if n_frames is not None else asset.info.get("n_frames", 30))
     if n_frames < 1:
         raise ValueError(f"--frames must be at least 1, got {n_frames}")
@@ -190,7 +204,7 @@ def simulate(run, out, edits: Edits, n_frames: int | None = None, fps: float | N
         extent = 0.5 * float(np.linalg.norm(hi - lo)) + 1e-6
         cams = orbit_camera_path(centre, 1.15 * extent / math.sin(math.radians(20.0)), n_frames, size,
                                  up=asset.config.ground_normal)
-    images = render_frames(asset, means, cams, progress)
+    images = render_frames(asset, means, cams, progress, background, ground_grid)
     with atomic_dir(out) as tmp:
         (tmp / "frames").mkdir()
         (tmp / "ply").mkdir()
@@ -205,7 +219,7 @@ def simulate(run, out, edits: Edits, n_frames: int | None = None, fps: float | N
             "substeps": substeps, "gravity": list(asset.config.gravity),
             "ground_point": None if asset.config.ground_point is None else list(asset.config.ground_point),
             "ground_normal": list(asset.config.ground_normal), "v0": asset.v0.tolist(),
-            "camera": "orbit" if orbit else cams.names[0],
+            "camera": "orbit" if orbit else cams.names[0], "background": background, "ground_grid": ground_grid,
         })
     return Path(out)
 

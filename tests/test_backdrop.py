@@ -259,3 +259,74 @@ def test_bad_shapes_are_value_errors():
     with pytest.raises(ValueError, match="extent"):
         nice_square(-1.0)
     assert math.isfinite(nice_square(1e-7))
+
+
+# ------------------------------------------------------------------ `sgaus simulate --background/--ground-grid`
+def resting_asset():
+    """A 3 x 3 x 3 lattice of anchors (4 cm apart) resting on the ground y = 0 under zero gravity,
+    with red Gaussians on it."""
+    from pipeline.asset import Asset
+    from pipeline.gaussians import Gaussians
+    from taichi_sim.binding import compute_binding
+    from taichi_sim.spring_mass import SimConfig, build_model
+
+    side = torch.linspace(-0.04, 0.04, 3)
+    anchors = torch.stack(torch.meshgrid(side, side, side, indexing="ij"), -1).reshape(-1, 3)
+    anchors[:, 1] += 0.05
+    cfg = SimConfig(k_neighbors=6, n_c=3, gravity=(0.0, 0.0, 0.0), ground_point=(0.0, 0.0, 0.0),
+                    ground_normal=(0.0, 1.0, 0.0), frame_dt=0.03, substeps=10)
+    model = build_model(anchors, cfg)
+    g = Gaussians(means=anchors.clone(), log_scales=torch.full((27,), math.log(0.008)),
+                  colors=torch.tensor([[0.9, 0.1, 0.1]]).repeat(27, 1), opacity_logits=torch.full((27,), 3.0))
+    return Asset(gaussians=g, model=model, binding=compute_binding(anchors, anchors, 1, 0.5),
+                 log_stiffness=torch.full((27,), 3.0), kappa=torch.tensor(0.0), friction_logit=torch.tensor(0.0),
+                 v0=torch.zeros(3), info={"n_frames": 2})
+
+
+def test_sgaus_simulate_draws_the_ground_and_the_background(tmp_path):
+    import json
+
+    import imageio.v2 as imageio
+    from click.testing import CliRunner
+
+    from cli import cli
+    from pipeline.asset import save_asset
+
+    save_asset(tmp_path / "run" / "asset", resting_asset())
+
+    def frame(*args):
+        out = tmp_path / ("sim" + "".join(args).replace("-", "_"))
+        r = CliRunner().invoke(cli, ["--arch", "cpu", "simulate", str(tmp_path / "run"), "--orbit", "--size", "48",
+                                     "--quiet", "--out", str(out), *args])
+        assert r.exit_code == 0, r.output
+        return imageio.imread(out / "frames" / "000.png").astype(float) / 255, json.loads(
+            (out / "simulation.json").read_text())
+
+    plain, meta = frame("--no-ground-grid", "--background", "white")
+    assert not meta["ground_grid"] and meta["background"] == "white"
+    uncovered = (plain > 0.99).all(-1)  # white: nothing of the object there
+    assert uncovered[-8:].sum() > 40 and (plain[24, 24] - [0.9, 0.1, 0.1]).max() < 0.1  # margins, the red object
+    ground, meta = frame()  # the scene has a ground: the grid is on by default, over black
+    assert meta["ground_grid"] and meta["background"] == "black"
+    # the lower margin (in front of the object, near the camera) is now grey ground ...
+    below = ground[-8:][uncovered[-8:]]
+    assert (below.max(-1) - below.min(-1)).max() < 0.02 and 0.25 < below.mean() < 0.6
+    assert below[:, 0].std() > 0.03  # ... in squares, not a flat colour
+    assert (ground[24, 24] - [0.9, 0.1, 0.1]).max() < 0.1  # and the object stands in front of it
+
+
+def test_ground_grid_without_a_ground_is_one_clear_error(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import cli
+    from pipeline.asset import save_asset
+
+    save_asset(tmp_path / "run" / "asset", resting_asset())
+    out = tmp_path / "never"
+    r = CliRunner().invoke(cli, ["--arch", "cpu", "simulate", str(tmp_path / "run"), "--orbit", "--no-ground",
+                                 "--ground-grid", "--out", str(out)])
+    assert r.exit_code == 1 and "needs a ground plane" in r.output and "Traceback" not in r.output
+    assert not out.exists()
+    r = CliRunner().invoke(cli, ["--arch", "cpu", "simulate", str(tmp_path / "run"), "--orbit", "--background",
+                                 "purple", "--out", str(out)])
+    assert r.exit_code == 2 and "purple" in r.output and not out.exists()
