@@ -56,7 +56,7 @@ test-browser: $(STAMP)
 	@command -v chromium >/dev/null || { echo "make test-browser: chromium is not installed" >&2; exit 1; }
 	$(VPY) -m pip install -q -e '.[test,viewer]' 2>&1 | grep -v '^WARNING: Location' || true
 	@$(VPY) -c "import viser" || { echo "make test-browser: viser did not install" >&2; exit 1; }
-	@$(VPY) -m pytest -q -rs tests -k viewer; rc=$$?; \
+	@$(VPY) -m pytest -q -rs tests -k "viewer or report_browser"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-browser: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 bench: $(STAMP)
