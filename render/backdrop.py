@@ -122,10 +122,11 @@ def contact_shadow(points: torch.Tensor, ground_point, normal, softness: float |
     weight = torch.exp(-height.clamp_min(0) / (0.5 * extent))
     lo_a, lo_b = float(pa.min()) - 4 * sigma, float(pb.min()) - 4 * sigma
     span = max(float(pa.max()) - lo_a, float(pb.max()) - lo_b) + 4 * sigma
-    # cells about as wide as the points' spacing in the plane (no holes between them), at most
-    # half the blur, and at most `resolution` of them along a side
+    # cells about as wide as the points' spacing in the plane (no holes between them), between a
+    # quarter and a half of the blur (finer detail would be blurred away), at most `resolution`
+    # of them along a side
     spacing = math.sqrt(float((pa.max() - pa.min()) * (pb.max() - pb.min())) / len(pts))
-    cell = max(min(sigma / 2, spacing), span / resolution)
+    cell = max(min(sigma / 2, spacing), sigma / 4, span / resolution)
     na = int(math.ceil((float(pa.max()) + 4 * sigma - lo_a) / cell)) + 1
     nb = int(math.ceil((float(pb.max()) + 4 * sigma - lo_b) / cell)) + 1
     ia = ((pa - lo_a) / cell).floor().long().clamp(0, na - 1)
