@@ -1,17 +1,18 @@
 """The ``sgaus`` command line: commands only; the work lives in taichi_sim/, render/, pipeline/.
 
 Bad input (missing or malformed files, impossible parameters, an unstable simulation) raises
-ValueError / FileNotFoundError inside the library; here it becomes one line on stderr and a
-non-zero exit, without a traceback.
+SgausError inside the library; here it becomes one line on stderr and a non-zero exit, without a
+traceback. A file the system cannot open for us (missing, a directory, no permission) is told the
+same way. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TI_SKIP_VERSION_CHECK", "on")
-os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "0")
+import click
 
-import click  # noqa: E402
+from pipeline.data.files import check_output_dir
+from taichi_sim.errors import SgausError
 
 
 class _Group(click.Group):
@@ -20,30 +21,29 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
+        except (SgausError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
             msg = str(err) or err.__class__.__name__
             if isinstance(err, FileNotFoundError) and err.filename and str(err.filename) not in msg:
                 msg = f"{msg}: {err.filename}"
             raise click.ClickException(msg.splitlines()[0] if msg else msg) from None
 
 
-def _taichi(ctx: click.Context, default_fp: str = "f32") -> str:
+def _taichi(ctx: click.Context) -> str:
     """Initialise Taichi with the group's --arch (the only place the CLI does so)."""
     from taichi_sim.runtime import current_arch, init_taichi
 
     if current_arch() is not None:  # already running (e.g. a test session): keep it
         return current_arch()
-    return init_taichi(ctx.find_root().obj["arch"], default_fp=default_fp)
+    return init_taichi(ctx.find_root().obj["arch"])
 
 
 def _vec3(text: str, name: str) -> tuple[float, float, float]:
+    from taichi_sim.spring_model import vec3
+
     try:
-        vals = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{name} must be three numbers x,y,z, got {text!r}") from None
-    if len(vals) != 3:
-        raise click.BadParameter(f"{name} must be three numbers x,y,z, got {text!r}")
-    return vals
+        return vec3(text, name)
+    except SgausError as err:
+        raise click.BadParameter(str(err)) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,14 +88,15 @@ def cli(ctx: click.Context, arch: str) -> None:
 @click.option("--views", "views_per_iteration", type=int, default=4, show_default=True,
               help="Views rendered per iteration.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--overwrite", is_flag=True, help="Replace a previous reconstruction in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def reconstruct_cmd(ctx, data, out, iterations, scale, image_size, n_init, init, grad_threshold, max_gaussians,
-                    views_per_iteration, seed, quiet):
+                    views_per_iteration, seed, overwrite, quiet):
     """Fit the static stage alone (paper Sec 4.1): isotropic Gaussians of constant scale fitted to frame 0
     of every view in DATA; writes OUT/gaussians.ply, OUT/settings.json and OUT/renders.png and
     prints the PSNR of every view."""
-    from pipeline.static_recon import StaticSettings, reconstruct_to_dir
+    from pipeline.fit.static import StaticSettings, reconstruct_to_dir
 
     if image_size < 0:
         raise click.BadParameter("--image-size must be 0 (full resolution) or positive")
@@ -103,6 +104,7 @@ def reconstruct_cmd(ctx, data, out, iterations, scale, image_size, n_init, init,
                               grad_threshold=grad_threshold, max_gaussians=max_gaussians,
                               views_per_iteration=views_per_iteration, seed=seed)
     settings.validate()
+    check_output_dir(out, "reconstruction", overwrite=overwrite, protect=[data])
     _taichi(ctx)
     reconstruct_to_dir(data, out, settings, image_size=image_size or None, progress=not quiet, log=click.echo)
     click.echo(f"wrote {out}/gaussians.ply, settings.json and renders.png")
@@ -139,11 +141,12 @@ def reconstruct_cmd(ctx, data, out, iterations, scale, image_size, n_init, init,
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the particle jitter.")
 @click.option("--fit-frames", type=int, default=None, help="Frames for fitting; the rest are future frames (default 20).")
 @click.option("--out", required=True, type=click.Path(), help="Dataset directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace a previous generated dataset in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def generate_mpm_cmd(ctx, shape, mesh, size, rotate, drop_height, youngs_modulus, poisson_ratio, density, material,
                      heterogeneous, stiffness_factor, gravity, velocity, ground_height, ground, friction, views, frames,
-                     frame_dt, resolution, grid, seed, fit_frames, out, quiet):
+                     frame_dt, resolution, grid, seed, fit_frames, out, overwrite, quiet):
     """Simulate an elastic object with MLS-MPM and render a multi-view video of it (ground truth)."""
     from pipeline.generate import GenerateConfig, generate
 
@@ -157,6 +160,7 @@ def generate_mpm_cmd(ctx, shape, mesh, size, rotate, drop_height, youngs_modulus
         ground=ground, friction=friction, views=views, frames=frames, resolution=resolution, frame_dt=frame_dt,
         grid=grid, seed=seed, fit_frames=fit_frames)
     cfg.validate()  # before Taichi starts: bad options fail fast and write nothing
+    check_output_dir(out, "dataset", overwrite=overwrite, protect=[mesh] if mesh else ())
     _taichi(ctx)
     path = generate(cfg, out, progress=not quiet, log=click.echo)
     click.echo(f"wrote {path}")
@@ -173,6 +177,7 @@ def generate_mpm_cmd(ctx, shape, mesh, size, rotate, drop_height, youngs_modulus
 @click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE",
               help="Override any setting, e.g. --set k_neighbors=128 (repeatable).")
 @click.option("--resume", is_flag=True, help="Reuse stages already saved in --out whose inputs and settings match.")
+@click.option("--overwrite", is_flag=True, help="Fit again into a previous run in --out, recomputing every stage.")
 @click.option("--gravity", default=None, help="Gravity x,y,z (default: the dataset's scene.json).")
 @click.option("--ground", default=None, metavar="X,Y,Z,NX,NY,NZ",
               help="Ground plane as a point and a normal (default: the dataset's scene.json).")
@@ -187,11 +192,11 @@ def generate_mpm_cmd(ctx, shape, mesh, size, rotate, drop_height, youngs_modulus
 @click.option("--single-k", is_flag=True, default=None, help="Ablation: one global stiffness.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
-def fit_cmd(ctx, data, out, preset, config, assignments, resume, gravity, ground, iterations, n_anchors,
+def fit_cmd(ctx, data, out, preset, config, assignments, resume, overwrite, gravity, ground, iterations, n_anchors,
             k_neighbors, substeps, image_size, truncate_per_frame, no_soft_vector, single_k, quiet):
     """Fit a simulatable asset to the multi-view video in DATA (static Gaussians, anchors and
     springs, refine, initial velocity, then stiffness, soft vector and friction)."""
-    from pipeline.fit import fit
+    from pipeline.fit.runner import fit
     from pipeline.settings import make_settings, parse_assignments
 
     overrides = parse_assignments(assignments)
@@ -204,13 +209,13 @@ def fit_cmd(ctx, data, out, preset, config, assignments, resume, gravity, ground
     grav = _vec3(gravity, "--gravity") if gravity else None
     grd = None
     if ground:
-        vals = [v for v in ground.split(",")]
+        vals = ground.split(",")
         if len(vals) != 6:
             raise click.BadParameter("--ground must be six numbers: a point x,y,z and a normal nx,ny,nz")
-        grd = (_vec3(",".join(vals[:3]), "--ground"), _vec3(",".join(vals[3:]), "--ground"))
+        grd = (_vec3(vals[:3], "--ground point"), _vec3(vals[3:], "--ground normal"))
     _taichi(ctx)
     run = fit(data, out, settings, resume=resume, gravity=grav, ground=grd, progress=not quiet,
-              log=click.echo)
+              log=click.echo, overwrite=overwrite)
     click.echo(f"asset written to {run / 'asset'} (loss curves: {run / 'loss.png'})")
 
 
@@ -221,16 +226,17 @@ def fit_cmd(ctx, data, out, preset, config, assignments, resume, gravity, ground
               help="Image scale for PSNR/SSIM (default: the scale used for fitting; 1 = full resolution).")
 @click.option("--camera", default=None, help="Camera of the side-by-side video (default: the first).")
 @click.option("--no-baselines", is_flag=True, help="Skip the hold and single-k baselines.")
+@click.option("--last-complete", is_flag=True, help="Use the asset of the last finished fit when the latest did not finish.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
-def eval_cmd(ctx, run, data, scale, camera, no_baselines, quiet):
+def eval_cmd(ctx, run, data, scale, camera, no_baselines, last_complete, quiet):
     """Chamfer distance, EMD, PSNR and SSIM of RUN on its fitted frames and on future frames,
     with the hold and single-k baselines; writes RUN/eval/ (metrics.json, metrics.md, video)."""
     from pipeline.evaluate import evaluate
 
     _taichi(ctx)
     evaluate(run, data=data, scale=scale, baselines=not no_baselines, camera=camera, progress=not quiet,
-             log=click.echo)
+             log=click.echo, last_complete=last_complete)
     click.echo(f"metrics written to {run}/eval/metrics.json and metrics.md")
 
 
@@ -254,10 +260,13 @@ def eval_cmd(ctx, run, data, scale, camera, no_baselines, quiet):
               help="Behind the object and above the horizon.")
 @click.option("--ground-grid/--no-ground-grid", default=None,
               help="Draw the ground plane as a checker with a contact shadow (default: when there is a ground).")
+@click.option("--overwrite", is_flag=True, help="Replace a previous simulation in --out.")
+@click.option("--yes", is_flag=True, help="Write the output even when it is estimated above a few GB.")
+@click.option("--last-complete", is_flag=True, help="Use the asset of the last finished fit when the latest did not finish.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def simulate_cmd(ctx, run, out, gravity, ground_height, no_ground, friction, velocity, stiffness_scale, frames,
-                 fps, camera, orbit, size, background, ground_grid, quiet):
+                 fps, camera, orbit, size, background, ground_grid, overwrite, yes, last_complete, quiet):
     """Re-simulate the fitted asset in RUN under edited gravity, ground, friction, initial
     velocity or stiffness; writes a video, PNG frames, one PLY per frame and anchor trajectories."""
     from pipeline.simulate import Edits, parse_friction, parse_gravity, simulate
@@ -274,7 +283,8 @@ def simulate_cmd(ctx, run, out, gravity, ground_height, no_ground, friction, vel
     )
     _taichi(ctx)
     path = simulate(run, out, edits, n_frames=frames, fps=fps, camera=camera, orbit=orbit, size=size,
-                    progress=not quiet, log=click.echo, background=background, ground_grid=ground_grid)
+                    progress=not quiet, log=click.echo, overwrite=overwrite, yes=yes, last_complete=last_complete,
+                    background=background, ground_grid=ground_grid)
     click.echo(f"video: {path / 'video.mp4'}  frames: {path / 'frames'}  splats: {path / 'ply'}")
 
 
@@ -284,14 +294,16 @@ def simulate_cmd(ctx, run, out, gravity, ground_height, no_ground, friction, vel
               help="ply: the static asset as one 3DGS PLY; splat-sequence: one PLY per frame of the fitted motion.")
 @click.option("--out", required=True, type=click.Path(), help="A .ply file (ply) or a directory (splat-sequence).")
 @click.option("--frames", type=int, default=None, help="Frames of the sequence (default: the dataset's).")
+@click.option("--overwrite", is_flag=True, help="Replace a previous export at --out.")
+@click.option("--last-complete", is_flag=True, help="Use the asset of the last finished fit when the latest did not finish.")
 @click.pass_context
-def export_cmd(ctx, run, fmt, out, frames):
+def export_cmd(ctx, run, fmt, out, frames, overwrite, last_complete):
     """Export the asset in RUN as splat files that common viewers open."""
     from pipeline.simulate import export
 
     if fmt == "splat-sequence":
         _taichi(ctx)
-    click.echo(f"wrote {export(run, out, fmt, n_frames=frames)}")
+    click.echo(f"wrote {export(run, out, fmt, n_frames=frames, overwrite=overwrite, last_complete=last_complete)}")
 
 
 

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("TI_SKIP_VERSION_CHECK", "on")
-os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "0")
 
 
 def reset_peak_rss() -> None:
@@ -58,10 +55,11 @@ def main() -> None:
 
     from cli import cli
     from pipeline.asset import save_asset
-    from pipeline.fit import Fitter, stage_dynamic
+    from pipeline.fit import dynamic as dynamic_stage
+    from pipeline.fit.physics import spring_model
+    from pipeline.fit.runner import Fitter
     from pipeline.settings import make_settings
     from taichi_sim.runtime import init_taichi
-    from taichi_sim.spring_mass import build_model
 
     arch = init_taichi(args.arch, "f32")
     tmp = Path(tempfile.mkdtemp(prefix="sgaus_bench_fit_"))
@@ -83,12 +81,13 @@ def main() -> None:
     print(f"fit --preset fast on {data} (arch {arch}):", flush=True)
     t_all = time.perf_counter()
     f = Fitter(data, tmp / "run", settings, progress=False, log=lambda *_: None)
-    g, k1 = timed("static", rows, f.run_static)
-    model, binding, k2 = timed("anchors", rows, f.run_anchors, g, k1)
-    g2, k3 = timed("refine", rows, f.run_refine, g, model, binding, k2)
-    v0, k4 = timed("velocity", rows, f.run_velocity, g2, model, binding, k3)
-    r = timed("dynamic", rows, f.run_dynamic, g2, model, binding, v0, k4)[0]
-    save_asset(tmp / "run" / "asset", f.make_asset(g2, model, binding, v0, r))
+    g, k1 = timed("static", rows, f.static)
+    a, k2 = timed("anchors", rows, f.anchors, g, k1)
+    g2, k3 = timed("refine", rows, f.refine, g, a, k2)
+    model = spring_model(a, f.facts, settings.physics())
+    v0, k4 = timed("velocity", rows, f.velocity, g2, model, a, k3)
+    r = timed("dynamic", rows, f.dynamic, g2, model, a, v0, k4)[0]
+    save_asset(tmp / "run" / "asset", f.make_asset(g2, model, a, v0, r))
     total = time.perf_counter() - t_all
     dyn_s = [x for x in rows if x[0] == "dynamic"][0][1]
 
@@ -97,15 +96,15 @@ def main() -> None:
         # one dynamic iteration with the paper's simulator settings (2048 anchors, k = 256, 100
         # substeps, authors' per-frame truncation) on the same Gaussians at full resolution
         paper = make_settings("paper", overrides={"iterations": 1})
-        from pipeline.fit import FrameCache, sample_anchors, sim_config
-        from taichi_sim.binding import compute_binding
+        from pipeline.data.frames import FrameCache
+        from pipeline.fit import anchors as anchors_stage
 
         frames = FrameCache(f.ds, 1.0)
-        anchors = sample_anchors(g2, frames, paper.n_anchors, paper.seed)
-        pmodel = build_model(anchors, sim_config(paper, f.facts))
-        pbind = compute_binding(g2.means, anchors, paper.n_b, paper.p_b)
+        pa = anchors_stage.run(g2, frames, paper.anchors())
+        pmodel = spring_model(pa, f.facts, paper.physics())
         t0 = time.perf_counter()
-        stage_dynamic(g2, pmodel, pbind, v0, frames, f.facts.fit_frames, paper, progress=False)
+        dynamic_stage.run(g2, pmodel, pa.binding, v0, frames, f.facts.fit_frames, f.facts.frame_dt, paper.dynamic(),
+                          progress=False)
         paper_iter_s = time.perf_counter() - t0
 
     print()

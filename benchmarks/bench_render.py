@@ -20,8 +20,6 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault("TI_SKIP_VERSION_CHECK", "on")
-os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "0")
 
 SCENES = [(5000, 128), (20000, 256)]  # (Gaussians, image side), one view
 REPEATS = 5
@@ -30,7 +28,7 @@ REPEATS = 5
 def make_scene(n: int, side: int, seed: int = 0):
     import torch
 
-    from pipeline.cameras import intrinsics_from_fov
+    from pipeline.data.cameras import intrinsics_from_fov
 
     g = torch.Generator().manual_seed(seed)
     K = intrinsics_from_fov(50.0, side, side)

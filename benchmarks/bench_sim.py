@@ -25,8 +25,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("TI_SKIP_VERSION_CHECK", "on")
-os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "0")
 
 
 # REFERENCE.md section 4: plain PyTorch autograd spring step, fwd + bwd ms per substep, 2-core CPU
@@ -61,32 +59,42 @@ def _rss_mb() -> float:
 def _scene(n, k, substeps):
     import torch
 
-    from taichi_sim.spring_mass import SimConfig, build_model
+    from taichi_sim.spring_model import build_spring_model
 
     g = torch.Generator().manual_seed(0)
     anchors = torch.rand(n, 3, generator=g) * 0.4 + torch.tensor([0.0, 0.3, 0.0])
-    # the substep stays 0.03 s / 100 (the default) whatever number of substeps is timed
-    model = build_model(anchors, SimConfig(k_neighbors=k, substeps=substeps, frame_dt=3e-4 * substeps))
+    model = build_spring_model(anchors, k)
     x0 = (anchors - anchors.mean(0)) * 1.01 + anchors.mean(0)  # all springs stretched by 1 %
     params = [x0, torch.tensor([0.0, -1.0, 0.0]), torch.full((n,), 3.0), torch.tensor(0.0), torch.tensor(-1.0)]
     return model, params
+
+
+def _rollout(model, ins, frames, substeps, backend="taichi", **kw):
+    """(positions, v_last); the substep stays 0.03 s / 100 (the default) whatever number of
+    substeps is timed."""
+    from taichi_sim import spring_torch
+    from taichi_sim.spring_params import SpringParams
+    from taichi_sim.spring_rollout import Integrator, SpringState, rollout
+
+    simulate = rollout if backend == "taichi" else spring_torch.rollout
+    integ = Integrator(frame_dt=3e-4 * substeps, substeps=substeps, **kw)
+    traj = simulate(model, SpringParams(*ins[2:]), SpringState(ins[0], ins[1]), frames, integ)
+    return traj.positions, traj.v_last
 
 
 def _time_rollout(model, params, substeps, frames, backend, repeats, **kw):
     """Best-of-``repeats`` ms per substep for the forward (no graph) and for the backward."""
     import torch
 
-    from taichi_sim.spring_mass import rollout
-
     best_f = best_b = float("inf")
     steps = substeps * frames
     for _ in range(repeats):
         with torch.no_grad():
             t0 = time.perf_counter()
-            rollout(model, *params, n_frames=frames, substeps=substeps, backend=backend, **kw)
+            _rollout(model, params, frames, substeps, backend, **kw)
             best_f = min(best_f, (time.perf_counter() - t0) * 1e3 / steps)
         ins = [p.clone().requires_grad_(True) for p in params]
-        pos, v = rollout(model, *ins, n_frames=frames, substeps=substeps, backend=backend, **kw)
+        pos, v = _rollout(model, ins, frames, substeps, backend, **kw)
         loss = pos[-1].square().sum() + v.square().sum()
         t0 = time.perf_counter()
         loss.backward()
@@ -98,10 +106,12 @@ def _time_kernels(model, params, substeps, repeats):
     """ms per substep of the gradient kernels alone (no recomputation)."""
     import torch
 
-    from taichi_sim.spring_mass import _Frames, prepare
+    from taichi_sim.spring_params import SpringParams
+    from taichi_sim.spring_rollout import FrameStepper, Integrator, SpringState, prepare_inputs
 
-    prep = prepare(model, *params, 1, substeps)
-    sim = _Frames(prep, model)
+    integ = Integrator(frame_dt=3e-4 * substeps, substeps=substeps)
+    prep = prepare_inputs(model, SpringParams(*params[2:]), SpringState(params[0], params[1]), 1, integ)
+    sim = FrameStepper(prep, model)
     X, V, VH, C = sim.record(prep.x0.contiguous(), prep.v0.contiguous())
     n = X.shape[1]
     gx, gv = torch.randn(n, 3), torch.randn(n, 3)
@@ -119,8 +129,6 @@ def _time_kernels(model, params, substeps, repeats):
 def _full_backward_peak(frames=20, substeps=100):
     import torch
 
-    from taichi_sim.spring_mass import rollout
-
     model, params = _scene(2048, 256, substeps)
     params[0] = model.rest_positions.clone()  # a real drop: 20 frames from rest, falling
     ins = [p.clone().requires_grad_(True) for p in params]
@@ -128,7 +136,7 @@ def _full_backward_peak(frames=20, substeps=100):
     reset = _reset_hwm()
     before = _vm_hwm_mb() if reset else before_rss
     t0 = time.perf_counter()
-    pos, v = rollout(model, *ins, n_frames=frames, substeps=substeps)
+    pos, v = _rollout(model, ins, frames, substeps)
     (pos.square().sum() + v.square().sum()).backward()
     seconds = time.perf_counter() - t0
     peak = _vm_hwm_mb()

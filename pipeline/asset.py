@@ -4,26 +4,32 @@ RUN/asset/ holds:
   gaussians.ply  refined Gaussians at their bound positions at t = 0 (3DGS layout)
   anchors.npz    rest_positions [N,3], neighbors [N,K], rest_length [N,K],
                  binding_index [G,n_b], binding_weight [G,n_b]
-  physics.json   format, simulator settings (SimConfig), fitted parameters (log10 stiffness per
-                 anchor, kappa, friction logit, initial velocity) and provenance (dataset, frames)
+  physics.json   format, the model's physical constants, the integrator (frame_dt, substeps,
+                 max_substeps), the fitted parameters (log10 stiffness per anchor, kappa,
+                 friction logit), the initial velocity and provenance (dataset, frames)
+
+Reading checks every file (shapes, index ranges, finiteness) and names the file and field of
+the first problem in one line.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from pipeline.atomic import atomic_dir, atomic_file, write_json
-from pipeline.gaussians import Gaussians, load_ply, save_ply
-from taichi_sim.binding import Binding, apply_binding
-from taichi_sim.spring_mass import SimConfig, SpringModel, rollout_with_retry
+from pipeline.data.files import atomic_dir, write_json
+from pipeline.data.gaussians import Gaussians, load_ply, save_ply
+from pipeline.data.schema import integer, matrix, number, read_json, vector3
+from pipeline.fit import anchors as anchors_stage
+from taichi_sim.binding import Binding
+from taichi_sim.errors import SgausError
+from taichi_sim.spring_model import FORCE_LAWS, FRICTION_MODES, SpringModel
+from taichi_sim.spring_params import SpringParams
+from taichi_sim.spring_rollout import Integrator
 
-ASSET_FORMAT = "sgaus-asset/1"
+ASSET_FORMAT = "sgaus-asset/2"
 
 
 @dataclass
@@ -31,48 +37,34 @@ class Asset:
     gaussians: Gaussians
     model: SpringModel
     binding: Binding
-    log_stiffness: torch.Tensor  # [N] log10 k_i (Eq. 16)
-    kappa: torch.Tensor  # [] soft vector parameter (Eq. 8)
-    friction_logit: torch.Tensor  # [] ground friction parameter phi
+    params: SpringParams  # log10 stiffness [N] (Eq. 16), kappa (Eq. 8), friction logit phi
     v0: torch.Tensor  # [3] initial velocity
+    integrator: Integrator
     info: dict = field(default_factory=dict)
 
-    @property
-    def config(self) -> SimConfig:
-        return self.model.config
-
-    def with_config(self, **changes) -> "Asset":
-        """A copy whose simulator settings are edited (gravity, ground, substeps...)."""
-        cfg = dataclasses.replace(self.model.config, **changes)
-        model = SpringModel(self.model.rest_positions, self.model.neighbors, self.model.rest_length, cfg)
-        return dataclasses.replace(self, model=model)
+    def with_physics(self, **changes) -> "Asset":
+        """A copy whose model has edited constants (gravity, ground...), sharing its springs."""
+        return dataclasses.replace(self, model=self.model.with_physics(**changes))
 
 
 def save_asset(directory: str | Path, asset: Asset) -> Path:
     directory = Path(directory)
+    a = anchors_stage.Anchors(asset.model.rest_positions, asset.model.neighbors, asset.model.rest_length,
+                              asset.binding)
     with atomic_dir(directory) as tmp:
         save_ply(tmp / "gaussians.ply", asset.gaussians)
-        with atomic_file(tmp / "anchors.npz", suffix=".npz") as f:
-            np.savez(
-                f,
-                rest_positions=asset.model.rest_positions.detach().cpu().numpy(),
-                neighbors=asset.model.neighbors.detach().cpu().numpy(),
-                rest_length=asset.model.rest_length.detach().cpu().numpy(),
-                binding_index=asset.binding.index.detach().cpu().numpy(),
-                binding_weight=asset.binding.weight.detach().cpu().numpy(),
-            )
-        write_json(
-            tmp / "physics.json",
-            {
-                "format": ASSET_FORMAT,
-                "sim": dataclasses.asdict(asset.model.config),
-                "log_stiffness": asset.log_stiffness.detach().cpu().double().tolist(),
-                "kappa": float(asset.kappa),
-                "friction_logit": float(asset.friction_logit),
-                "v0": asset.v0.detach().cpu().double().tolist(),
-                "info": asset.info,
-            },
-        )
+        anchors_stage.save(a, tmp / "anchors.npz")
+        write_json(tmp / "physics.json", {
+            "format": ASSET_FORMAT,
+            "model": asset.model.physics(),
+            "integrator": {"frame_dt": asset.integrator.frame_dt, "substeps": asset.integrator.substeps,
+                           "max_substeps": asset.integrator.max_substeps},
+            "log_stiffness": asset.params.log_stiffness.detach().cpu().double().tolist(),
+            "kappa": float(asset.params.kappa),
+            "friction_logit": float(asset.params.friction_logit),
+            "v0": asset.v0.detach().cpu().double().tolist(),
+            "info": asset.info,
+        })
     return directory
 
 
@@ -83,62 +75,50 @@ def asset_dir(run_or_asset: str | Path) -> Path:
     if (p / "asset" / "physics.json").exists():
         return p / "asset"
     if not p.exists():
-        raise FileNotFoundError(f"no such run directory: {p}")
-    raise ValueError(f"{p} holds no fitted asset (asset/physics.json is missing): run `sgaus fit` first")
+        raise SgausError(f"no such run directory: {p}")
+    raise SgausError(f"{p} holds no fitted asset (asset/physics.json is missing): run `sgaus fit` first")
+
+
+def _model_constants(doc: dict, path: Path) -> dict:
+    m = doc.get("model")
+    if not isinstance(m, dict):
+        raise SgausError(f"{path}: 'model' must be an object of the model's constants")
+    out = {"mass": number(m, "mass", path, "model", positive=True),
+           "gravity": vector3(m.get("gravity"), "'model.gravity'", path),
+           "ground_point": None if m.get("ground_point") is None else vector3(m["ground_point"], "'model.ground_point'", path),
+           "ground_normal": vector3(m.get("ground_normal"), "'model.ground_normal'", path, nonzero=True),
+           "p_k": number(m, "p_k", path, "model", low=0), "zeta0": number(m, "zeta0", path, "model", low=0),
+           "n_c": integer(m.get("n_c"), "'model.n_c'", path, low=0),
+           "dead_zone": number(m, "dead_zone", path, "model", low=0)}
+    for key, allowed in (("force_law", FORCE_LAWS), ("friction_mode", FRICTION_MODES)):
+        if m.get(key) not in allowed:
+            raise SgausError(f"{path}: 'model.{key}' must be one of {', '.join(allowed)}, got {m.get(key)!r}")
+        out[key] = m[key]
+    return out
 
 
 def load_asset(run_or_asset: str | Path) -> Asset:
     d = asset_dir(run_or_asset)
-    try:
-        phys = json.loads((d / "physics.json").read_text())
-    except json.JSONDecodeError:
-        raise ValueError(f"{d / 'physics.json'} is not valid JSON") from None
+    path = d / "physics.json"
+    phys = read_json(path, dict)
     if phys.get("format") != ASSET_FORMAT:
-        raise ValueError(f"{d} holds an asset of format {phys.get('format')!r}; this sgaus reads {ASSET_FORMAT!r}")
-    try:
-        arr = np.load(d / "anchors.npz")
-        sim = dict(phys["sim"])
-        for key in ("gravity", "ground_point", "ground_normal"):
-            if sim.get(key) is not None:
-                sim[key] = tuple(sim[key])
-        cfg = SimConfig(**sim)
-        model = SpringModel(
-            torch.from_numpy(arr["rest_positions"]).float(),
-            torch.from_numpy(arr["neighbors"]).long(),
-            torch.from_numpy(arr["rest_length"]).float(),
-            cfg,
-        )
-        binding = Binding(torch.from_numpy(arr["binding_index"]).long(), torch.from_numpy(arr["binding_weight"]).float())
-        return Asset(
-            gaussians=load_ply(d / "gaussians.ply"),
-            model=model,
-            binding=binding,
-            log_stiffness=torch.tensor(phys["log_stiffness"], dtype=torch.float32),
-            kappa=torch.tensor(float(phys["kappa"]), dtype=torch.float32),
-            friction_logit=torch.tensor(float(phys["friction_logit"]), dtype=torch.float32),
-            v0=torch.tensor(phys["v0"], dtype=torch.float32),
-            info=phys.get("info", {}),
-        )
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"{d} is not a complete sgaus asset (missing {err})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{d} is not a complete sgaus asset ({err.__class__.__name__}: {err})") from None
+        raise SgausError(f"{d} holds an asset of format {phys.get('format')!r}; this sgaus reads {ASSET_FORMAT!r} "
+                         "(fit it again)")
+    gaussians = load_ply(d / "gaussians.ply")
+    a = anchors_stage.load(d / "anchors.npz", len(gaussians))
+    n = len(a.rest_positions)
+    model = SpringModel(a.rest_positions.float(), a.neighbors, a.rest_length.float(), **_model_constants(phys, path))
+    integ = phys.get("integrator")
+    if not isinstance(integ, dict):
+        raise SgausError(f"{path}: 'integrator' must be an object with frame_dt, substeps, max_substeps")
+    integrator = Integrator(frame_dt=number(integ, "frame_dt", path, "integrator", positive=True),
+                            substeps=integer(integ.get("substeps"), "'integrator.substeps'", path, low=1),
+                            max_substeps=integer(integ.get("max_substeps"), "'integrator.max_substeps'", path, low=1))
+    params = SpringParams(
+        torch.from_numpy(matrix(phys.get("log_stiffness"), ((n,),), "'log_stiffness'", path)).float(),
+        torch.tensor(number(phys, "kappa", path, "soft vector"), dtype=torch.float32),
+        torch.tensor(number(phys, "friction_logit", path, "friction"), dtype=torch.float32))
+    v0 = torch.from_numpy(matrix(phys.get("v0"), ((3,),), "'v0'", path)).float()
+    info = phys.get("info") if isinstance(phys.get("info"), dict) else {}
+    return Asset(gaussians, model, Binding(a.binding.index, a.binding.weight.float()), params, v0, integrator, info)
 
-
-def simulate_asset(asset: Asset, n_frames: int, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Forward simulation of the asset: anchor positions [F+1,N,3], Gaussian centres [F+1,G,3],
-    and the substeps per frame that were needed (raised automatically on instability)."""
-    if n_frames < 0:
-        raise ValueError(f"the number of frames must not be negative, got {n_frames}")
-    with torch.no_grad():
-        positions, _v, substeps = rollout_with_retry(
-            asset.model,
-            asset.model.rest_positions,
-            asset.v0,
-            asset.log_stiffness,
-            asset.kappa,
-            asset.friction_logit,
-            n_frames,
-        )
-        means = apply_binding(asset.binding, positions)
-    return positions, means, substeps

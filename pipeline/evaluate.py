@@ -14,6 +14,7 @@ and "single_k" (the dynamic stage refitted with one global stiffness, Table 3's 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -22,54 +23,52 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline import metrics
-from pipeline.asset import Asset, load_asset, simulate_asset
-from pipeline.atomic import atomic_dir, write_json, write_text
-from pipeline.datasets import VideoDataset, load_dataset
-from pipeline.stages import RunDir
+from pipeline.asset import Asset, load_asset
+from pipeline.data.datasets import VideoDataset, load_dataset
+from pipeline.data.files import atomic_dir, write_json, write_text
+from pipeline.data.frames import FrameCache
+from pipeline.data.rundir import RunDir, hash_files, hash_key
+from pipeline.data.scene import has_particles, load_particles, particles_path
+from pipeline.simulate import simulate_asset, write_video
+from render.losses import psnr, ssim
+from taichi_sim.errors import SgausError
 
 METHOD_LABELS = {"spring_gaus": "Spring-Gaus (sgaus)", "hold": "hold (frozen after fit)", "single_k": "Spring-Gaus, single k"}
-
-
-def load_particles(ds: VideoDataset, frame: int) -> np.ndarray | None:
-    """Ground-truth surface particles of a frame, or None when the dataset has none."""
-    p = Path(ds.root) / "particles" / f"{frame:03d}.npz"
-    if not p.exists():
-        return None
-    with np.load(p) as z:
-        x = z["x"]
-        if "surface" in z.files and z["surface"].any():
-            x = x[z["surface"].astype(bool)]
-    return x
-
-
-def _render(asset: Asset, means_f: torch.Tensor, cams) -> torch.Tensor:
-    from pipeline.fit import render_rgb
-
-    return render_rgb(asset.gaussians, means_f, cams).clamp(0, 1)
 
 
 def frame_metrics(asset: Asset, means: torch.Tensor, ds: VideoDataset, frames, scale: float,
                   progress: bool, desc: str) -> list[dict]:
     """Per-frame CD, EMD, PSNR, SSIM of a trajectory of Gaussian centres [F,G,3]."""
-    from pipeline.fit import FrameCache
-
     cache = FrameCache(ds, scale)
+    with_gt = has_particles(ds.root)
     out = []
     for f in tqdm(list(frames), desc=desc, disable=not progress, leave=False):
         row = {"frame": f}
-        gt = load_particles(ds, f)
         pred = means[f].detach()
-        if gt is not None:
+        if with_gt:
+            gt = load_particles(ds.root, f)
             row["cd"] = metrics.chamfer_distance(pred, gt)
             row["emd"] = metrics.earth_movers_distance(pred, gt)
         with torch.no_grad():
-            rgb = _render(asset, pred, cache.cameras)
+            rgb = asset.gaussians.render(cache.cameras, pred).clamp(0, 1)
             target = cache.rgb(f)
-        row["psnr"] = float(np.mean([metrics.psnr(rgb[c], target[c]) for c in range(len(rgb))]))
-        row["ssim"] = float(np.mean([metrics.ssim(rgb[c], target[c]) for c in range(len(rgb))]))
-        cache._frames.pop(f, None)  # frames are read once here: keep memory flat
+        row["psnr"] = float(psnr(rgb, target).mean())
+        row["ssim"] = float(ssim(rgb, target).mean())
+        cache.evict(f)  # frames are read once here: keep memory flat
         out.append(row)
     return out
+
+
+def check_ground_truth(ds: VideoDataset, n_frames: int) -> None:
+    """Every frame's particles file must exist when the dataset has ground truth at all (a missing
+    frame would silently shrink the CD/EMD means)."""
+    if not has_particles(ds.root):
+        return
+    missing = [f for f in range(n_frames) if not particles_path(ds.root, f).is_file()]
+    if missing:
+        shown = ", ".join(str(particles_path(ds.root, f).relative_to(ds.root)) for f in missing[:5])
+        raise SgausError(f"{ds.root}: ground-truth particles are missing for {len(missing)} frame(s) ({shown}"
+                         f"{', ...' if len(missing) > 5 else ''}); restore them or evaluate against a complete dataset")
 
 
 def _mean(rows: list[dict], key: str):
@@ -106,36 +105,36 @@ def markdown_table(result: dict, caption: str) -> str:
 def side_by_side_video(path: Path, asset: Asset, means: torch.Tensor, ds: VideoDataset, camera: int,
                        scale: float, fps: float) -> Path:
     """An mp4 of ground truth | prediction for one camera over every frame."""
-    from pipeline.fit import FrameCache
-    from pipeline.simulate import write_video
-
     cache = FrameCache(ds, scale)
     cam = cache.cameras[camera]
     frames = []
     for f in range(len(means)):
         with torch.no_grad():
-            pred = _render(asset, means[f], cam)[0]
+            pred = asset.gaussians.render(cam, means[f]).clamp(0, 1)[0]
         gt = cache.rgb(f, [camera])[0]
         img = torch.cat([gt, pred], dim=1).clamp(0, 1)
         frames.append((img.numpy() * 255).astype(np.uint8))
-        cache._frames.pop(f, None)
+        cache.evict(f)
     return write_video(path, frames, fps)
 
 
 def evaluate(run, data=None, scale: float | None = None, baselines: bool = True, camera: str | None = None,
-             progress: bool = True, log=print) -> dict:
-    """Evaluate RUN and write RUN/eval/{metrics.json, metrics.md, per_frame.json, video_<camera>.mp4}."""
+             progress: bool = True, log=print, last_complete: bool = False) -> dict:
+    """Evaluate RUN and write RUN/eval/{metrics.json, metrics.md, per_frame.json, video_<camera>.mp4}.
+    metrics.json records the hashes of the asset and dataset it was computed from."""
     run_dir = RunDir(run, create=False)
+    run_dir.require_complete(last_complete)
     asset = load_asset(run)
     data = data or asset.info.get("data")
     if not data:
-        raise ValueError(f"{run}: the dataset is unknown; give --data")
+        raise SgausError(f"{run}: the dataset is unknown; give --data")
     ds = load_dataset(data)
     fit_frames = int(asset.info.get("fit_frames", min(20, ds.n_frames)))
     scale = float(scale if scale is not None else asset.info.get("image_scale", 1.0))
     if not 0 < scale <= 1:
-        raise ValueError(f"--scale must lie in (0, 1], got {scale}")
+        raise SgausError(f"--scale must lie in (0, 1], got {scale}")
     n = ds.n_frames
+    check_ground_truth(ds, n)
     log(f"simulating the asset over {n} frames ({fit_frames} fitted, {n - fit_frames} future)")
     _pos, means, _ = simulate_asset(asset, n - 1)
     per_frame = {"spring_gaus": frame_metrics(asset, means, ds, range(n), scale, progress, "eval")}
@@ -149,7 +148,7 @@ def evaluate(run, data=None, scale: float | None = None, baselines: bool = True,
         hold_rows += frame_metrics(asset, hold, ds, range(fit_frames, n), scale, progress, "eval hold")
         per_frame["hold"] = hold_rows
         result["baselines"]["hold"] = summarise(hold_rows, fit_frames)
-        single = single_k_asset(run_dir, asset, data, progress, log)
+        single = single_k_asset(run_dir, asset, ds, progress)
         if single is not None:
             _p, means_k, _ = simulate_asset(single, n - 1)
             per_frame["single_k"] = frame_metrics(single, means_k, ds, range(n), scale, progress, "eval single-k")
@@ -166,6 +165,9 @@ def evaluate(run, data=None, scale: float | None = None, baselines: bool = True,
         "hold: the fitted trajectory frozen after the last fitted frame. single k: the dynamic stage refitted with one "
         "global stiffness."
     )
+    adir = Path(run) / "asset"
+    result["provenance"] = {"asset": hash_files(p for p in adir.iterdir() if p.is_file()),
+                            "data": hash_files(p for p in ds.root.rglob("*") if p.is_file()), "dataset": str(ds.root)}
     result["settings"] = {"fit_frames": fit_frames, "n_frames": n, "image_scale": scale,
                           "emd_subset": metrics.EMD_SUBSET, "emd_seed": metrics.EMD_SEED,
                           "geometry_reference": "surface particles"}
@@ -181,24 +183,44 @@ def evaluate(run, data=None, scale: float | None = None, baselines: bool = True,
     return result
 
 
-def single_k_asset(run_dir: RunDir, asset: Asset, data, progress: bool, log) -> Asset | None:
+def single_k_asset(run_dir: RunDir, asset: Asset, ds: VideoDataset, progress: bool) -> Asset | None:
     """The Table 3 baseline: the dynamic stage refitted with one global stiffness, on the asset's
     own Gaussians, anchors, springs and initial velocity (cached in RUN/stages/dynamic_single_k,
-    keyed by those and the settings)."""
+    keyed by those and the whole dynamic-stage settings). It calls the dynamic stage itself; the
+    run's metadata is left as it is."""
     import yaml
 
-    from pipeline.fit import Fitter
+    from pipeline.fit import dynamic as dynamic_stage
     from pipeline.settings import make_settings
-    from pipeline.stages import hash_files, hash_key
 
     saved = run_dir.root / "settings.yaml"
     if not saved.exists():
-        raise ValueError(f"{run_dir.root} has no settings.yaml: cannot refit the single-k baseline")
-    settings = make_settings("fast", overrides=yaml.safe_load(saved.read_text())["settings"])
+        raise SgausError(f"{run_dir.root} has no settings.yaml: cannot refit the single-k baseline")
+    try:
+        doc = yaml.safe_load(saved.read_text())
+    except yaml.YAMLError as err:
+        raise SgausError(f"{saved} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("settings"), dict):
+        raise SgausError(f"{saved}: expected a mapping with 'settings'")
+    settings = make_settings("fast", overrides=doc["settings"])
     if settings.single_k:
         return None  # the run itself is the single-k ablation
-    f = Fitter(data, run_dir.root, settings, resume=True, progress=progress, log=log)
+    stage = settings.dynamic(single_k=True)
     adir = run_dir.root / "asset"
-    parent = hash_key("asset", hash_files([adir / "gaussians.ply", adir / "anchors.npz"]), asset.v0.tolist())
-    r, _ = f.run_dynamic(asset.gaussians, asset.model, asset.binding, asset.v0, parent, single_k=True)
-    return f.make_asset(asset.gaussians, asset.model, asset.binding, asset.v0, r)
+    fit_frames = int(asset.info.get("fit_frames", min(20, ds.n_frames)))
+    key = hash_key("dynamic_single_k", hash_files([adir / "gaussians.ply", adir / "anchors.npz"]),
+                   asset.v0.tolist(), asset.model.physics(), fit_frames, asset.integrator.frame_dt,
+                   float(asset.info.get("image_scale", 1.0)), dataclasses.asdict(stage))
+    name = "dynamic_single_k"
+    resumable = RunDir(run_dir.root, resume=True, create=False)
+    hit = resumable.cached(name, key)
+    if hit:
+        r = dynamic_stage.load(hit)
+    else:
+        frames = FrameCache(ds, float(asset.info.get("image_scale", 1.0)))
+        r = dynamic_stage.run(asset.gaussians, asset.model, asset.binding, asset.v0, frames, fit_frames,
+                              asset.integrator.frame_dt, stage, progress, desc="single-k")
+        with resumable.write_stage(name, key) as d:
+            dynamic_stage.save(r, d)
+    integrator = dataclasses.replace(asset.integrator, substeps=r.substeps)
+    return dataclasses.replace(asset, params=r.params.to(torch.float32), integrator=integrator)

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.atomic import atomic_dir, write_json
-from pipeline.cameras import Cameras, orbit_cameras
+from pipeline.data.files import atomic_dir, write_json
+from pipeline.data.cameras import Cameras, orbit_cameras
 from pipeline.shapes import SHAPES, ParticleObject, fill_object, shape_names, split_halves
 from taichi_sim.mpm import GROUND_MODES, MODELS, Ground, MPMSimulator, check_material
+from taichi_sim.errors import SgausError
 
 FORMAT = "sgaus-mpm/1"
 BOX_SIZE = 1.0  # metres: the simulation box is a cube of this side above the ground
@@ -82,40 +83,40 @@ class GenerateConfig:
         if self.mesh is not None:
             self.shape = None
         if self.shape is None and self.mesh is None:
-            raise ValueError("give a built-in --shape or a --mesh file")
+            raise SgausError("give a built-in --shape or a --mesh file")
         if self.mesh is not None and not Path(self.mesh).is_file():
             raise FileNotFoundError(f"mesh file not found: {self.mesh}")
         if self.mesh is None and self.shape not in SHAPES:
-            raise ValueError(f"unknown shape {self.shape!r}: choose one of {', '.join(shape_names())}")
+            raise SgausError(f"unknown shape {self.shape!r}: choose one of {', '.join(shape_names())}")
         if self.model not in MODELS:
-            raise ValueError(f"unknown material model {self.model!r}: choose one of {', '.join(MODELS)}")
+            raise SgausError(f"unknown material model {self.model!r}: choose one of {', '.join(MODELS)}")
         if self.ground not in GROUND_MODES:
-            raise ValueError(f"unknown ground mode {self.ground!r}: choose one of {', '.join(GROUND_MODES)}")
+            raise SgausError(f"unknown ground mode {self.ground!r}: choose one of {', '.join(GROUND_MODES)}")
         check_material(self.youngs_modulus, self.poisson_ratio, self.density)
         if self.heterogeneous and not self.stiffness_factor > 0:
-            raise ValueError(f"the stiffness factor must be positive, got {self.stiffness_factor}")
+            raise SgausError(f"the stiffness factor must be positive, got {self.stiffness_factor}")
         if not self.friction >= 0:
-            raise ValueError(f"the friction coefficient must be >= 0, got {self.friction}")
+            raise SgausError(f"the friction coefficient must be >= 0, got {self.friction}")
         if not 0 < self.size < 0.8 * BOX_SIZE:
-            raise ValueError(f"the object size must lie in (0, {0.8 * BOX_SIZE:g}) metres, got {self.size}")
+            raise SgausError(f"the object size must lie in (0, {0.8 * BOX_SIZE:g}) metres, got {self.size}")
         if self.drop_height <= self.ground_height:
-            raise ValueError(f"the ground (height {self.ground_height:g}) is not below the object "
+            raise SgausError(f"the ground (height {self.ground_height:g}) is not below the object "
                              f"(lowest point at {self.drop_height:g}): lower --ground-height")
         for name in ("views", "frames", "resolution", "grid"):
             if int(getattr(self, name)) <= 0:
-                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+                raise SgausError(f"--{name} must be positive, got {getattr(self, name)}")
         if self.grid < 16:
-            raise ValueError(f"--grid must be at least 16, got {self.grid}")
+            raise SgausError(f"--grid must be at least 16, got {self.grid}")
         if not self.frame_dt > 0:
-            raise ValueError(f"the frame time step must be positive, got {self.frame_dt}")
+            raise SgausError(f"the frame time step must be positive, got {self.frame_dt}")
         if self.fit_frames is None:
             self.fit_frames = min(20, int(self.frames))
         if not 1 <= self.fit_frames <= self.frames:
-            raise ValueError(f"--fit-frames must lie in [1, {self.frames}], got {self.fit_frames}")
+            raise SgausError(f"--fit-frames must lie in [1, {self.frames}], got {self.fit_frames}")
         for name in ("gravity", "velocity", "rotation_deg"):
             vec = tuple(float(c) for c in getattr(self, name))
             if len(vec) != 3 or not all(math.isfinite(c) for c in vec):
-                raise ValueError(f"{name} must be three finite numbers, got {getattr(self, name)}")
+                raise SgausError(f"{name} must be three finite numbers, got {getattr(self, name)}")
             setattr(self, name, vec)
 
     @property
@@ -290,7 +291,7 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True, log=No
 
     import imageio.v3 as iio
 
-    from pipeline.datasets import write_transforms
+    from pipeline.data.datasets import write_transforms
 
     t_start = time.perf_counter()
     cfg.validate()

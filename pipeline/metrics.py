@@ -6,7 +6,7 @@
 * Earth mover's distance (EMD): an exact one-to-one assignment (Hungarian algorithm) between
   equal-sized random subsets of the two sets, reported as the mean Euclidean distance of the
   matched pairs in scene units (metres). The subset size and seed are fixed and stated.
-* PSNR and SSIM of images in [0, 1] (SSIM: 11x11 Gaussian window, pytorch-msssim).
+PSNR and SSIM of images are render.losses.psnr and render.losses.ssim.
 """
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
+
+from taichi_sim.errors import SgausError
 
 CD_UNITS_PER_M2 = 1e3  # 1 m^2 = 1e6 mm^2 = 1e3 x (1e3 mm^2)
 EMD_SUBSET = 1024
@@ -24,7 +26,7 @@ def _points(a) -> np.ndarray:
     a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
     a = np.asarray(a, dtype=np.float64)
     if a.ndim != 2 or a.shape[1] != 3 or len(a) == 0:
-        raise ValueError(f"a point set must be a non-empty [N,3] array, got shape {a.shape}")
+        raise SgausError(f"a point set must be a non-empty [N,3] array, got shape {a.shape}")
     return a
 
 
@@ -46,29 +48,3 @@ def earth_movers_distance(pred, gt, subset: int = EMD_SUBSET, seed: int = EMD_SE
     cost = np.linalg.norm(p[:, None, :] - g[None, :, :], axis=-1)
     rows, cols = linear_sum_assignment(cost)
     return float(cost[rows, cols].mean())
-
-
-def _images(a) -> torch.Tensor:
-    t = torch.as_tensor(a, dtype=torch.float32)
-    if t.ndim == 3:
-        t = t[None]
-    if t.ndim != 4 or t.shape[-1] not in (1, 3):
-        raise ValueError(f"images must be [H,W,3] or [B,H,W,3], got {tuple(t.shape)}")
-    return t
-
-
-def psnr(pred, target) -> float:
-    """Peak signal-to-noise ratio (dB) of images in [0,1]; inf for identical images."""
-    p, t = _images(pred), _images(target)
-    mse = torch.mean((p - t) ** 2).item()
-    return float("inf") if mse == 0.0 else float(-10.0 * np.log10(mse))
-
-
-def ssim(pred, target) -> float:
-    """Mean SSIM (11x11 Gaussian window, sigma 1.5) of images in [0,1]."""
-    from pytorch_msssim import ssim as _ssim
-
-    p, t = _images(pred), _images(target)
-    if min(p.shape[1:3]) < 11:
-        raise ValueError("SSIM needs images of at least 11 x 11 pixels")
-    return float(_ssim(p.permute(0, 3, 1, 2), t.permute(0, 3, 1, 2), data_range=1.0, size_average=True))

@@ -25,7 +25,6 @@ the viewer uses for its anchors too.
 from __future__ import annotations
 
 import html
-import json
 import math
 import os
 import urllib.parse
@@ -33,7 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import atomic_file, write_json, write_text
+from pipeline.asset import load_asset
+from pipeline.data.files import atomic_file, write_json, write_text
+from pipeline.data.schema import read_json
+from taichi_sim.errors import SgausError
 
 STIFFNESS_CMAP = "viridis"  # perceptually uniform, readable in grey and by colour-blind readers
 PHYSICS_FIGURES = ("figures/stiffness.png", "figures/physics.png")
@@ -47,9 +49,9 @@ METRICS = (("cd", "CD", "lower", 2), ("emd", "EMD", "lower", 3), ("psnr", "PSNR"
 def _finite_vector(values, name: str) -> np.ndarray:
     a = np.asarray(values.detach().cpu().numpy() if hasattr(values, "detach") else values, dtype=np.float64)
     if a.ndim != 1 or len(a) == 0:
-        raise ValueError(f"{name} must be a non-empty vector [N], got shape {list(a.shape)}")
+        raise SgausError(f"{name} must be a non-empty vector [N], got shape {list(a.shape)}")
     if not np.isfinite(a).all():
-        raise ValueError(f"{name} must be finite")
+        raise SgausError(f"{name} must be finite")
     return a
 
 
@@ -60,7 +62,7 @@ def stiffness_range(log_stiffness, vmin: float | None = None, vmax: float | None
     lo = float(v.min()) if vmin is None else float(vmin)
     hi = float(v.max()) if vmax is None else float(vmax)
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
-        raise ValueError(f"the stiffness colour range must be finite with vmin <= vmax, got {lo} .. {hi}")
+        raise SgausError(f"the stiffness colour range must be finite with vmin <= vmax, got {lo} .. {hi}")
     if hi - lo < 1e-9:
         lo, hi = lo - 0.5, hi + 0.5
     return lo, hi
@@ -82,7 +84,7 @@ def _view_axes(up) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Right r, up u and towards-the-viewer f (= r x u) of the front view for an up vector."""
     u = np.asarray(up, dtype=np.float64).reshape(-1)
     if u.shape != (3,) or not np.isfinite(u).all() or np.linalg.norm(u) < 1e-12:
-        raise ValueError(f"up must be 3 finite numbers, not all zero, got {up!r}")
+        raise SgausError(f"up must be 3 finite numbers, not all zero, got {up!r}")
     u = u / np.linalg.norm(u)
     a = np.array([1.0, 0.0, 0.0]) if abs(u[0]) < 0.9 else np.array([0.0, 0.0, 1.0])
     r = a - u * (a @ u)
@@ -117,12 +119,12 @@ def stiffness_figure(anchors, log_stiffness, path, up=(0.0, 1.0, 0.0), vmin: flo
 
     pts = np.asarray(anchors.detach().cpu().numpy() if hasattr(anchors, "detach") else anchors, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) == 0:
-        raise ValueError(f"anchors must be [N,3] with N >= 1, got shape {list(pts.shape)}")
+        raise SgausError(f"anchors must be [N,3] with N >= 1, got shape {list(pts.shape)}")
     if not np.isfinite(pts).all():
-        raise ValueError("anchors must be finite")
+        raise SgausError("anchors must be finite")
     k = _finite_vector(log_stiffness, "log_stiffness")
     if len(k) != len(pts):
-        raise ValueError(f"log_stiffness has {len(k)} values for {len(pts)} anchors")
+        raise SgausError(f"log_stiffness has {len(k)} values for {len(pts)} anchors")
     lo, hi = stiffness_range(k, vmin, vmax)
     r, u, f = _view_axes(up)
     centre = 0.5 * (pts.min(0) + pts.max(0))
@@ -160,18 +162,18 @@ def physics_figure(log_stiffness, kappa: float, k_neighbors: int, n_c: int, fric
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    from taichi_sim.spring_mass import soft_vector
+    from taichi_sim.spring_params import soft_vector
 
     k = _finite_vector(log_stiffness, "log_stiffness")
     kappa = float(kappa)
     if not math.isfinite(kappa):
-        raise ValueError(f"kappa must be finite, got {kappa}")
+        raise SgausError(f"kappa must be finite, got {kappa}")
     if int(k_neighbors) != k_neighbors or int(k_neighbors) < 1:
-        raise ValueError(f"k_neighbors must be a positive integer, got {k_neighbors}")
+        raise SgausError(f"k_neighbors must be a positive integer, got {k_neighbors}")
     if int(n_c) != n_c or not 0 <= int(n_c) <= int(k_neighbors):
-        raise ValueError(f"n_c must be an integer in [0, k_neighbors={k_neighbors}], got {n_c}")
+        raise SgausError(f"n_c must be an integer in [0, k_neighbors={k_neighbors}], got {n_c}")
     if friction is not None and not 0.0 <= float(friction) <= 1.0:
-        raise ValueError(f"friction must be a factor in [0, 1] (0 = sticky, 1 = smooth) or None, got {friction}")
+        raise SgausError(f"friction must be a factor in [0, 1] (0 = sticky, 1 = smooth) or None, got {friction}")
     K, nc = int(k_neighbors), int(n_c)
     eta = soft_vector(torch.tensor(kappa, dtype=torch.float64), K, nc).numpy()
     fig = Figure(figsize=(11, 4.2))
@@ -244,13 +246,13 @@ def _esc(x) -> str:
 
 
 def _media(run_dir: Path, rel) -> str:
-    """A checked, URL-quoted relative link to a file of the run: ValueError unless ``rel`` is a
+    """A checked, URL-quoted relative link to a file of the run: SgausError unless ``rel`` is a
     relative path inside ``run_dir`` that exists."""
     p = Path(rel)
     if p.is_absolute() or ".." in p.parts or str(rel).startswith(("http:", "https:", "//", "file:")):
-        raise ValueError(f"report media must be paths relative to the run directory, got {str(rel)!r}")
+        raise SgausError(f"report media must be paths relative to the run directory, got {str(rel)!r}")
     if not (run_dir / p).is_file():
-        raise ValueError(f"report media {str(rel)!r} does not exist in {run_dir}")
+        raise SgausError(f"report media {str(rel)!r} does not exist in {run_dir}")
     return _esc(urllib.parse.quote(p.as_posix()))
 
 
@@ -288,7 +290,7 @@ def _item(entry) -> tuple[str, str | None]:
     """(path, caption) of a media entry given as a path or a dict with src/caption."""
     if isinstance(entry, dict):
         if "src" not in entry:
-            raise ValueError(f"a media entry needs a 'src' path, got {entry!r}")
+            raise SgausError(f"a media entry needs a 'src' path, got {entry!r}")
         return entry["src"], entry.get("caption")
     if isinstance(entry, (tuple, list)) and len(entry) == 2:
         return entry[0], entry[1]
@@ -311,11 +313,11 @@ def metrics_table(metrics: dict) -> str:
     """The metrics of ``sgaus eval`` (reconstruction / future, baselines) as an HTML table, the
     best value of each column in bold."""
     if not isinstance(metrics, dict) or not all(isinstance(metrics.get(p), dict) for p in ("reconstruction", "future")):
-        raise ValueError("metrics must be a dict with 'reconstruction' and 'future' dicts (RUN/eval/metrics.json)")
+        raise SgausError("metrics must be a dict with 'reconstruction' and 'future' dicts (RUN/eval/metrics.json)")
     rows = [("spring_gaus", metrics)]
     for name, res in (metrics.get("baselines") or {}).items():
         if not isinstance(res, dict) or not all(isinstance(res.get(p), dict) for p in ("reconstruction", "future")):
-            raise ValueError(f"baseline {name!r} must have 'reconstruction' and 'future' dicts")
+            raise SgausError(f"baseline {name!r} must have 'reconstruction' and 'future' dicts")
         rows.append((name, res))
     cols = [(part, key, better, digits) for part in ("reconstruction", "future") for key, _l, better, digits in METRICS]
 
@@ -363,7 +365,7 @@ def write_report(run_dir, title: str | None = None, settings: dict | None = None
                  loss_images=(), metrics: dict | None = None, eval_videos=(), physics: dict | None = None,
                  physics_images=(), simulations=(), figures=(), notes=()) -> Path:
     """Write RUN/report.html, one self-contained page, from plain data. Paths are relative to
-    ``run_dir`` and must exist (ValueError otherwise); empty parts are left out of the page.
+    ``run_dir`` and must exist (SgausError otherwise); empty parts are left out of the page.
     Sections, in this order: data, metrics, ground truth | prediction videos, identified physics,
     simulations, loss curves, settings (folded), more figures, notes.
 
@@ -398,7 +400,7 @@ def write_report(run_dir, title: str | None = None, settings: dict | None = None
         figs = []
         for sim in simulations:
             if not isinstance(sim, dict) or "video" not in sim:
-                raise ValueError(f"a simulation entry needs a 'video' path, got {sim!r}")
+                raise SgausError(f"a simulation entry needs a 'video' path, got {sim!r}")
             name = str(sim.get("name") or Path(sim["video"]).parent.name)
             edits = {k: v for k, v in (sim.get("edits") or {}).items()  # the edits made, not the defaults
                      if v is not None and v is not False and not (k == "stiffness_scale" and v == 1.0)}
@@ -437,61 +439,37 @@ def write_report(run_dir, title: str | None = None, settings: dict | None = None
 
 
 # ------------------------------------------------------------------ gathering a run
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err.msg}, line {err.lineno})") from None
+def _friction(asset) -> float | None:
+    """The fitted ground friction factor (0 = sticky, 1 = smooth) as the simulator maps it; None
+    without a ground."""
+    from taichi_sim.spring_params import friction_from_logit
+
+    if asset.model.ground_point is None:
+        return None
+    return float(friction_from_logit(asset.params.friction_logit.detach().double()))
 
 
-def _ply_count(path: Path) -> int | None:
-    """Vertices of a PLY file, from its header."""
-    with open(path, "rb") as fh:
-        for _ in range(64):
-            line = fh.readline().decode("ascii", "replace").strip()
-            if line.startswith("element vertex"):
-                return int(line.split()[-1])
-            if line == "end_header" or not line:
-                break
-    return None
-
-
-def _friction(logit: float) -> float:
-    """The friction factor (0 = sticky, 1 = smooth) of a fitted logit, as the simulator maps it."""
-    import torch
-
-    from taichi_sim.spring_mass import friction_from_logit
-
-    return float(friction_from_logit(torch.tensor(float(logit), dtype=torch.float64)))
-
-
-def _physics_numbers(phys: dict) -> dict:
-    sim = phys.get("sim") or {}
-    k = np.asarray(phys.get("log_stiffness") or [], dtype=np.float64)
-    out: dict = {}
-    if len(k):
-        out["log10 k (min / median / max)"] = f"{k.min():.3f} / {np.median(k):.3f} / {k.max():.3f}"
-    if "kappa" in phys:
-        kappa = float(phys["kappa"])
-        out["kappa (soft vector)"] = round(kappa, 4)
-    if "friction_logit" in phys:
-        has_ground = sim.get("ground_point", (0, 0, 0)) is not None
-        fr = _friction(phys["friction_logit"])
-        out["ground friction (0 = sticky, 1 = smooth)"] = round(fr, 4) if has_ground else "no ground"
-    if "v0" in phys:
-        out["initial velocity (m/s)"] = tuple(round(float(x), 4) for x in phys["v0"])
-    for key, label in (("k_neighbors", "springs per anchor K"), ("n_c", "n_c (weight-1 neighbours)"),
-                       ("gravity", "gravity (m/s²)"), ("ground_point", "ground point"),
-                       ("ground_normal", "ground normal")):
-        if key in sim:
-            out[label] = sim[key] if sim[key] is not None else "none"
-    return out
+def _physics_numbers(asset) -> dict:
+    model, params = asset.model, asset.params
+    k = params.log_stiffness.detach().double().numpy()
+    friction = _friction(asset)
+    return {
+        "log10 k (min / median / max)": f"{k.min():.3f} / {np.median(k):.3f} / {k.max():.3f}",
+        "kappa (soft vector)": round(float(params.kappa), 4),
+        "ground friction (0 = sticky, 1 = smooth)": "no ground" if friction is None else round(friction, 4),
+        "initial velocity (m/s)": tuple(round(float(x), 4) for x in asset.v0.detach().double()),
+        "springs per anchor K": model.n_springs,
+        "n_c (weight-1 neighbours)": model.n_c,
+        "gravity (m/s²)": model.gravity,
+        "ground point": "none" if model.ground_point is None else model.ground_point,
+        "ground normal": model.ground_normal,
+    }
 
 
 def collect_run(run_dir) -> dict:
     """The keyword arguments of :func:`write_report` for whatever RUN holds: settings.yaml,
-    loss*.png, eval/metrics.json and eval/*.mp4, asset/ (physics.json, anchors.npz,
-    gaussians.ply), figures/*.png and the simulations listed in simulations.json whose videos lie
+    loss*.png, eval/metrics.json and eval/*.mp4, the fitted asset in asset/ (read by
+    pipeline.asset.load_asset), figures/*.png and the simulations listed in simulations.json whose videos lie
     inside RUN (others are named in the notes, not linked)."""
     import yaml
 
@@ -499,7 +477,7 @@ def collect_run(run_dir) -> dict:
     if not run.exists():
         raise FileNotFoundError(f"no such run directory: {run}")
     if not run.is_dir():
-        raise ValueError(f"{run} is not a directory")
+        raise SgausError(f"{run} is not a directory")
     out: dict = {"title": f"sgaus run {run.resolve().name}"}
     data: dict = {}
     p = run / "settings.yaml"
@@ -507,43 +485,35 @@ def collect_run(run_dir) -> dict:
         try:
             saved = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ValueError(f"{p} is not valid YAML ({err.__class__.__name__})") from None
+            raise SgausError(f"{p} is not valid YAML ({err.__class__.__name__})") from None
         if not isinstance(saved, dict):
-            raise ValueError(f"{p} does not hold a mapping of settings")
+            raise SgausError(f"{p} does not hold a mapping of settings")
         if isinstance(saved.get("settings"), dict):
             out["settings"] = saved["settings"]
         if saved.get("data"):
             data["dataset"] = saved["data"]
-    asset = run / "asset"
-    if (asset / "physics.json").is_file():
-        phys = _read_json(asset / "physics.json")
-        info = phys.get("info") or {}
+    if (run / "asset" / "physics.json").is_file():
+        asset = load_asset(run)
+        info = asset.info
         if info.get("data"):
             data["dataset"] = info["data"]
         for key, label in (("n_frames", "frames"), ("fit_frames", "fitted frames"), ("image_scale", "image scale"),
                            ("single_k", "single k (ablation)"), ("soft_vector", "soft vector")):
             if key in info:
                 data[label] = info[key]
-        if (asset / "gaussians.ply").is_file():
-            data["Gaussians"] = _ply_count(asset / "gaussians.ply")
-        if (asset / "anchors.npz").is_file():
-            with np.load(asset / "anchors.npz") as z:
-                if "rest_positions" in z.files:
-                    data["anchors"] = int(z["rest_positions"].shape[0])
-                if "neighbors" in z.files:
-                    data["springs (directed)"] = int(np.prod(z["neighbors"].shape))
-        sim = phys.get("sim") or {}
-        for key, label in (("frame_dt", "seconds per frame"), ("substeps", "substeps per frame")):
-            if key in sim:
-                data[label] = sim[key]
-        out["physics"] = _physics_numbers(phys)
+        data["Gaussians"] = len(asset.gaussians)
+        data["anchors"] = asset.model.n_anchors
+        data["springs (directed)"] = asset.model.n_anchors * asset.model.n_springs
+        data["seconds per frame"] = asset.integrator.frame_dt
+        data["substeps per frame"] = asset.integrator.substeps
+        out["physics"] = _physics_numbers(asset)
     if data:
         out["data"] = data
     loss = sorted(q.name for q in run.glob("loss*.png") if q.is_file())
     if loss:
         out["loss_images"] = loss
     if (run / "eval" / "metrics.json").is_file():
-        out["metrics"] = _read_json(run / "eval" / "metrics.json")
+        out["metrics"] = read_json(run / "eval" / "metrics.json")
     videos = sorted(q for q in (run / "eval").glob("*.mp4") if q.is_file())
     if videos:
         out["eval_videos"] = [{"src": f"eval/{q.name}", "caption": "ground truth | prediction, camera "
@@ -557,13 +527,13 @@ def collect_run(run_dir) -> dict:
         out["figures"] = others
     sims, notes = [], []
     if (run / "simulations.json").is_file():
-        listed = _read_json(run / "simulations.json")
+        listed = read_json(run / "simulations.json")
         entries = listed.get("simulations", []) if isinstance(listed, dict) else listed
         if not isinstance(entries, list):
-            raise ValueError(f"{run / 'simulations.json'} must hold a list of simulations")
+            raise SgausError(f"{run / 'simulations.json'} must hold a list of simulations")
         for e in entries:
             if not isinstance(e, dict) or not e.get("video"):
-                raise ValueError(f"{run / 'simulations.json'}: every simulation needs a 'video' path")
+                raise SgausError(f"{run / 'simulations.json'}: every simulation needs a 'video' path")
             video = Path(e["video"])
             rel = _inside(run, video if video.is_absolute() else run / video)
             name = str(e.get("name") or video.parent.name)
@@ -589,27 +559,18 @@ def _inside(root: Path, path: Path) -> str | None:
 
 
 def write_run_figures(run_dir) -> list[Path]:
-    """RUN/figures/stiffness.png and physics.png from RUN/asset (physics.json, anchors.npz);
-    the up axis of the views is the ground normal. Nothing is drawn when there is no asset."""
+    """RUN/figures/stiffness.png and physics.png from the fitted asset in RUN/asset; the up axis
+    of the views is the ground normal. Nothing is drawn when there is no asset."""
     run = Path(run_dir)
-    asset = run / "asset"
-    if not (asset / "physics.json").is_file() or not (asset / "anchors.npz").is_file():
+    if not (run / "asset" / "physics.json").is_file():
         return []
-    phys = _read_json(asset / "physics.json")
-    with np.load(asset / "anchors.npz") as z:
-        anchors = z["rest_positions"]
-    sim = phys.get("sim") or {}
-    try:
-        k = phys["log_stiffness"]
-        kappa, logit = float(phys["kappa"]), float(phys["friction_logit"])
-    except KeyError as err:
-        raise ValueError(f"{asset / 'physics.json'} is not a complete sgaus asset (missing {err})") from None
-    up = sim.get("ground_normal") or (0.0, 1.0, 0.0)
-    friction = _friction(logit) if sim.get("ground_point", (0, 0, 0)) is not None else None
+    asset = load_asset(run)
+    model, params = asset.model, asset.params
+    k = params.log_stiffness.detach().double().numpy()
     return [
-        stiffness_figure(anchors, k, run / "figures" / "stiffness.png", up=up),
-        physics_figure(k, kappa, int(sim.get("k_neighbors", anchors.shape[0] - 1)), int(sim.get("n_c", 0)),
-                       friction, run / "figures" / "physics.png"),
+        stiffness_figure(model.rest_positions, k, run / "figures" / "stiffness.png", up=model.ground_normal),
+        physics_figure(k, float(params.kappa), model.n_springs, model.n_c, _friction(asset),
+                       run / "figures" / "physics.png"),
     ]
 
 
@@ -627,14 +588,14 @@ def record_simulation(run_dir, name: str, video, edits: dict | None = None, desc
     if not run.is_dir():
         raise FileNotFoundError(f"no such run directory: {run}")
     if not str(name).strip():
-        raise ValueError("a simulation needs a name")
+        raise SgausError("a simulation needs a name")
     path = run / "simulations.json"
     entries = []
     if path.is_file():
-        listed = _read_json(path)
+        listed = read_json(path)
         entries = listed.get("simulations", []) if isinstance(listed, dict) else listed
         if not isinstance(entries, list):
-            raise ValueError(f"{path} must hold a list of simulations")
+            raise SgausError(f"{path} must hold a list of simulations")
     video = Path(video)
     rel = _inside(run, video if video.is_absolute() else Path.cwd() / video)
     entry = {"name": str(name), "video": rel if rel is not None else str(video.resolve())}
@@ -654,7 +615,7 @@ def suite_row(run_dir, name: str | None = None) -> dict:
     row: dict = {"name": name or run.resolve().name, "report": run / "report.html"}
     m = run / "eval" / "metrics.json"
     if m.is_file():
-        metrics = _read_json(m)
+        metrics = read_json(m)
         for part, short in (("reconstruction", "recon"), ("future", "future")):
             for key, label, better, _d in METRICS:
                 v = (metrics.get(part) or {}).get(key)
@@ -676,11 +637,11 @@ def write_suite_index(directory, rows, title: str = "sgaus suite", columns=None)
     prepared = []
     for row in rows:
         if not isinstance(row, dict) or "name" not in row or "report" not in row:
-            raise ValueError(f"every suite row needs a 'name' and a 'report' path, got {row!r}")
+            raise SgausError(f"every suite row needs a 'name' and a 'report' path, got {row!r}")
         report = Path(row["report"])
         report = report if report.is_absolute() else directory / report
         if not report.is_file():
-            raise ValueError(f"the report of {row['name']!r} does not exist: {report}")
+            raise SgausError(f"the report of {row['name']!r} does not exist: {report}")
         link = Path(os.path.relpath(os.path.realpath(report), os.path.realpath(directory))).as_posix()
         prepared.append((row, link, dict(_flatten({k: v for k, v in row.items() if k not in ("name", "report")}))))
     if columns is None:

@@ -7,10 +7,20 @@ CLI override those. The settings used are saved with the run (settings.yaml).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from pipeline.fit.anchors import AnchorSettings
+from pipeline.fit.dynamic import DynamicSettings
+from pipeline.fit.physics import PhysicsSettings
+from pipeline.fit.refine import RefineSettings
+from pipeline.fit.static import StaticSettings
+from pipeline.fit.velocity import VelocitySettings
+from taichi_sim.errors import SgausError
+from taichi_sim.spring_model import FRICTION_MODES
 
 
 @dataclass
@@ -32,6 +42,8 @@ class FitSettings:
       n_b, p_b: anchors per Gaussian and the inverse-distance power of the binding (Eq. 15).
       p_k: force-law exponent (Eq. 9); force_law: "smooth" (authors' code) or "paper" (Eq. 9 as printed).
       zeta0, mass: damping (Eq. 17) and mass per anchor.
+      friction_mode: "per_substep" (the ground's tangential factor every substep, the authors'
+        form) or "per_time" (per 0.3 ms of contact, the same slide at any substep count).
       substeps: simulation substeps per frame (raised by 50 on instability, up to max_substeps).
     Refine (Gaussians at their bound positions, colour/opacity/scale refined)
       refine_iterations, refine_lr.
@@ -69,6 +81,7 @@ class FitSettings:
     force_law: str = "smooth"
     zeta0: float = 0.1
     mass: float = 1.0
+    friction_mode: str = "per_substep"
     substeps: int = 60
     max_substeps: int = 500
     refine_iterations: int = 200
@@ -93,43 +106,72 @@ class FitSettings:
     single_k: bool = False
 
     def validate(self) -> "FitSettings":
+        # a dynamic or velocity stage of 0 iterations would write the starting values as if fitted
         positive = ["static_iterations", "n_anchors", "k_neighbors", "n_b", "substeps", "max_substeps", "velocity_substeps",
-                    "cameras_per_frame", "static_max_gaussians"]
+                    "cameras_per_frame", "static_max_gaussians", "iterations", "velocity_iterations"]
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ValueError(f"setting {name} must be positive, got {getattr(self, name)}")
-        for name in ["image_size", "fit_frames", "refine_iterations", "velocity_frames",
-                     "velocity_iterations", "iterations"]:
+                raise SgausError(f"setting {name} must be positive, got {getattr(self, name)}")
+        for name in ["image_size", "fit_frames", "refine_iterations", "velocity_frames"]:
             if getattr(self, name) < 0:
-                raise ValueError(f"setting {name} must not be negative, got {getattr(self, name)}")
+                raise SgausError(f"setting {name} must not be negative, got {getattr(self, name)}")
         if self.k_neighbors >= self.n_anchors:
-            raise ValueError(f"k_neighbors ({self.k_neighbors}) must be smaller than n_anchors ({self.n_anchors})")
+            raise SgausError(f"k_neighbors ({self.k_neighbors}) must be smaller than n_anchors ({self.n_anchors})")
         if not 0 <= self.n_c <= self.k_neighbors:
-            raise ValueError(f"n_c must lie in [0, k_neighbors], got {self.n_c}")
+            raise SgausError(f"n_c must lie in [0, k_neighbors], got {self.n_c}")
         if self.force_law not in ("smooth", "paper"):
-            raise ValueError(f"force_law must be 'smooth' or 'paper', got {self.force_law!r}")
+            raise SgausError(f"force_law must be 'smooth' or 'paper', got {self.force_law!r}")
+        if self.friction_mode not in FRICTION_MODES:
+            raise SgausError(f"friction_mode must be one of {', '.join(FRICTION_MODES)}, got {self.friction_mode!r}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SgausError(f"setting {f.name} must be a finite number, got {value}")
         if self.substeps > self.max_substeps:
-            raise ValueError(f"substeps ({self.substeps}) exceeds max_substeps ({self.max_substeps})")
+            raise SgausError(f"substeps ({self.substeps}) exceeds max_substeps ({self.max_substeps})")
         if not 0.0 < self.lr_decay <= 1.0:
-            raise ValueError(f"lr_decay must lie in (0, 1], got {self.lr_decay}")
+            raise SgausError(f"lr_decay must lie in (0, 1], got {self.lr_decay}")
         if not 0.0 <= self.lambda_dssim <= 1.0:
-            raise ValueError(f"lambda_dssim must lie in [0, 1], got {self.lambda_dssim}")
+            raise SgausError(f"lambda_dssim must lie in [0, 1], got {self.lambda_dssim}")
         if self.static_scale <= 0 or self.mass <= 0 or self.zeta0 < 0:
-            raise ValueError("static_scale and mass must be positive and zeta0 non-negative")
+            raise SgausError("static_scale and mass must be positive and zeta0 non-negative")
         return self
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def subset(self, *names: str) -> dict:
-        """The named settings as a dict (what a stage's cache key depends on)."""
-        return {n: getattr(self, n) for n in names}
+    # -- each stage's own settings (the stage's cache key is the hash of the whole dataclass)
+    def static(self, image_scale: float) -> StaticSettings:
+        return StaticSettings(iterations=self.static_iterations, scale=self.static_scale, image_scale=image_scale,
+                              seed=self.seed, max_gaussians=self.static_max_gaussians)
+
+    def anchors(self) -> AnchorSettings:
+        return AnchorSettings(self.n_anchors, self.k_neighbors, self.n_b, self.p_b, self.seed)
+
+    def refine(self) -> RefineSettings:
+        return RefineSettings(self.refine_iterations, self.refine_lr, self.seed)
+
+    def physics(self) -> PhysicsSettings:
+        return PhysicsSettings(self.n_c, self.p_k, self.force_law, self.zeta0, self.mass, self.friction_mode,
+                               self.init_log_stiffness, self.init_kappa, self.init_friction_logit, self.soft_vector)
+
+    def velocity(self, frames: int) -> VelocitySettings:
+        """``frames``: the frames before contact, resolved by the caller (velocity_frames or detection)."""
+        return VelocitySettings(frames, self.velocity_iterations, self.velocity_lr, self.velocity_substeps, self.seed,
+                                self.physics())
+
+    def dynamic(self, single_k: bool | None = None) -> DynamicSettings:
+        return DynamicSettings(
+            self.iterations, self.lr_stiffness, self.lr_kappa, self.lr_friction, self.lr_decay, self.grad_clip,
+            self.lambda_dssim, self.truncate_per_frame, self.cameras_per_frame,
+            self.single_k if single_k is None else single_k, self.substeps, self.max_substeps, 0, 0, self.seed,
+            self.physics())
 
 
 PRESETS: dict[str, dict] = {
     # the default on a CPU: fewer anchors and iterations, downscaled images
     "fast": {},
-    # the authors' settings (REFERENCE.md section 1)
+    # the authors' settings (their public code, Colmar-zlicheng/Spring-Gaus, and paper Sec. 5)
     "paper": dict(
         image_size=0, static_iterations=30000, static_scale=0.003, static_max_gaussians=200000,
         n_anchors=2048, k_neighbors=256, n_c=16, n_b=16, substeps=100, refine_iterations=3000,
@@ -148,7 +190,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(FitSettings)}
 
 def _coerce(name: str, value):
     if name not in _FIELDS:
-        raise ValueError(f"unknown setting {name!r} (known: {', '.join(sorted(_FIELDS))})")
+        raise SgausError(f"unknown setting {name!r} (known: {', '.join(sorted(_FIELDS))})")
     default = getattr(FitSettings(), name)
     if isinstance(default, bool):
         if isinstance(value, bool):
@@ -158,28 +200,28 @@ def _coerce(name: str, value):
             return True
         if text in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"setting {name} must be true or false, got {value!r}")
+        raise SgausError(f"setting {name} must be true or false, got {value!r}")
     try:
         return type(default)(value)
     except (TypeError, ValueError):
-        raise ValueError(f"setting {name} must be a {type(default).__name__}, got {value!r}") from None
+        raise SgausError(f"setting {name} must be a {type(default).__name__}, got {value!r}") from None
 
 
 def make_settings(preset: str = "fast", config: str | Path | None = None, overrides: dict | None = None) -> FitSettings:
     """Preset, then YAML file, then explicit overrides; validated."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r} (choose {', '.join(PRESETS)})")
+        raise SgausError(f"unknown preset {preset!r} (choose {', '.join(PRESETS)})")
     values = dict(PRESETS[preset])
     if config is not None:
         path = Path(config)
         if not path.is_file():
-            raise FileNotFoundError(f"settings file not found: {path}")
+            raise SgausError(f"settings file not found: {path}")
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ValueError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+            raise SgausError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
         if not isinstance(loaded, dict):
-            raise ValueError(f"{path} must hold a mapping of setting: value")
+            raise SgausError(f"{path} must hold a mapping of setting: value")
         values.update(loaded)
     values.update(overrides or {})
     return FitSettings(**{k: _coerce(k, v) for k, v in values.items()}).validate()
@@ -190,14 +232,14 @@ def parse_assignments(pairs: tuple[str, ...] | list[str]) -> dict:
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ValueError(f"--set expects name=value, got {pair!r}")
+            raise SgausError(f"--set expects name=value, got {pair!r}")
         k, v = pair.split("=", 1)
         out[k.strip()] = v.strip()
     return out
 
 
 def save_settings(path: Path, settings: FitSettings, extra: dict | None = None) -> None:
-    from pipeline.atomic import write_text
+    from pipeline.data.files import write_text
 
     data = {"settings": settings.to_dict(), **(extra or {})}
     write_text(path, yaml.safe_dump(data, sort_keys=False))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from taichi_sim.errors import SgausError
 
 Inside = Callable[[np.ndarray], np.ndarray]  # canonical points [N,3] -> signed distance [N]
 
@@ -138,18 +139,18 @@ def load_mesh_sdf(path: str | Path) -> tuple[Inside, tuple, tuple]:
         raise FileNotFoundError(f"mesh file not found: {path}")
     mesh = o3d.io.read_triangle_mesh(str(path))
     if len(mesh.triangles) == 0:
-        raise ValueError(f"{path}: open3d read no triangles from this file (not a mesh, or an unsupported format)")
+        raise SgausError(f"{path}: open3d read no triangles from this file (not a mesh, or an unsupported format)")
     verts = np.asarray(mesh.vertices)
     extent = float(np.max(verts.max(0) - verts.min(0)))
     if not extent > 0:
-        raise ValueError(f"{path}: the mesh is degenerate (zero extent)")
+        raise SgausError(f"{path}: the mesh is degenerate (zero extent)")
     mesh.triangle_uvs = o3d.utility.Vector2dVector()  # texture seams only split vertices here
     mesh = mesh.merge_close_vertices(1e-6 * extent)
     mesh.remove_duplicated_triangles()
     mesh.remove_degenerate_triangles()
     mesh.remove_unreferenced_vertices()
     if not mesh.is_watertight():
-        raise ValueError(f"{path}: the mesh is not watertight even after merging close vertices, so it has no inside")
+        raise SgausError(f"{path}: the mesh is not watertight even after merging close vertices, so it has no inside")
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(mesh))
     verts = np.asarray(mesh.vertices)
@@ -212,16 +213,16 @@ def fill_object(shape: str | None = None, mesh: str | Path | None = None, *, siz
     inside; a particle is on the surface when a lattice neighbour one spacing away is outside.
     """
     if (shape is None) == (mesh is None):
-        raise ValueError("give either a built-in shape or a mesh file, not both and not neither")
+        raise SgausError("give either a built-in shape or a mesh file, not both and not neither")
     if not size > 0:
-        raise ValueError(f"the object size must be positive, got {size}")
+        raise SgausError(f"the object size must be positive, got {size}")
     if not spacing > 0:
-        raise ValueError(f"the particle spacing must be positive, got {spacing}")
+        raise SgausError(f"the particle spacing must be positive, got {spacing}")
     if mesh is not None:
         sdf, lo, hi = load_mesh_sdf(mesh)
     else:
         if shape not in SHAPES:
-            raise ValueError(f"unknown shape {shape!r}: choose one of {', '.join(shape_names())}")
+            raise SgausError(f"unknown shape {shape!r}: choose one of {', '.join(shape_names())}")
         sdf, lo, hi = SHAPES[shape]
     lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
     R = rotation_matrix(rotation_deg)
@@ -229,14 +230,14 @@ def fill_object(shape: str | None = None, mesh: str | Path | None = None, *, siz
     probe = np.stack(np.meshgrid(*[np.linspace(lo[d], hi[d], 96) for d in range(3)], indexing="ij"), -1).reshape(-1, 3)
     probe = probe[sdf(probe) < 0.0] @ R.T
     if len(probe) == 0:
-        raise ValueError("the object has no inside (is the mesh closed and consistently oriented?)")
+        raise SgausError("the object has no inside (is the mesh closed and consistently oriented?)")
     cell = float(np.max(hi - lo)) / 95
     p_lo, p_hi = probe.min(0) - 0.5 * cell, probe.max(0) + 0.5 * cell
     scale = size / float(np.max(p_hi - p_lo))
     w_lo, w_hi = p_lo * scale, p_hi * scale
     counts = np.ceil((w_hi - w_lo) / spacing).astype(int) + 1
     if np.prod(counts) > 5e7:
-        raise ValueError(f"too many lattice points ({int(np.prod(counts))}): use a coarser grid or a smaller object")
+        raise SgausError(f"too many lattice points ({int(np.prod(counts))}): use a coarser grid or a smaller object")
     mid = (w_lo + w_hi) / 2
     axes = [mid[d] + spacing * (np.arange(counts[d]) - (counts[d] - 1) / 2) for d in range(3)]
     lattice = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
@@ -247,7 +248,7 @@ def fill_object(shape: str | None = None, mesh: str | Path | None = None, *, siz
     keep = inside(lattice)
     pts = lattice[keep]
     if len(pts) < 8:
-        raise ValueError(f"the object holds only {len(pts)} particles at this spacing: make it larger or the grid finer")
+        raise SgausError(f"the object holds only {len(pts)} particles at this spacing: make it larger or the grid finer")
     surface = np.zeros(len(pts), dtype=bool)
     for d in range(3):
         for sgn in (-1.0, 1.0):

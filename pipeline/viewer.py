@@ -6,7 +6,7 @@ segments, a random subsample when there are many) and the ground plane (a grid w
 squares of the ground in `sgaus simulate` videos), with a frame
 slider over a simulation of the asset and GUI controls for the edits of ``sgaus simulate``
 (gravity, ground height / no ground, friction, initial velocity, stiffness scale); the "simulate"
-button re-runs :func:`pipeline.asset.simulate_asset` on :func:`pipeline.simulate.apply_edits`.
+button re-runs :func:`pipeline.simulate.simulate_asset` on :func:`pipeline.simulate.apply_edits`.
 
 Two layers, so that the scene can be checked without a browser or viser:
 
@@ -28,9 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.asset import Asset, load_asset, simulate_asset
-from pipeline.simulate import Edits, apply_edits
-from taichi_sim.spring_mass import friction_from_logit
+from pipeline.asset import Asset, load_asset
+from pipeline.simulate import Edits, apply_edits, ground_square, simulate_asset
+from taichi_sim.errors import SgausError
+from taichi_sim.spring_params import friction_from_logit
 
 MAX_SPRINGS = 4000  # springs drawn at most (a random subsample of the undirected springs)
 ANCHOR_COLOUR = (255, 140, 0)  # anchors when they are not coloured by stiffness
@@ -38,7 +39,7 @@ MAX_FRAMES = 2000  # frames one simulation may ask for from the GUI
 VISER_MISSING = "the viewer needs viser: pip install 'sgaus[viewer]'"
 
 
-class ViewerUnavailable(ValueError):
+class ViewerUnavailable(SgausError):
     """viser is not installed."""
 
 
@@ -74,7 +75,7 @@ def spring_pairs(neighbors: torch.Tensor, max_springs: int = MAX_SPRINGS, seed: 
     """The undirected springs [S,2] to draw: all of them, or a random subsample of ``max_springs``
     when there are more (same seed, same subsample)."""
     if max_springs < 0:
-        raise ValueError(f"max_springs must not be negative, got {max_springs}")
+        raise SgausError(f"max_springs must not be negative, got {max_springs}")
     pairs = undirected_springs(neighbors)
     if len(pairs) > max_springs:
         keep = np.random.default_rng(seed).choice(len(pairs), size=max_springs, replace=False)
@@ -143,11 +144,11 @@ def build_scene(asset: Asset, n_frames: int | None = None, edits: Edits | None =
     and collect what the viewer draws. Taichi must be initialised."""
     n_frames = default_frames(asset) if n_frames is None else int(n_frames)
     if not 1 <= n_frames <= MAX_FRAMES:
-        raise ValueError(f"--frames must be between 1 and {MAX_FRAMES}, got {n_frames}")
+        raise SgausError(f"--frames must be between 1 and {MAX_FRAMES}, got {n_frames}")
     edited = apply_edits(asset, edits) if edits is not None else asset
     positions, means, substeps = simulate_asset(edited, n_frames - 1)
     g = edited.gaussians
-    cfg = edited.config
+    cfg = edited.model
     ground = None
     if cfg.ground_point is not None:
         normal = np.asarray(cfg.ground_normal, dtype=np.float64)
@@ -161,9 +162,9 @@ def build_scene(asset: Asset, n_frames: int | None = None, edits: Edits | None =
         springs=spring_pairs(edited.model.neighbors, max_springs),
         n_springs=len(undirected_springs(edited.model.neighbors)),
         substeps=int(substeps),
-        frame_dt=float(cfg.frame_dt),
+        frame_dt=float(edited.integrator.frame_dt),
         ground=ground,
-        log_stiffness=edited.log_stiffness.detach().double().numpy().copy(),
+        log_stiffness=edited.params.log_stiffness.detach().double().numpy().copy(),
     )
 
 
@@ -177,14 +178,6 @@ def anchor_colours(log_stiffness, by_stiffness: bool, vmin: float | None = None,
         return stiffness_colors(log_stiffness, vmin, vmax)
     n = len(np.asarray(log_stiffness).reshape(-1))
     return np.tile(np.asarray(ANCHOR_COLOUR, dtype=np.uint8), (n, 1))
-
-
-def ground_square(asset: Asset) -> float:
-    """Side of a ground square (scene units) for this asset: the one `sgaus simulate` draws."""
-    from render.backdrop import nice_square
-
-    rest = asset.model.rest_positions.detach().double()
-    return nice_square(float((rest.max(0).values - rest.min(0).values).norm()) or 1.0)
 
 
 @dataclass
@@ -216,7 +209,7 @@ class Controls:
 
     @classmethod
     def from_asset(cls, asset: Asset, frames: int | None = None) -> "Controls":
-        cfg = asset.config
+        cfg = asset.model
         g = tuple(float(x) for x in cfg.gravity)
         normal = np.asarray(cfg.ground_normal, dtype=np.float64)
         normal = normal / np.linalg.norm(normal)
@@ -228,7 +221,7 @@ class Controls:
         return cls(
             gravity_as_vector=False, gravity=float(np.linalg.norm(g)), gravity_vector=g,
             ground=cfg.ground_point is not None, ground_height=height, friction="fitted",
-            friction_value=float(friction_from_logit(asset.friction_logit.detach().double())),
+            friction_value=float(friction_from_logit(asset.params.friction_logit.detach().double())),
             velocity=tuple(float(x) for x in asset.v0.detach().double()), stiffness_scale=1.0,
             frames=default_frames(asset) if frames is None else int(frames),
         )
@@ -237,7 +230,7 @@ class Controls:
         """The :class:`Edits` these controls ask of ``asset``; unchanged controls keep the fitted values."""
         fitted = Controls.from_asset(asset)
         if self.friction not in ("fitted", "sticky", "smooth", "value"):
-            raise ValueError(f"friction must be fitted, sticky, smooth or value, got {self.friction!r}")
+            raise SgausError(f"friction must be fitted, sticky, smooth or value, got {self.friction!r}")
         ground_height = None
         if self.ground and (not fitted.ground or abs(self.ground_height - fitted.ground_height) > 1e-9):
             ground_height = float(self.ground_height)
@@ -252,7 +245,7 @@ class Controls:
 
 
 # ------------------------------------------------------------------ the viser server
-def _wxyz_z_to(normal: np.ndarray) -> tuple[float, float, float, float]:
+def wxyz_z_to(normal: np.ndarray) -> tuple[float, float, float, float]:
     """The unit quaternion (w, x, y, z) rotating +z onto ``normal``."""
     n = np.asarray(normal, dtype=np.float64)
     n = n / np.linalg.norm(n)
@@ -265,7 +258,8 @@ def _wxyz_z_to(normal: np.ndarray) -> tuple[float, float, float, float]:
     return (math.cos(half), float(axis[0]), float(axis[1]), float(axis[2]))
 
 
-def _rotate(wxyz, v) -> np.ndarray:
+def rotate(wxyz, v) -> np.ndarray:
+    """The vector ``v`` [3] turned by the unit quaternion ``wxyz``."""
     w, x, y, z = wxyz
     R = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
                   [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
@@ -276,15 +270,15 @@ def _rotate(wxyz, v) -> np.ndarray:
 def ground_grid_pose(point, normal, centre, square: float) -> tuple[tuple[float, float, float],
                                                                    tuple[float, float, float, float]]:
     """Position and orientation (wxyz) of a grid drawn in its local x-y plane so that it lies on
-    the ground plane (``point``, ``normal``) under ``centre``, turned by :func:`_wxyz_z_to`, with its
+    the ground plane (``point``, ``normal``) under ``centre``, turned by :func:`wxyz_z_to`, with its
     centre snapped to the lattice of ``square``-wide squares through ``point``: an even number of
     cells then puts its lines on the edges of the squares in `sgaus simulate` videos (exactly so
     when the normal is a world axis)."""
     point = np.asarray(point, dtype=np.float64)
     n = np.asarray(normal, dtype=np.float64)
     n = n / np.linalg.norm(n)
-    wxyz = _wxyz_z_to(n)
-    ex, ey = _rotate(wxyz, [1.0, 0.0, 0.0]), _rotate(wxyz, [0.0, 1.0, 0.0])
+    wxyz = wxyz_z_to(n)
+    ex, ey = rotate(wxyz, [1.0, 0.0, 0.0]), rotate(wxyz, [0.0, 1.0, 0.0])
     rel = np.asarray(centre, dtype=np.float64) - point
     below = point + square * (np.round(rel @ ex / square) * ex + np.round(rel @ ey / square) * ey)
     return tuple(float(x) for x in below), wxyz
@@ -336,7 +330,7 @@ class Viewer:
         sc = self.server.scene
         s = self.scene
         centre, radius, spacing = self._sizes()
-        up = s.ground[1] if s.ground is not None else np.asarray(self.asset.config.ground_normal, dtype=np.float64)
+        up = s.ground[1] if s.ground is not None else np.asarray(self.asset.model.ground_normal, dtype=np.float64)
         sc.set_up_direction(tuple(float(x) for x in up / np.linalg.norm(up)))
         self.splats = sc.add_gaussian_splats("/gaussians", centers=s.centres[0], covariances=s.covariances,
                                              rgbs=s.rgbs, opacities=s.opacities)
@@ -444,7 +438,7 @@ class Viewer:
         scale shows as a shift of colour."""
         from pipeline.report import stiffness_range
 
-        return stiffness_range(self.asset.log_stiffness.detach().double().numpy())
+        return stiffness_range(self.asset.params.log_stiffness.detach().double().numpy())
 
     def _colour_anchors(self) -> None:
         with self._lock:
@@ -491,7 +485,7 @@ class Viewer:
             t0 = time.perf_counter()
             try:
                 scene = build_scene(self.asset, controls.frames, controls.to_edits(self.asset), self.max_springs)
-            except ValueError as err:
+            except SgausError as err:
                 self.status.content = f"**not simulated:** {str(err).splitlines()[0]}"
                 return False
             with self._lock:
@@ -529,7 +523,7 @@ def start_viewer(run_or_asset, host: str = "127.0.0.1", port: int = 8080, n_fram
     ``port=0`` lets the OS choose a free port; a busy port makes viser try the next ones."""
     require_viser()
     if not 0 <= int(port) <= 65535:
-        raise ValueError(f"--port must be between 0 and 65535, got {port}")
+        raise SgausError(f"--port must be between 0 and 65535, got {port}")
     asset = run_or_asset if isinstance(run_or_asset, Asset) else load_asset(run_or_asset)
     n = default_frames(asset) if n_frames is None else int(n_frames)
     log(f"simulating {n} frames")
@@ -553,5 +547,5 @@ def serve(run_or_asset, host: str = "127.0.0.1", port: int = 8080, n_frames: int
 
 
 __all__ = ["ViewerScene", "Controls", "Viewer", "ViewerUnavailable", "build_scene", "covariances_from_scales",
-           "spring_pairs", "undirected_springs", "anchor_colours", "ground_square", "ground_grid_pose",
+           "spring_pairs", "undirected_springs", "anchor_colours", "ground_grid_pose", "rotate",
            "start_viewer", "serve", "require_viser"]

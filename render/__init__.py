@@ -1,11 +1,8 @@
 """Differentiable Gaussian splatting renderer (gsplat-style functional API)."""
-import os
+import taichi_sim.runtime  # noqa: F401  (Taichi's environment defaults, before Taichi is imported)
 
-os.environ.setdefault("TI_SKIP_VERSION_CHECK", "on")
-os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "0")
-
-from render.api import rasterization  # noqa: E402
-from render.losses import l1_dssim_loss, psnr, ssim  # noqa: E402
-from render.reference import rasterization_reference  # noqa: E402
+from render.api import rasterization
+from render.losses import l1_dssim_loss, psnr, ssim
+from render.reference import rasterization_reference
 
 __all__ = ["rasterization", "rasterization_reference", "l1_dssim_loss", "psnr", "ssim"]

@@ -3,57 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from render.inputs import check_inputs
+from taichi_sim.errors import SgausError
+
 BACKENDS = ("auto", "taichi", "reference", "gsplat")
-
-
-def _shape(t: torch.Tensor) -> str:
-    return "[" + ",".join(str(s) for s in t.shape) + "]"
-
-
-def check_inputs(means, scales, opacities, colors, viewmats, Ks, width, height, background, quats):
-    """Validate shapes (one clear ValueError line on bad input) and bring everything to one
-    dtype and device (that of ``means``). Returns the checked tensors."""
-    for name, t in (("means", means), ("scales", scales), ("opacities", opacities), ("colors", colors),
-                    ("viewmats", viewmats), ("Ks", Ks)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"rasterization: {name} must be a torch tensor, got {type(t).__name__}")
-    if means.ndim != 2 or means.shape[1] != 3:
-        raise ValueError(f"rasterization: means must be [N,3], got {_shape(means)}")
-    if not means.is_floating_point():
-        raise ValueError(f"rasterization: means must be floating point, got {means.dtype}")
-    n = means.shape[0]
-    dtype, device = means.dtype, means.device
-    if scales.shape not in ((n,), (n, 3)):
-        raise ValueError(f"rasterization: scales must be [N] or [N,3] with N={n}, got {_shape(scales)}")
-    if opacities.shape != (n,):
-        raise ValueError(f"rasterization: opacities must be [N] with N={n}, got {_shape(opacities)}")
-    if colors.shape != (n, 3):
-        raise ValueError(f"rasterization: colors must be [N,3] with N={n}, got {_shape(colors)}")
-    if viewmats.ndim != 3 or viewmats.shape[1:] != (4, 4):
-        raise ValueError(f"rasterization: viewmats must be [C,4,4], got {_shape(viewmats)}")
-    if Ks.shape != (viewmats.shape[0], 3, 3):
-        raise ValueError(f"rasterization: Ks must be [C,3,3] with C={viewmats.shape[0]}, got {_shape(Ks)}")
-    if int(width) <= 0 or int(height) <= 0:
-        raise ValueError(f"rasterization: image size must be positive, got {width} x {height}")
-    if quats is not None:
-        if not isinstance(quats, torch.Tensor) or quats.shape != (n, 4):
-            raise ValueError(f"rasterization: quats must be [N,4] (wxyz) with N={n}")
-        quats = quats.to(dtype=dtype, device=device)
-    if background is not None:
-        background = torch.as_tensor(background, dtype=dtype, device=device)
-        if background.shape != (3,):
-            raise ValueError(f"rasterization: background must be [3], got {_shape(background)}")
-    cast = lambda t: t.to(dtype=dtype, device=device)  # noqa: E731
-    return (means, cast(scales), cast(opacities), cast(colors), cast(viewmats), cast(Ks), background, quats)
-
-
-def finish_images(rgb_fg, alpha, depth_sum, background):
-    """Add the background behind the foreground colour and normalise the depth:
-    rgb = rgb_fg + (1 - alpha) bg; depth = depth_sum / alpha where alpha > 0, else 0."""
-    rgb = rgb_fg if background is None else rgb_fg + (1 - alpha) * background
-    covered = alpha > 0
-    depth = torch.where(covered, depth_sum / torch.where(covered, alpha, torch.ones_like(alpha)), torch.zeros_like(alpha))
-    return rgb, alpha, depth
 
 
 def _gsplat_usable(device) -> bool:
@@ -94,7 +47,7 @@ def rasterization(
     "gsplat" (CUDA tensors and the gsplat package; its alpha clamp is 0.999).
     """
     if backend not in BACKENDS:
-        raise ValueError(f"rasterization: unknown backend {backend!r} (choose one of {', '.join(BACKENDS)})")
+        raise SgausError(f"rasterization: unknown backend {backend!r} (choose one of {', '.join(BACKENDS)})")
     if backend == "auto":
         backend = "gsplat" if _gsplat_usable(means.device) else "taichi"
     args = check_inputs(means, scales, opacities, colors, viewmats, Ks, width, height, background, quats)
@@ -107,7 +60,7 @@ def rasterization(
                                        background, quats, near_plane)
     if backend == "gsplat":
         if not _gsplat_usable(means.device):
-            raise ValueError("rasterization: backend 'gsplat' needs the gsplat package, CUDA and CUDA tensors")
+            raise SgausError("rasterization: backend 'gsplat' needs the gsplat package, CUDA and CUDA tensors")
         return _rasterize_gsplat(means, scales, opacities, colors, viewmats, Ks, width, height,
                                  background, quats, near_plane)
     from render.tiled import rasterize_tiled

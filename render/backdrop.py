@@ -1,7 +1,7 @@
 """A ground plane and a background behind rendered Gaussians (pure PyTorch, no Taichi).
 
-:func:`composite_backdrop` takes what :func:`render.rasterization` returns when it is called
-without a background (``background=None``): the foreground colour, which is *premultiplied*
+:func:`composite_backdrop` takes what :func:`render.rasterization` (or
+``Gaussians.render_full``) returns when it is called without a background (``background=None``): the foreground colour, which is *premultiplied*
 (``sum_i T_i alpha_i c_i``), the accumulated alpha and the expected depth, which is the
 camera-space z (OpenCV: +z forward), not the distance along the ray. Per pixel it
 
@@ -27,6 +27,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from taichi_sim.errors import SgausError
+
 BACKGROUNDS = ("black", "white", "checker")
 GROUND_COLORS = ((0.56, 0.56, 0.56), (0.40, 0.40, 0.40))  # light and dark squares of the ground
 CHECKER_COLORS = ((0.86, 0.86, 0.86), (0.70, 0.70, 0.70))  # image-space checker background
@@ -43,7 +45,7 @@ def nice_square(extent: float) -> float:
     """A round checker size (1, 2 or 5 times a power of ten) near a quarter of ``extent``."""
     extent = float(extent)
     if not math.isfinite(extent) or extent <= 0:
-        raise ValueError(f"the scene extent must be a positive number, got {extent}")
+        raise SgausError(f"the scene extent must be a positive number, got {extent}")
     target = extent / 4
     power = 10.0 ** math.floor(math.log10(target))
     return min((m * power for m in (1.0, 2.0, 5.0, 10.0)), key=lambda s: abs(math.log(s / target)))
@@ -54,7 +56,7 @@ def background_image(background, C: int, H: int, W: int, dtype=torch.float32, de
     CHECKER_PIXELS pixels) or an RGB triple in [0, 1]."""
     if isinstance(background, str):
         if background not in BACKGROUNDS:
-            raise ValueError(f"unknown background {background!r} (choose one of {', '.join(BACKGROUNDS)})")
+            raise SgausError(f"unknown background {background!r} (choose one of {', '.join(BACKGROUNDS)})")
         if background == "checker":
             v = torch.arange(H, device=device)[:, None] // CHECKER_PIXELS
             u = torch.arange(W, device=device)[None, :] // CHECKER_PIXELS
@@ -65,7 +67,7 @@ def background_image(background, C: int, H: int, W: int, dtype=torch.float32, de
     else:
         colour = torch.as_tensor(background, dtype=dtype, device=device)
         if colour.shape != (3,) or not bool(((colour >= 0) & (colour <= 1)).all()):
-            raise ValueError(f"a background colour must be 3 numbers in [0, 1], got {background!r}")
+            raise SgausError(f"a background colour must be 3 numbers in [0, 1], got {background!r}")
     return colour.expand(C, H, W, 3)
 
 
@@ -74,7 +76,7 @@ def plane_frame(normal, dtype=torch.float64, device="cpu") -> tuple[torch.Tensor
     axis made perpendicular to n (the world z axis when n is close to x)."""
     n = torch.as_tensor(normal, dtype=dtype, device=device).reshape(-1)
     if n.shape != (3,) or not bool(torch.isfinite(n).all()) or float(n.norm()) < 1e-12:
-        raise ValueError(f"the ground normal must be 3 finite numbers, not all zero, got {normal!r}")
+        raise SgausError(f"the ground normal must be 3 finite numbers, not all zero, got {normal!r}")
     n = n / n.norm()
     a = torch.tensor([1.0, 0.0, 0.0] if abs(float(n[0])) < 0.9 else [0.0, 0.0, 1.0], dtype=dtype, device=device)
     e1 = a - n * (a @ n)
@@ -106,19 +108,19 @@ def contact_shadow(points: torch.Tensor, ground_point, normal, softness: float |
     """
     pts = torch.as_tensor(points)
     if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) == 0:
-        raise ValueError(f"shadow points must be [M,3] with M >= 1, got {_shape(pts)}")
+        raise SgausError(f"shadow points must be [M,3] with M >= 1, got {_shape(pts)}")
     dtype, device = torch.float64, pts.device
     pts = pts.detach().to(dtype)
     pts = pts[torch.isfinite(pts).all(1)]
     if len(pts) == 0:
-        raise ValueError("shadow points must contain finite points")
+        raise SgausError("shadow points must contain finite points")
     n, e1, e2 = plane_frame(normal, dtype, device)
     rel = pts - torch.as_tensor(ground_point, dtype=dtype, device=device)
     pa, pb, height = rel @ e1, rel @ e2, rel @ n
     extent = max(float(pa.max() - pa.min()), float(pb.max() - pb.min()), float(height.max() - height.min()), 1e-6)
     sigma = 0.1 * extent if softness is None else float(softness)
     if not sigma > 0:
-        raise ValueError(f"the shadow softness must be positive, got {softness}")
+        raise SgausError(f"the shadow softness must be positive, got {softness}")
     weight = torch.exp(-height.clamp_min(0) / (0.5 * extent))
     lo_a, lo_b = float(pa.min()) - 4 * sigma, float(pb.min()) - 4 * sigma
     span = max(float(pa.max()) - lo_a, float(pb.max()) - lo_b) + 4 * sigma
@@ -171,35 +173,35 @@ def composite_backdrop(
     """The rendered splats over a ground plane and a background; see the module docstring."""
     for name, t in (("rgb", rgb), ("alpha", alpha), ("viewmats", viewmats), ("Ks", Ks)):
         if not isinstance(t, torch.Tensor):
-            raise ValueError(f"composite_backdrop: {name} must be a torch tensor, got {type(t).__name__}")
+            raise SgausError(f"composite_backdrop: {name} must be a torch tensor, got {type(t).__name__}")
     if rgb.ndim != 4 or rgb.shape[-1] != 3:
-        raise ValueError(f"composite_backdrop: rgb must be [C,H,W,3], got {_shape(rgb)}")
+        raise SgausError(f"composite_backdrop: rgb must be [C,H,W,3], got {_shape(rgb)}")
     C, H, W = rgb.shape[:3]
     if alpha.shape != (C, H, W, 1):
-        raise ValueError(f"composite_backdrop: alpha must be [C,H,W,1] = [{C},{H},{W},1], got {_shape(alpha)}")
+        raise SgausError(f"composite_backdrop: alpha must be [C,H,W,1] = [{C},{H},{W},1], got {_shape(alpha)}")
     if depth is not None and (not isinstance(depth, torch.Tensor) or depth.shape != (C, H, W, 1)):
-        raise ValueError(f"composite_backdrop: depth must be [C,H,W,1] = [{C},{H},{W},1] or None")
+        raise SgausError(f"composite_backdrop: depth must be [C,H,W,1] = [{C},{H},{W},1] or None")
     if viewmats.shape != (C, 4, 4):
-        raise ValueError(f"composite_backdrop: viewmats must be [C,4,4] with C={C}, got {_shape(viewmats)}")
+        raise SgausError(f"composite_backdrop: viewmats must be [C,4,4] with C={C}, got {_shape(viewmats)}")
     if Ks.shape != (C, 3, 3):
-        raise ValueError(f"composite_backdrop: Ks must be [C,3,3] with C={C}, got {_shape(Ks)}")
+        raise SgausError(f"composite_backdrop: Ks must be [C,3,3] with C={C}, got {_shape(Ks)}")
     dtype, device = rgb.dtype, rgb.device
     bg = background_image(background, C, H, W, dtype, device)
     if ground_point is None:
         return rgb + (1 - alpha) * bg
     if not (math.isfinite(float(square)) and float(square) > 0):
-        raise ValueError(f"composite_backdrop: square must be a positive length, got {square}")
+        raise SgausError(f"composite_backdrop: square must be a positive length, got {square}")
     fade = FADE_SQUARES * float(square) if fade_distance is None else float(fade_distance)
     if not fade > 0:
-        raise ValueError(f"composite_backdrop: fade_distance must be positive, got {fade_distance}")
+        raise SgausError(f"composite_backdrop: fade_distance must be positive, got {fade_distance}")
     if not 0.0 <= float(shadow_strength) <= 1.0:
-        raise ValueError(f"composite_backdrop: shadow_strength must lie in [0, 1], got {shadow_strength}")
+        raise SgausError(f"composite_backdrop: shadow_strength must lie in [0, 1], got {shadow_strength}")
     colours = torch.as_tensor(ground_colors, dtype=torch.float64)
     if colours.shape != (2, 3):
-        raise ValueError("composite_backdrop: ground_colors must be two RGB triples")
+        raise SgausError("composite_backdrop: ground_colors must be two RGB triples")
     p = torch.as_tensor(ground_point, dtype=torch.float64, device=device).reshape(-1)
     if p.shape != (3,) or not bool(torch.isfinite(p).all()):
-        raise ValueError(f"composite_backdrop: ground_point must be 3 finite numbers, got {ground_point!r}")
+        raise SgausError(f"composite_backdrop: ground_point must be 3 finite numbers, got {ground_point!r}")
 
     # rays in float64: the hit point of a grazing ray is a large number over a small one
     f64 = torch.float64

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from render.inputs import check_inputs, finish_images
 from render.projection import ALPHA_MAX, ALPHA_MIN, CUTOFF_MAHALANOBIS2, T_MIN, conic_of, project_gaussians
 
 
@@ -72,7 +73,6 @@ def rasterization_reference(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dense twin of :func:`render.rasterization` (``backend`` is accepted and ignored).
     Returns rgb [C,H,W,3], alpha [C,H,W,1], depth [C,H,W,1]."""
-    from render.api import check_inputs, finish_images
 
     means, scales, opacities, colors, viewmats, Ks, background, quats = check_inputs(
         means, scales, opacities, colors, viewmats, Ks, width, height, background, quats

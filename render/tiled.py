@@ -20,14 +20,22 @@ tensors as ndarrays, so they run in the tensors' precision (f32 or f64).
 import taichi as ti
 import torch
 
+from render.inputs import finish_images
 from render.projection import (ALPHA_MAX, ALPHA_MIN, CUTOFF_MAHALANOBIS2, T_MIN, conic_of,
                                project_gaussians)
 
 TILE = 16  # tile side in pixels
 SPREAD = 256  # loop slots per tile in the backward kernel (see there)
-# packed per-(camera, Gaussian) parameters: mean2d x, y | conic a, b, c | opacity | r, g, b | z
-P_MX, P_MY, P_CA, P_CB, P_CC, P_OP, P_R, P_G, P_B, P_Z = range(10)
+# packed per-(camera, Gaussian) parameters, 10 a row: mean2d x, y | conic a, b, c | opacity | r, g, b | z
 N_PARAMS = 10
+
+
+@ti.func
+def _mahalanobis2(params: ti.template(), j, fx, fy):
+    """d^T Sigma'^-1 d of pixel centre (fx, fy) from list entry j (its conic a, b, c)."""
+    dx = fx - params[j, 0]
+    dy = fy - params[j, 1]
+    return params[j, 2] * dx * dx + 2.0 * params[j, 3] * dx * dy + params[j, 4] * dy * dy
 
 
 @ti.kernel
@@ -55,40 +63,37 @@ def _composite_forward(
         py = ty * TILE + (k % (TILE * TILE)) // TILE
         px = tx * TILE + k % TILE
         if py < height and px < width:
-            if True:
-                fx = px + 0.5
-                fy = py + 0.5
-                T = 1.0
-                r = 0.0
-                g = 0.0
-                b = 0.0
-                dep = 0.0
-                end = stop
-                for j in range(start, stop):
-                    dx = fx - params[j, 0]
-                    dy = fy - params[j, 1]
-                    q = params[j, 2] * dx * dx + 2.0 * params[j, 3] * dx * dy + params[j, 4] * dy * dy
-                    if q > CUTOFF_MAHALANOBIS2:
-                        continue
-                    a = ti.min(ALPHA_MAX, params[j, 5] * ti.exp(-0.5 * q))
-                    if a < ALPHA_MIN:
-                        continue
-                    t_next = T * (1.0 - a)
-                    if t_next < T_MIN:
-                        end = j
-                        break
-                    w = a * T
-                    r += w * params[j, 6]
-                    g += w * params[j, 7]
-                    b += w * params[j, 8]
-                    dep += w * params[j, 9]
-                    T = t_next
-                out_rgb[cam, py, px, 0] = r
-                out_rgb[cam, py, px, 1] = g
-                out_rgb[cam, py, px, 2] = b
-                out_alpha[cam, py, px] = 1.0 - T
-                out_depth[cam, py, px] = dep
-                out_end[cam, py, px] = end
+            fx = px + 0.5
+            fy = py + 0.5
+            T = 1.0
+            r = 0.0
+            g = 0.0
+            b = 0.0
+            dep = 0.0
+            end = stop
+            for j in range(start, stop):
+                q = _mahalanobis2(params, j, fx, fy)
+                if q > CUTOFF_MAHALANOBIS2:
+                    continue
+                a = ti.min(ALPHA_MAX, params[j, 5] * ti.exp(-0.5 * q))
+                if a < ALPHA_MIN:
+                    continue
+                t_next = T * (1.0 - a)
+                if t_next < T_MIN:
+                    end = j
+                    break
+                w = a * T
+                r += w * params[j, 6]
+                g += w * params[j, 7]
+                b += w * params[j, 8]
+                dep += w * params[j, 9]
+                T = t_next
+            out_rgb[cam, py, px, 0] = r
+            out_rgb[cam, py, px, 1] = g
+            out_rgb[cam, py, px, 2] = b
+            out_alpha[cam, py, px] = 1.0 - T
+            out_depth[cam, py, px] = dep
+            out_end[cam, py, px] = end
 
 
 @ti.kernel
@@ -251,7 +256,6 @@ def bin_tiles(means2d, cov2d, depths, valid, width, height):
 
 def rasterize_tiled(means, scales, opacities, colors, viewmats, Ks, width, height, background, quats, near_plane):
     """Tiled Taichi backend of :func:`render.rasterization` (inputs already checked)."""
-    from render.api import finish_images
     from taichi_sim.runtime import require_taichi
 
     require_taichi()

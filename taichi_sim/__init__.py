@@ -1,5 +1,5 @@
-"""Differentiable physics in Taichi: the spring-mass simulator and the MLS-MPM generator."""
-import os
+"""Differentiable physics in Taichi: the spring-mass simulator and the MLS-MPM generator.
 
-os.environ.setdefault("TI_SKIP_VERSION_CHECK", "on")
-os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "0")
+taichi_sim.runtime is imported first: it sets Taichi's environment defaults before Taichi itself
+is imported by any module of the project."""
+from taichi_sim import runtime  # noqa: F401

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from taichi_sim.errors import SgausError
 
 
 @dataclass
@@ -28,17 +29,17 @@ def compute_binding(points: torch.Tensor, anchors: torch.Tensor, n_b: int = 16, 
     for name, t in (("points", points), ("anchors", anchors)):
         if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.shape[1] != 3:
             shape = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"{name} must be a [M,3] tensor, got {shape}")
+            raise SgausError(f"{name} must be a [M,3] tensor, got {shape}")
     if anchors.shape[0] == 0:
-        raise ValueError("cannot bind to an empty set of anchors")
+        raise SgausError("cannot bind to an empty set of anchors")
     if isinstance(n_b, bool) or int(n_b) != n_b or n_b < 1:
-        raise ValueError(f"n_b must be a positive integer, got {n_b}")
+        raise SgausError(f"n_b must be a positive integer, got {n_b}")
     if not p_b >= 0:
-        raise ValueError(f"p_b must be >= 0, got {p_b}")
+        raise SgausError(f"p_b must be >= 0, got {p_b}")
     pts = points.detach().cpu().double().numpy()
     anc = anchors.detach().cpu().double().numpy()
     if not (np.isfinite(pts).all() and np.isfinite(anc).all()):
-        raise ValueError("points or anchors contain NaN or Inf")
+        raise SgausError("points or anchors contain NaN or Inf")
     k = min(int(n_b), anc.shape[0])
     dist, idx = cKDTree(anc).query(pts, k=k)
     dist, idx = dist.reshape(len(pts), k), idx.reshape(len(pts), k)
@@ -55,10 +56,10 @@ def compute_binding(points: torch.Tensor, anchors: torch.Tensor, n_b: int = 16, 
 def apply_binding(binding: Binding, anchor_positions: torch.Tensor) -> torch.Tensor:
     """Gaussian centres [..., G, 3] from anchor positions [..., N, 3] (Eq. 15), differentiable."""
     if anchor_positions.dim() < 2 or anchor_positions.shape[-1] != 3:
-        raise ValueError(f"anchor positions must be [..., N, 3], got {list(anchor_positions.shape)}")
+        raise SgausError(f"anchor positions must be [..., N, 3], got {list(anchor_positions.shape)}")
     n = anchor_positions.shape[-2]
     if binding.index.numel() and int(binding.index.max()) >= n:
-        raise ValueError(f"the binding refers to anchor {int(binding.index.max())} but only {n} anchors were given")
+        raise SgausError(f"the binding refers to anchor {int(binding.index.max())} but only {n} anchors were given")
     index = binding.index.to(anchor_positions.device)
     weight = binding.weight.to(device=anchor_positions.device, dtype=anchor_positions.dtype)
     gathered = anchor_positions[..., index, :]  # [..., G, n_b, 3]

@@ -23,6 +23,7 @@ import numpy as np
 import taichi as ti
 
 from taichi_sim.runtime import current_arch, require_taichi
+from taichi_sim.errors import SgausError
 
 MODELS = ("neohookean", "corotated")
 GROUND_MODES = ("sticky", "slip", "friction")
@@ -45,12 +46,12 @@ class Ground:
 
     def __post_init__(self) -> None:
         if self.mode not in GROUND_MODES:
-            raise ValueError(f"unknown ground mode {self.mode!r}: choose one of {', '.join(GROUND_MODES)}")
+            raise SgausError(f"unknown ground mode {self.mode!r}: choose one of {', '.join(GROUND_MODES)}")
         if not self.friction >= 0:
-            raise ValueError(f"the friction coefficient must be >= 0, got {self.friction}")
+            raise SgausError(f"the friction coefficient must be >= 0, got {self.friction}")
         n = np.asarray(self.normal, dtype=np.float64)
         if n.shape != (3,) or not np.linalg.norm(n) > 0:
-            raise ValueError(f"the ground normal must be a non-zero 3-vector, got {self.normal}")
+            raise SgausError(f"the ground normal must be a non-zero 3-vector, got {self.normal}")
         object.__setattr__(self, "normal", tuple(float(c) for c in n / np.linalg.norm(n)))
         object.__setattr__(self, "point", tuple(float(c) for c in self.point))
 
@@ -75,11 +76,11 @@ def check_material(youngs_modulus, poisson_ratio, density) -> None:
     """Raise ValueError for a non-positive modulus or density, or a Poisson ratio outside (-1, 0.5)."""
     E, nu, rho = (np.asarray(a, dtype=np.float64) for a in (youngs_modulus, poisson_ratio, density))
     if not np.all(np.isfinite(E)) or np.any(E <= 0):
-        raise ValueError(f"Young's modulus must be positive, got {float(np.min(E)):g}")
+        raise SgausError(f"Young's modulus must be positive, got {float(np.min(E)):g}")
     if not np.all(np.isfinite(nu)) or np.any(nu <= -1.0) or np.any(nu >= 0.5):
-        raise ValueError(f"the Poisson ratio must lie in (-1, 0.5), got {float(nu.flat[0]):g}")
+        raise SgausError(f"the Poisson ratio must lie in (-1, 0.5), got {float(nu.flat[0]):g}")
     if not np.all(np.isfinite(rho)) or np.any(rho <= 0):
-        raise ValueError(f"the density must be positive, got {float(np.min(rho)):g}")
+        raise SgausError(f"the density must be positive, got {float(np.min(rho)):g}")
 
 
 def _per_particle(value, n: int, name: str) -> np.ndarray:
@@ -87,7 +88,7 @@ def _per_particle(value, n: int, name: str) -> np.ndarray:
     if arr.ndim == 0:
         return np.full(n, float(arr))
     if arr.shape != (n,):
-        raise ValueError(f"{name} must be a scalar or one value per particle ({n}), got shape {arr.shape}")
+        raise SgausError(f"{name} must be a scalar or one value per particle ({n}), got shape {arr.shape}")
     return arr.copy()
 
 
@@ -251,13 +252,13 @@ class MPMSimulator:
         require_taichi()
         x0 = np.asarray(x0, dtype=np.float64)
         if x0.ndim != 2 or x0.shape[1] != 3 or len(x0) == 0:
-            raise ValueError(f"particle positions must be a non-empty [P,3] array, got shape {x0.shape}")
+            raise SgausError(f"particle positions must be a non-empty [P,3] array, got shape {x0.shape}")
         if model not in MODELS:
-            raise ValueError(f"unknown material model {model!r}: choose one of {', '.join(MODELS)}")
+            raise SgausError(f"unknown material model {model!r}: choose one of {', '.join(MODELS)}")
         if int(grid) < 2 * WALL_CELLS + 2:
-            raise ValueError(f"the grid needs at least {2 * WALL_CELLS + 2} nodes per side, got {grid}")
+            raise SgausError(f"the grid needs at least {2 * WALL_CELLS + 2} nodes per side, got {grid}")
         if not box_size > 0:
-            raise ValueError(f"the box size must be positive, got {box_size}")
+            raise SgausError(f"the box size must be positive, got {box_size}")
         n = len(x0)
         self.n_particles, self.n_grid = n, int(grid)
         self.box_lo = np.asarray(box_lo, dtype=np.float64).reshape(3)
@@ -270,7 +271,7 @@ class MPMSimulator:
         inner_lo = self.box_lo + WALL_CELLS * self.dx
         inner_hi = self.box_lo + self.box_size - WALL_CELLS * self.dx
         if np.any(x0 < inner_lo) or np.any(x0 > inner_hi):
-            raise ValueError("the object does not fit inside the simulation box: make it smaller or move it")
+            raise SgausError("the object does not fit inside the simulation box: make it smaller or move it")
         self.model = model
         self.gravity_vec = np.asarray(gravity, dtype=np.float64).reshape(3)
         self.ground = ground
@@ -355,7 +356,7 @@ class MPMSimulator:
         ``max_halvings`` times, then raises ValueError.
         """
         if not frame_dt > 0:
-            raise ValueError(f"the frame time step must be positive, got {frame_dt}")
+            raise SgausError(f"the frame time step must be positive, got {frame_dt}")
         if self.substeps_per_frame is None:
             self.substeps_per_frame = max(1, math.ceil(frame_dt / self.cfl_substep()))
         saved = self.get_state()
@@ -374,7 +375,7 @@ class MPMSimulator:
             if attempt < self.max_halvings:
                 n_sub *= 2
         reason = "the state became NaN" if not finite else f"particles reached {max_speed:.3g} m/s"
-        raise ValueError(f"the simulation is unstable ({reason}) even with {n_sub} substeps per frame: "
+        raise SgausError(f"the simulation is unstable ({reason}) even with {n_sub} substeps per frame: "
                          "lower the Young's modulus or the velocity, or use a coarser --grid")
 
 

@@ -14,6 +14,7 @@ os.environ.setdefault("TI_SKIP_VERSION_CHECK", "on")
 os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "0")
 
 import taichi as ti  # noqa: E402
+from taichi_sim.errors import SgausError
 
 ARCHES = ("auto", "cpu", "cuda")
 _state: dict = {"arch": None, "default_fp": None}
@@ -32,13 +33,13 @@ def init_taichi(arch: str = "auto", default_fp: str = "f32", debug: bool = False
     reset and re-initialised (kernels recompile, fields allocated before are lost).
     """
     if arch not in ARCHES:
-        raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHES)}")
+        raise SgausError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHES)}")
     if default_fp not in ("f32", "f64"):
-        raise ValueError(f"default_fp must be 'f32' or 'f64', not {default_fp!r}")
+        raise SgausError(f"default_fp must be 'f32' or 'f64', not {default_fp!r}")
     if arch == "auto":
         arch = "cuda" if cuda_available() else "cpu"
     elif arch == "cuda" and not cuda_available():
-        raise ValueError("--arch cuda was asked for, but no CUDA device is available")
+        raise SgausError("--arch cuda was asked for, but no CUDA device is available")
     if _state["arch"] == arch and _state["default_fp"] == default_fp:
         return arch
     if _state["arch"] is not None:

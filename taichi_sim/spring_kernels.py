@@ -25,8 +25,9 @@ the rest length itself is read for the "paper" law alone. The inner loops are ve
 lists are padded and why no loop body may branch. The parallel loop over anchors runs in tasks
 of ``BLOCK`` anchors, so both cores stay busy at N = 2048 even when the work per anchor varies.
 
-Taichi's automatic differentiation is not used: a vector summed over a non-static inner loop is
-differentiated wrongly by it (REFERENCE.md section 4).
+Taichi's automatic differentiation is not used: a vector accumulated over a non-static inner loop
+is differentiated wrongly by it (gradients 1-2 % off, and a crash at K = 256; Taichi issues 8356
+and 8027), while hand-written adjoints match f64 finite differences (tests/test_spring_gradients.py).
 
 ``prm`` packs the scalars, in the dtype of the state:
 ``[dt, 1/m, zeta0, p_k, dead_zone, g(3), ground point(3), ground unit normal(3), has_ground, friction]``.
@@ -40,9 +41,8 @@ import taichi as ti
 NDA = ti.types.ndarray()
 P_DT, P_INV_MASS, P_ZETA0, P_PK, P_DEAD = 0, 1, 2, 3, 4
 P_G, P_GP, P_GN, P_HAS_GROUND, P_FRICTION = 5, 8, 11, 14, 15
-N_PRM = 16
 TINY = 1e-12  # springs shorter than this have no direction and exert nothing
-REV_PAD = 32  # the reverse adjacency of each anchor is padded to a multiple of this (spring_mass.py)
+REV_PAD = 32  # the reverse adjacency of each anchor is padded to a multiple of this (spring_model.py)
 BLOCK = 64  # anchors per parallel task (Taichi's CPU default is 512 or more: 4 tasks at N = 2048)
 
 
@@ -54,6 +54,12 @@ def _vec(a: ti.template(), i):
 @ti.func
 def _prm_vec(prm: ti.template(), k: ti.template()):
     return ti.Vector([prm[k], prm[k + 1], prm[k + 2]])
+
+
+@ti.func
+def _anchor(x: ti.template(), v: ti.template(), prm: ti.template(), a):
+    """Position and velocity of anchor a, and the damping and dead-zone constants."""
+    return _vec(x, a), _vec(v, a), prm[P_ZETA0], prm[P_DEAD]
 
 
 @ti.func
@@ -195,10 +201,7 @@ def spring_backward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: N
     n_springs = nbr.shape[1]
     ti.loop_config(block_dim=BLOCK)
     for a in range(x.shape[0]):
-        zeta0 = prm[P_ZETA0]
-        dead = prm[P_DEAD]
-        xa = _vec(x, a)
-        va = _vec(v, a)
+        xa, va, zeta0, dead = _anchor(x, v, prm, a)
         gx = _vec(gx_direct, a)
         gv = _vec(gv_direct, a)
         ga = _vec(g_force, a)
@@ -250,10 +253,7 @@ def spring_backward_reverse(x: NDA, v: NDA, g_force: NDA, prm: NDA, rev_ptr: NDA
     :func:`spring_backward`)."""
     ti.loop_config(block_dim=BLOCK)
     for a in range(x.shape[0]):
-        zeta0 = prm[P_ZETA0]
-        dead = prm[P_DEAD]
-        xa = _vec(x, a)
-        va = _vec(v, a)
+        xa, va, zeta0, dead = _anchor(x, v, prm, a)
         gx = xa * 0
         gv = xa * 0
         for e in range(rev_ptr[a], rev_ptr[a + 1]):  # the other springs of other anchors that end at a

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pipeline.cameras import intrinsics_from_fov, look_at
+from pipeline.data.cameras import intrinsics_from_fov, look_at
 from render import rasterization
 from render.backdrop import (CHECKER_COLORS, CHECKER_PIXELS, GROUND_COLORS, composite_backdrop, nice_square,
                              plane_frame)
@@ -265,22 +265,16 @@ def test_bad_shapes_are_value_errors():
 def resting_asset():
     """A 3 x 3 x 3 lattice of anchors (4 cm apart) resting on the ground y = 0 under zero gravity,
     with red Gaussians on it."""
-    from pipeline.asset import Asset
-    from pipeline.gaussians import Gaussians
-    from taichi_sim.binding import compute_binding
-    from taichi_sim.spring_mass import SimConfig, build_model
+    from conftest import make_asset
+    from pipeline.data.gaussians import Gaussians
 
     side = torch.linspace(-0.04, 0.04, 3)
     anchors = torch.stack(torch.meshgrid(side, side, side, indexing="ij"), -1).reshape(-1, 3)
     anchors[:, 1] += 0.05
-    cfg = SimConfig(k_neighbors=6, n_c=3, gravity=(0.0, 0.0, 0.0), ground_point=(0.0, 0.0, 0.0),
-                    ground_normal=(0.0, 1.0, 0.0), frame_dt=0.03, substeps=10)
-    model = build_model(anchors, cfg)
     g = Gaussians(means=anchors.clone(), log_scales=torch.full((27,), math.log(0.008)),
                   colors=torch.tensor([[0.9, 0.1, 0.1]]).repeat(27, 1), opacity_logits=torch.full((27,), 3.0))
-    return Asset(gaussians=g, model=model, binding=compute_binding(anchors, anchors, 1, 0.5),
-                 log_stiffness=torch.full((27,), 3.0), kappa=torch.tensor(0.0), friction_logit=torch.tensor(0.0),
-                 v0=torch.zeros(3), info={"n_frames": 2})
+    asset = make_asset(anchors, g, k_neighbors=6, n_c=3, substeps=10, frames=2, n_b=1)
+    return asset.with_physics(gravity=(0.0, 0.0, 0.0))
 
 
 def test_sgaus_simulate_draws_the_ground_and_the_background(tmp_path):

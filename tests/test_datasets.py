@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cameras import Cameras, look_at
-from pipeline.datasets import load_dataset, write_transforms
+from pipeline.data.cameras import Cameras, look_at
+from pipeline.data.datasets import load_dataset, write_transforms
 
 W = H = 16
 F = 10.0

@@ -7,35 +7,10 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-
-from cli import cli
 from pipeline.settings import make_settings
-from pipeline.stages import RunDir
+from pipeline.data.rundir import RunDir
 
-TINY = ["--preset", "tiny", "--quiet"]
-
-
-def invoke(*args):
-    r = CliRunner().invoke(cli, ["--arch", "cpu", *map(str, args)])
-    return r
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "ball"
-    r = invoke("generate-mpm", "--shape", "sphere", "--views", 4, "--frames", 10, "--fit-frames", 7,
-               "--resolution", 48, "--grid", 24, "--seed", 1, "--drop-height", 0.05, "--out", out)
-    assert r.exit_code == 0, r.output
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_data, tmp_path_factory):
-    run = tmp_path_factory.mktemp("runs") / "ball"
-    r = invoke("fit", tiny_data, "--out", run, *TINY)
-    assert r.exit_code == 0, r.output
-    return run
+from conftest import TINY, invoke
 
 
 def test_fit_writes_a_complete_asset(tiny_run):
@@ -82,21 +57,22 @@ def test_resume_reuses_matching_stages_and_reruns_changed_ones(tiny_data, tiny_r
 
 
 def test_resume_after_a_kill_mid_stage(tiny_data, tmp_path, monkeypatch):
-    import pipeline.fit as fitmod
+    from pipeline.fit import velocity
+    from pipeline.fit.runner import fit
 
     run = tmp_path / "killed"
-    real = fitmod.stage_velocity
+    real = velocity.run
 
     def killed(*a, **k):
         raise KeyboardInterrupt  # as if the process were stopped during stage 4
 
-    monkeypatch.setattr(fitmod, "stage_velocity", killed)
+    monkeypatch.setattr(velocity, "run", killed)
     with pytest.raises(KeyboardInterrupt):
-        fitmod.fit(tiny_data, run, make_settings("tiny"), progress=False, log=lambda *_: None)
+        fit(tiny_data, run, make_settings("tiny"), progress=False, log=lambda *_: None)
     assert RunDir(run).stage_key("refine") is not None
     assert not (run / "stages" / "velocity").exists()  # no half-written stage
-    monkeypatch.setattr(fitmod, "stage_velocity", real)
-    fitmod.fit(tiny_data, run, make_settings("tiny"), resume=True, progress=False, log=lambda *_: None)
+    monkeypatch.setattr(velocity, "run", real)
+    fit(tiny_data, run, make_settings("tiny"), resume=True, progress=False, log=lambda *_: None)
     assert json.loads((run / "run.json").read_text())["stages_run"] == ["velocity", "dynamic"]
 
 
@@ -130,3 +106,14 @@ def test_an_unstable_fit_fails_cleanly_and_keeps_earlier_stages(tiny_data, tiny_
     assert "unstable" in r.output and "Traceback" not in r.output
     for s in ("static", "anchors", "refine"):
         assert (run / "stages" / s / "stage.json").exists()
+
+
+def test_eval_leaves_the_run_metadata_alone(tiny_run):
+    before = (tiny_run / "run.json").read_bytes()
+    mtime = (tiny_run / "run.json").stat().st_mtime_ns
+    r = invoke("eval", tiny_run, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert (tiny_run / "run.json").read_bytes() == before
+    assert (tiny_run / "run.json").stat().st_mtime_ns == mtime
+    m = json.loads((tiny_run / "eval/metrics.json").read_text())
+    assert set(m["provenance"]) >= {"asset", "data"}

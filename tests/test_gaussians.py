@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.gaussians import PLY_FIELDS, SH_C0, Gaussians, load_ply, save_ply
+from pipeline.data.gaussians import PLY_FIELDS, SH_C0, Gaussians, load_ply, save_ply
 
 
 def _random(n=257, anisotropic=False, seed=0) -> Gaussians:

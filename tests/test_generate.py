@@ -92,7 +92,7 @@ def test_dataset_files_and_scene_json(dataset):
 
 
 def test_dataset_round_trips_through_load_dataset(dataset):
-    from pipeline.datasets import load_dataset
+    from pipeline.data.datasets import load_dataset
 
     ds = load_dataset(dataset)
     assert ds.n_frames == 10 and len(ds.cameras) == 2

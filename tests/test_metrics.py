@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.metrics import chamfer_distance, earth_movers_distance, psnr, ssim
+from pipeline.metrics import chamfer_distance, earth_movers_distance
+from render.losses import psnr, ssim
 
 
 def _cloud(n=800, seed=0):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pipeline.cameras import look_at, orbit_cameras
+from pipeline.data.cameras import look_at, orbit_cameras
 from render import l1_dssim_loss, psnr, rasterization, rasterization_reference, ssim
 from render.projection import project_gaussians
 

@@ -137,22 +137,21 @@ METRICS = {
 
 
 def small_asset():
-    from pipeline.asset import Asset
-    from pipeline.gaussians import Gaussians
-    from taichi_sim.binding import compute_binding
-    from taichi_sim.spring_mass import SimConfig, build_model
+    import dataclasses
+
+    from conftest import make_asset
+    from pipeline.data.gaussians import Gaussians
+    from taichi_sim.spring_params import SpringParams
 
     side = torch.linspace(-0.05, 0.05, 4)
     anchors = torch.stack(torch.meshgrid(side, side, side, indexing="ij"), -1).reshape(-1, 3)
     anchors[:, 1] += 0.1
-    cfg = SimConfig(k_neighbors=8, n_c=3, gravity=(0.0, -9.8, 0.0), ground_point=(0.0, 0.0, 0.0),
-                    ground_normal=(0.0, 1.0, 0.0), frame_dt=0.03, substeps=10)
     g = Gaussians(means=anchors.clone(), log_scales=torch.full((64,), math.log(0.01)), colors=torch.rand(64, 3),
                   opacity_logits=torch.zeros(64))
-    return Asset(gaussians=g, model=build_model(anchors, cfg), binding=compute_binding(anchors, anchors, 1, 0.5),
-                 log_stiffness=torch.where(anchors[:, 0] < 0, 2.0, 4.0), kappa=torch.tensor(0.7),
-                 friction_logit=torch.tensor(0.0), v0=torch.tensor([0.1, 0.0, 0.0]),
-                 info={"n_frames": 30, "fit_frames": 20, "data": "/data/torus", "image_scale": 0.5})
+    asset = make_asset(anchors, g, k_neighbors=8, n_c=3, substeps=10, velocity=(0.1, 0.0, 0.0), n_b=1)
+    params = SpringParams(torch.where(anchors[:, 0] < 0, 2.0, 4.0), torch.tensor(0.7), torch.tensor(0.0))
+    return dataclasses.replace(asset, params=params, info={"n_frames": 30, "fit_frames": 20, "data": "/data/torus",
+                                                           "image_scale": 0.5})
 
 
 def write_video(path: Path, colour, frames: int = 6):
@@ -274,7 +273,7 @@ def test_write_report_refuses_links_that_would_break(tmp_path):
     with pytest.raises(FileNotFoundError):
         write_report(tmp_path / "nothing")
     (run / "eval" / "metrics.json").write_text("{not json")
-    with pytest.raises(ValueError, match="metrics.json is not valid JSON"):
+    with pytest.raises(ValueError, match="metrics.json: malformed JSON"):
         collect_run(run)
 
 

@@ -12,11 +12,13 @@ import torch
 from click.testing import CliRunner
 
 from cli import cli
-from pipeline.asset import Asset, load_asset, save_asset, simulate_asset
-from pipeline.gaussians import Gaussians, load_ply
-from pipeline.simulate import Edits, apply_edits, parse_friction, parse_gravity
+from conftest import make_asset as asset_of
+from pipeline.asset import Asset, load_asset, save_asset
+from pipeline.data.gaussians import Gaussians, load_ply
+from pipeline.simulate import Edits, apply_edits, parse_friction, parse_gravity, simulate_asset
 from taichi_sim.binding import compute_binding
-from taichi_sim.spring_mass import SimConfig, build_model
+from taichi_sim.spring_model import nearest_springs
+from taichi_sim.spring_params import SpringParams
 
 DROP = 0.3  # height of the cube's bottom above the ground
 
@@ -25,17 +27,11 @@ def make_asset(velocity=(0.0, 0.0, 0.0), frames=20, drop=DROP) -> Asset:
     side = torch.linspace(-0.05, 0.05, 4)
     anchors = torch.stack(torch.meshgrid(side, side, side, indexing="ij"), -1).reshape(-1, 3)
     anchors[:, 1] += drop + 0.05
-    cfg = SimConfig(k_neighbors=12, n_c=4, gravity=(0.0, -9.8, 0.0), ground_point=(0.0, 0.0, 0.0),
-                    ground_normal=(0.0, 1.0, 0.0), frame_dt=0.03, substeps=40)
-    model = build_model(anchors.double(), cfg)
-    model = type(model)(model.rest_positions.float(), model.neighbors, model.rest_length.float(), cfg)
     gen = torch.Generator().manual_seed(0)
     pts = anchors + 0.01 * torch.randn(anchors.shape, generator=gen)
     g = Gaussians(means=pts, log_scales=torch.full((len(pts),), math.log(0.01)),
                   colors=torch.rand(len(pts), 3, generator=gen), opacity_logits=torch.full((len(pts),), 2.0))
-    return Asset(gaussians=g, model=model, binding=compute_binding(pts, anchors, 4, 0.5),
-                 log_stiffness=torch.full((len(anchors),), 3.0), kappa=torch.tensor(0.0),
-                 friction_logit=torch.tensor(-1.0), v0=torch.tensor(velocity), info={"n_frames": frames})
+    return asset_of(anchors, g, 12, 4, 40, velocity, frames)
 
 
 def centre(positions):
@@ -84,13 +80,13 @@ def test_sticky_ground_stops_tangential_motion_after_contact():
     sheet = torch.stack(torch.meshgrid(side, torch.zeros(1), side, indexing="ij"), -1).reshape(-1, 3)
     sheet[:, 1] = 0.05
     base = make_asset(velocity=(0.6, 0.0, 0.0))
-    cfg = dataclasses.replace(base.config, k_neighbors=8, n_c=4)
-    model = build_model(sheet, cfg)
+    neighbors, rest = nearest_springs(sheet, 8)
+    model = dataclasses.replace(base.model, rest_positions=sheet, neighbors=neighbors, rest_length=rest, tables={})
     bind = compute_binding(sheet, sheet, 1, 0.5)
     g = Gaussians(means=sheet.clone(), log_scales=torch.full((25,), -4.0), colors=torch.rand(25, 3),
                   opacity_logits=torch.zeros(25))
     asset = dataclasses.replace(base, gaussians=g, model=model, binding=bind,
-                                log_stiffness=torch.full((25,), 3.0))
+                                params=SpringParams.uniform(25, 3.0, 0.0, -1.0))
 
     def run(friction):
         pos, _, _ = simulate_asset(apply_edits(asset, Edits(friction=friction)), 12)
@@ -109,7 +105,7 @@ def test_sticky_ground_stops_tangential_motion_after_contact():
 
 def test_stiffness_scale_and_parsers():
     a = apply_edits(make_asset(), Edits(stiffness_scale=10.0))
-    assert torch.allclose(a.log_stiffness, torch.full_like(a.log_stiffness, 4.0))
+    assert torch.allclose(a.params.log_stiffness, torch.full_like(a.params.log_stiffness, 4.0))
     assert parse_gravity("0") == 0.0 and parse_gravity("0,-3,0") == (0.0, -3.0, 0.0)
     assert parse_friction("sticky") == "sticky" and parse_friction("0.5") == 0.5
     with pytest.raises(ValueError, match="gravity"):

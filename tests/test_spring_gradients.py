@@ -1,11 +1,27 @@
 """Gradients of the spring-mass rollout: the Taichi kernels against the PyTorch twin, and both
 against f64 central finite differences, for all five learnable inputs."""
+import dataclasses
+
 import pytest
 import torch
 
-from taichi_sim.spring_mass import SimConfig, build_model, rollout
+from taichi_sim import spring_torch
+from taichi_sim.spring_model import build_spring_model
+from taichi_sim.spring_params import SpringParams
+from taichi_sim.spring_rollout import Integrator, SpringState, rollout
 
 F64 = torch.float64
+ROLLOUTS = {"taichi": rollout, "torch": spring_torch.rollout}
+
+
+def run(model, integ, x0, v0, log_k, kappa, phi, n_frames, backend="taichi"):
+    """(positions, v_last) of a rollout from (x0, v0) with the given parameters."""
+    traj = ROLLOUTS[backend](model, SpringParams(log_k, kappa, phi), SpringState(x0, v0), n_frames, integ)
+    return traj.positions, traj.v_last
+
+
+def _setup(points, k_neighbors, frame_dt, substeps, **physics):
+    return build_spring_model(points, k_neighbors, **physics), Integrator(frame_dt=frame_dt, substeps=substeps)
 
 
 def _blob(n, seed, lift=0.02):
@@ -22,13 +38,13 @@ def _inputs(model, seed, v0=(0.4, -1.5, 0.2), log_k=2.3, kappa=0.4, phi=-0.3, ji
     return [x0, torch.tensor(v0, dtype=F64), lk, torch.tensor(kappa, dtype=F64), torch.tensor(phi, dtype=F64)]
 
 
-def _loss_fn(model, n_frames, substeps, backend, seed=7, **kw):
+def _loss_fn(model, integ, n_frames, backend, seed=7, **kw):
     g = torch.Generator().manual_seed(seed)
     wp = torch.randn(n_frames + 1, model.n_anchors, 3, generator=g, dtype=F64)
     wv = torch.randn(model.n_anchors, 3, generator=g, dtype=F64)
 
     def loss(*ins):
-        pos, v = rollout(model, *ins, n_frames=n_frames, substeps=substeps, backend=backend, **kw)
+        pos, v = run(model, dataclasses.replace(integ, **kw), *ins, n_frames=n_frames, backend=backend)
         return (pos * wp).sum() + (v * wv).sum()
 
     return loss
@@ -46,13 +62,12 @@ def _rel(a, b):
 
 @pytest.mark.parametrize("force_law", ["smooth", "paper"])
 def test_taichi_matches_torch_twin_with_ground_contact(force_law):
-    cfg = SimConfig(k_neighbors=8, n_c=3, frame_dt=0.03, substeps=20, force_law=force_law)
-    model = build_model(_blob(40, 0), cfg)
+    model, integ = _setup(_blob(40, 0), 8, 0.03, 20, n_c=3, force_law=force_law)
     ins = _inputs(model, 1)
     out = {}
     for backend in ("taichi", "torch"):
-        pos, v = rollout(model, *ins, n_frames=3, backend=backend)
-        value, grads = _grads(_loss_fn(model, 3, None, backend), ins)
+        pos, v = run(model, integ, *ins, n_frames=3, backend=backend)
+        value, grads = _grads(_loss_fn(model, integ, 3, backend), ins)
         out[backend] = (pos, v, grads)
     pos_t, v_t, g_t = out["taichi"]
     pos_r, v_r, g_r = out["torch"]
@@ -66,8 +81,8 @@ def test_taichi_matches_torch_twin_with_ground_contact(force_law):
 
 # The finite-difference tests use dead_zone=0: the dead zone makes the force jump by k * 1e-6 when a
 # spring passes through its rest length, which a finite difference of step h can straddle.
-def _fd_check(model, ins, n_frames, substeps, backend="taichi", h=1e-6, tol=1e-4):
-    loss = _loss_fn(model, n_frames, substeps, backend)
+def _fd_check(model, integ, ins, n_frames, backend="taichi", h=1e-6, tol=1e-4):
+    loss = _loss_fn(model, integ, n_frames, backend)
     _value, grads = _grads(loss, ins)
     g = torch.Generator().manual_seed(11)
     names = ("x0", "v0", "log_stiffness", "kappa", "friction_logit")
@@ -86,45 +101,40 @@ def _fd_check(model, ins, n_frames, substeps, backend="taichi", h=1e-6, tol=1e-4
 
 
 def test_finite_differences_with_ground_contact():
-    cfg = SimConfig(k_neighbors=10, n_c=4, frame_dt=0.03, substeps=15, dead_zone=0.0)
-    model = build_model(_blob(30, 2, lift=0.01), cfg)
+    model, integ = _setup(_blob(30, 2, lift=0.01), 10, 0.03, 15, n_c=4, dead_zone=0.0)
     ins = _inputs(model, 3, v0=(0.5, -2.0, 0.3))
-    pos, _ = rollout(model, *ins, n_frames=2)
+    pos, _ = run(model, integ, *ins, n_frames=2)
     assert (pos[-1][:, 1] <= 1e-12).sum() >= 3, "the test needs anchors in contact with the ground"
-    fds = dict(_fd_check(model, ins, 2, None))
+    fds = dict(_fd_check(model, integ, ins, 2))
     assert abs(fds["friction_logit"]) > 1e-6, "friction must matter in this scene"
 
 
 def test_finite_differences_without_ground():
-    cfg = SimConfig(k_neighbors=10, n_c=4, frame_dt=0.03, substeps=15, ground_point=None, dead_zone=0.0)
-    model = build_model(_blob(30, 4), cfg)
+    model, integ = _setup(_blob(30, 4), 10, 0.03, 15, n_c=4, ground_point=None, dead_zone=0.0)
     ins = _inputs(model, 5)
-    fds = dict(_fd_check(model, ins, 2, None))
+    fds = dict(_fd_check(model, integ, ins, 2))
     assert fds["friction_logit"] == 0.0  # no ground, no friction
 
 
 def test_finite_differences_large_k_strong_forces():
     """Many springs per anchor, all stretched and moving: the case where Taichi's automatic
-    differentiation of a vector summed in a non-static inner loop goes wrong (REFERENCE.md)."""
-    cfg = SimConfig(k_neighbors=40, n_c=8, frame_dt=0.02, substeps=10, ground_point=None, dead_zone=0.0)
-    model = build_model(_blob(60, 6), cfg)
+    differentiation of a vector summed in a non-static inner loop goes wrong (Taichi issues 8356, 8027)."""
+    model, integ = _setup(_blob(60, 6), 40, 0.02, 10, n_c=8, ground_point=None, dead_zone=0.0)
     ins = _inputs(model, 7, log_k=2.8, kappa=1.0, jitter=0.03)
     ins[1] = torch.randn(60, 3, generator=torch.Generator().manual_seed(8), dtype=F64)  # per-anchor v0
-    list(_fd_check(model, ins, 2, None))
+    list(_fd_check(model, integ, ins, 2))
 
 
 def test_paper_force_law_finite_differences():
-    cfg = SimConfig(k_neighbors=8, n_c=2, frame_dt=0.03, substeps=10, force_law="paper", p_k=0.5, dead_zone=0.0)
-    model = build_model(_blob(24, 9), cfg)
-    list(_fd_check(model, _inputs(model, 10, log_k=3.0), 2, None))
+    model, integ = _setup(_blob(24, 9), 8, 0.03, 10, n_c=2, force_law="paper", p_k=0.5, dead_zone=0.0)
+    list(_fd_check(model, integ, _inputs(model, 10, log_k=3.0), 2))
 
 
 def test_checkpoint_off_gives_the_same_gradients():
-    cfg = SimConfig(k_neighbors=8, n_c=3, frame_dt=0.03, substeps=10)
-    model = build_model(_blob(30, 12), cfg)
+    model, integ = _setup(_blob(30, 12), 8, 0.03, 10, n_c=3)
     ins = _inputs(model, 13)
-    _, g_on = _grads(_loss_fn(model, 3, None, "taichi", checkpoint=True), ins)
-    _, g_off = _grads(_loss_fn(model, 3, None, "taichi", checkpoint=False), ins)
+    _, g_on = _grads(_loss_fn(model, integ, 3, "taichi", checkpoint=True), ins)
+    _, g_off = _grads(_loss_fn(model, integ, 3, "taichi", checkpoint=False), ins)
     for a, b in zip(g_on, g_off):
         assert torch.equal(a, b)
 
@@ -132,22 +142,20 @@ def test_checkpoint_off_gives_the_same_gradients():
 def test_recomputed_frames_give_the_same_gradients():
     """checkpoint=True keeps the substeps of the frames that fit in record_mb and recomputes the
     others: no frame kept, one frame of three kept (a frame here is 24,240 bytes) and all kept agree."""
-    cfg = SimConfig(k_neighbors=8, n_c=3, frame_dt=0.03, substeps=10)
-    model = build_model(_blob(30, 12), cfg)
+    model, integ = _setup(_blob(30, 12), 8, 0.03, 10, n_c=3)
     ins = _inputs(model, 13)
-    _, g_all = _grads(_loss_fn(model, 3, None, "taichi", checkpoint=False), ins)
+    _, g_all = _grads(_loss_fn(model, integ, 3, "taichi", checkpoint=False), ins)
     for record_mb in (0.0, 30000 / 2**20):
-        _, g = _grads(_loss_fn(model, 3, None, "taichi", checkpoint=True, record_mb=record_mb), ins)
+        _, g = _grads(_loss_fn(model, integ, 3, "taichi", checkpoint=True, record_mb=record_mb), ins)
         for a, b in zip(g, g_all):
             assert torch.equal(a, b), record_mb
     with pytest.raises(ValueError, match="record_mb"):
-        rollout(model, *ins, n_frames=1, record_mb=-1)
+        run(model, dataclasses.replace(integ, record_mb=-1), *ins, n_frames=1)
 
 
 def test_per_frame_truncation_matches_twin():
     """The authors' mode: one frame at a time from a detached state, backward after each frame."""
-    cfg = SimConfig(k_neighbors=8, n_c=3, frame_dt=0.03, substeps=12)
-    model = build_model(_blob(30, 14), cfg)
+    model, integ = _setup(_blob(30, 14), 8, 0.03, 12, n_c=3)
     ins = _inputs(model, 15)
     target = model.rest_positions + torch.tensor([0.0, -0.01, 0.0], dtype=F64)
     results = {}
@@ -158,14 +166,14 @@ def test_per_frame_truncation_matches_twin():
         x, v = ins[0], ins[1].expand(30, 3)
         grads = []
         for _frame in range(3):
-            pos, v = rollout(model, x.detach(), v.detach(), log_k, kappa, phi, n_frames=1, backend=backend)
+            pos, v = run(model, integ, x.detach(), v.detach(), log_k, kappa, phi, n_frames=1, backend=backend)
             ((pos[1] - target) ** 2).sum().backward()
             grads.append([t.grad.clone() for t in (log_k, kappa, phi)])
             for t in (log_k, kappa, phi):
                 t.grad = None
             x = pos[1]
         results[backend] = (x.detach(), grads)
-    full, _ = rollout(model, *ins, n_frames=3)
+    full, _ = run(model, integ, *ins, n_frames=3)
     assert _rel(results["taichi"][0], full[3]) < 1e-12
     for ga, gb in zip(results["taichi"][1], results["torch"][1]):
         for a, b in zip(ga, gb):

@@ -1,22 +1,23 @@
-"""Physics, settings and input checks of the spring-mass simulator (taichi_sim/spring_mass.py)."""
+"""Physics, settings and input checks of the spring-mass simulator (taichi_sim/spring_model.py,
+spring_params.py, spring_rollout.py and its twin spring_torch.py)."""
 import math
 
 import pytest
 import torch
 
-from taichi_sim.spring_mass import (
-    SimConfig,
-    SimulationUnstable,
-    SpringModel,
-    build_model,
-    friction_from_logit,
-    friction_logit,
-    rollout,
-    rollout_with_retry,
-    soft_vector,
-)
+from taichi_sim import spring_torch
+from taichi_sim.spring_model import SpringModel, build_spring_model
+from taichi_sim.spring_params import SpringParams, friction_from_logit, friction_logit, soft_vector
+from taichi_sim.spring_rollout import Integrator, SimulationUnstable, SpringState, rollout, rollout_with_retry
 
 F64 = torch.float64
+ROLLOUTS = {"taichi": rollout, "torch": spring_torch.rollout}
+
+
+def run(model, integ, x0, v0, log_k, kappa, phi, n_frames, backend="taichi"):
+    """(positions, v_last) of a rollout from (x0, v0) with the given parameters."""
+    traj = ROLLOUTS[backend](model, SpringParams(log_k, kappa, phi), SpringState(x0, v0), n_frames, integ)
+    return traj.positions, traj.v_last
 
 
 def _lattice(n_side, spacing, origin=(0.0, 0.0, 0.0)):
@@ -39,7 +40,7 @@ def _params(model, log_k=3.0, kappa=0.0, phi=-1.0):
 # ----------------------------------------------------------------------------- model and settings
 def test_build_model_neighbours_sorted_self_excluded():
     pts = torch.rand(50, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
-    m = build_model(pts, SimConfig(k_neighbors=6))
+    m = build_spring_model(pts, 6)
     assert m.neighbors.shape == (50, 6) and m.neighbors.dtype == torch.int64
     assert not (m.neighbors == torch.arange(50)[:, None]).any()
     assert torch.all(m.rest_length[:, 1:] >= m.rest_length[:, :-1])
@@ -76,12 +77,12 @@ def test_free_fall_is_semi_implicit_euler(backend):
     """Springs at rest and a uniform velocity: every anchor falls freely. Semi-implicit Euler
     gives x_n = x0 + v0 t + g t^2/2 + g t dt/2 exactly, so the deviation from the analytic
     parabola is g t dt / 2 (checked to 1e-9), which is below 1e-3 |g| t^2 here."""
-    cfg = SimConfig(k_neighbors=6, ground_point=None, frame_dt=0.03, substeps=50)
+    cfg = Integrator(frame_dt=0.03, substeps=50)
     x0 = _lattice(3, 0.1, (0.0, 1.0, 0.0))
-    m = build_model(x0, cfg)
+    m = build_spring_model(x0, 6, ground_point=None)
     v0 = torch.tensor([0.5, 2.0, -0.3], dtype=F64)
-    pos, v = rollout(m, x0, v0, *_params(m), n_frames=10, backend=backend)
-    g = torch.tensor(cfg.gravity, dtype=F64)
+    pos, v = run(m, cfg, x0, v0, *_params(m), n_frames=10, backend=backend)
+    g = torch.tensor(m.gravity, dtype=F64)
     dt = cfg.frame_dt / cfg.substeps
     t = torch.arange(11, dtype=F64)[:, None, None] * cfg.frame_dt
     analytic = x0 + v0 * t + 0.5 * g * t ** 2
@@ -94,15 +95,15 @@ def test_object_resting_on_ground_stays_put():
     """A stiff cube standing on the ground sags a little under gravity, then rests: it settles
     without creeping, nothing goes below the ground, and kinetic + gravitational energy (m = 1) never rises above
     its value at the start (the springs start unstretched, damping and contact only dissipate)."""
-    cfg = SimConfig(k_neighbors=20, n_c=20, frame_dt=0.02, substeps=60)
+    cfg = Integrator(frame_dt=0.02, substeps=60)
     x0 = _lattice(4, 0.05)
-    m = build_model(x0, cfg)
+    m = build_spring_model(x0, 20, n_c=20)
     log_k, kappa, phi = _params(m, log_k=3.0)
     x, v = x0, torch.zeros(64, 3, dtype=F64)
     energy0 = 9.8 * float(x0[:, 1].sum())
     positions, energies = [x0], []
     for _frame in range(40):  # one frame at a time, to read the exact velocity of every frame
-        pos, v = rollout(m, x, v, log_k, kappa, phi, n_frames=1)
+        pos, v = run(m, cfg, x, v, log_k, kappa, phi, n_frames=1)
         x = pos[1]
         positions.append(x)
         energies.append(0.5 * float((v ** 2).sum()) + 9.8 * float(x[:, 1].sum()))
@@ -122,10 +123,10 @@ def test_object_resting_on_ground_stays_put():
 def test_unloaded_sheet_on_ground_does_not_move():
     """All anchors on the ground, springs at rest: gravity is cancelled by the contact and nothing
     moves at all, whatever the friction."""
-    cfg = SimConfig(k_neighbors=8, frame_dt=0.03, substeps=30)
+    cfg = Integrator(frame_dt=0.03, substeps=30)
     x0 = _sheet(4, 0.05)
-    m = build_model(x0, cfg)
-    pos, v = rollout(m, x0, torch.zeros(3, dtype=F64), *_params(m, phi=2.0), n_frames=20)
+    m = build_spring_model(x0, 8)
+    pos, v = run(m, cfg, x0, torch.zeros(3, dtype=F64), *_params(m, phi=2.0), n_frames=20)
     assert float((pos - x0).abs().max()) == 0.0
     assert float(v.abs().max()) == 0.0
 
@@ -135,12 +136,12 @@ def test_ground_friction_sticky_and_smooth(value, expected_x, expected_v):
     """A sheet lying on the ground and sliding at 1 unit/s along x: friction factor 0 stops it
     in the first substep (after that substep's Euler move of 1 * dt = 0.0015), 1 keeps the
     tangential speed."""
-    cfg = SimConfig(k_neighbors=4, frame_dt=0.03, substeps=20)
+    cfg = Integrator(frame_dt=0.03, substeps=20)
     x0 = _sheet(3, 0.1)
-    m = build_model(x0, cfg)
+    m = build_spring_model(x0, 4)
     log_k, kappa, _ = _params(m)
     phi = torch.tensor(friction_logit(value), dtype=F64)
-    pos, v = rollout(m, x0, torch.tensor([1.0, 0.0, 0.0], dtype=F64), log_k, kappa, phi, n_frames=10)
+    pos, v = run(m, cfg, x0, torch.tensor([1.0, 0.0, 0.0], dtype=F64), log_k, kappa, phi, n_frames=10)
     shift = pos[-1] - x0
     assert torch.allclose(shift[:, 0], torch.full((9,), expected_x, dtype=F64), atol=1e-9)
     assert float(shift[:, 1:].abs().max()) < 1e-12
@@ -148,86 +149,108 @@ def test_ground_friction_sticky_and_smooth(value, expected_x, expected_v):
 
 
 def test_float32_rollout_agrees_with_float64():
-    cfg = SimConfig(k_neighbors=8, frame_dt=0.03, substeps=20)
+    cfg = Integrator(frame_dt=0.03, substeps=20)
     x0 = _lattice(3, 0.05, (0.0, 0.02, 0.0))
-    m = build_model(x0, cfg)
+    m = build_spring_model(x0, 8)
     args = (torch.tensor([0.2, -1.0, 0.0], dtype=F64), *_params(m, log_k=2.5, kappa=0.3))
-    p64, _ = rollout(m, x0, *args, n_frames=5)
-    p32, v32 = rollout(m, x0.float(), *[a.float() for a in args], n_frames=5)
+    p64, _ = run(m, cfg, x0, *args, n_frames=5)
+    p32, v32 = run(m, cfg, x0.float(), *[a.float() for a in args], n_frames=5)
     assert p32.dtype == torch.float32 and v32.dtype == torch.float32
     assert float((p32.double() - p64).abs().max()) < 1e-4
 
 
 def test_n_frames_zero_returns_the_start():
-    m = build_model(_lattice(2, 0.1), SimConfig(k_neighbors=3))
+    m = build_spring_model(_lattice(2, 0.1), 3)
     x0 = m.rest_positions
-    pos, v = rollout(m, x0, torch.ones(3, dtype=F64), *_params(m), n_frames=0)
+    pos, v = run(m, Integrator(), x0, torch.ones(3, dtype=F64), *_params(m), n_frames=0)
     assert pos.shape == (1, 8, 3) and torch.equal(pos[0], x0) and torch.equal(v, torch.ones(8, 3, dtype=F64))
 
 
 # ----------------------------------------------------------------------------- instability
 def test_unstable_simulation_raises_and_retry_recovers():
-    cfg = SimConfig(k_neighbors=6, ground_point=None, frame_dt=0.03, substeps=2, max_substeps=252)
+    cfg = Integrator(frame_dt=0.03, substeps=2, max_substeps=252)
     x0 = _lattice(3, 0.05)
-    m = build_model(x0, cfg)
+    m = build_spring_model(x0, 6, ground_point=None)
     stretched = x0 * 1.2
-    args = (torch.zeros(3, dtype=F64), *_params(m, log_k=3.0))
+    log_k, kappa, phi = _params(m, log_k=3.0)
+    params, state = SpringParams(log_k, kappa, phi), SpringState(stretched, torch.zeros(3, dtype=F64))
     with pytest.raises(SimulationUnstable, match=r"frame \d+ with 2 substeps.*more substeps"):
-        rollout(m, stretched, *args, n_frames=5)
-    pos, _v, substeps = rollout_with_retry(m, stretched, *args, n_frames=5)
+        rollout(m, params, state, 5, cfg)
+    traj = rollout_with_retry(m, params, state, 5, cfg)
+    pos, substeps = traj.positions, traj.substeps
     assert 2 < substeps <= 252 and (substeps - 2) % 50 == 0
     assert torch.isfinite(pos).all()
-    tight = SimConfig(k_neighbors=6, ground_point=None, frame_dt=0.03, substeps=2, max_substeps=40)
-    m2 = SpringModel(m.rest_positions, m.neighbors, m.rest_length, tight)
+    tight = Integrator(frame_dt=0.03, substeps=2, max_substeps=40)
     with pytest.raises(SimulationUnstable):
-        rollout_with_retry(m2, stretched, *args, n_frames=5)
+        rollout_with_retry(m, params, state, 5, tight)
 
 
 # ----------------------------------------------------------------------------- bad input
 def test_bad_inputs_raise_value_error():
     x0 = _lattice(2, 0.1)
-    m = build_model(x0, SimConfig(k_neighbors=3))
+    m = build_spring_model(x0, 3)
     log_k, kappa, phi = _params(m)
     v0 = torch.zeros(3, dtype=F64)
+    integ = Integrator()
     cases = [
-        (lambda: build_model(x0, SimConfig(k_neighbors=8)), "k_neighbors=8"),
-        (lambda: build_model(x0[:, :2], SimConfig(k_neighbors=3)), r"\[N,3\]"),
-        (lambda: build_model(torch.cat([x0, x0[:1]]), SimConfig(k_neighbors=3)), "coincide"),
-        (lambda: SimConfig(frame_dt=0.0), "frame_dt"),
-        (lambda: SimConfig(frame_dt=-0.1), "frame_dt"),
-        (lambda: SimConfig(substeps=0), "substeps"),
-        (lambda: SimConfig(force_law="hooke"), "force_law"),
-        (lambda: SimConfig(ground_normal=(0, 0, 0)), "ground_normal"),
-        (lambda: rollout(m, x0[:5], v0, log_k, kappa, phi, 1), "x0"),
-        (lambda: rollout(m, x0, torch.zeros(2, dtype=F64), log_k, kappa, phi, 1), "v0"),
-        (lambda: rollout(m, x0, v0, log_k[:3], kappa, phi, 1), "log_stiffness"),
-        (lambda: rollout(m, x0, v0, log_k, torch.zeros(2), phi, 1), "kappa"),
-        (lambda: rollout(m, x0, v0, log_k, kappa, torch.zeros(2), 1), "friction_logit"),
-        (lambda: rollout(m, x0, v0, log_k, kappa, phi, -1), "n_frames"),
-        (lambda: rollout(m, x0, v0, log_k, kappa, phi, 1, substeps=0), "substeps"),
-        (lambda: rollout(m, x0.long(), v0, log_k, kappa, phi, 1), "float32 or float64"),
-        (lambda: rollout(m, x0, v0, log_k, kappa, phi, 1, backend="jax"), "backend"),
-        (lambda: rollout(SpringModel(x0, m.neighbors[:4], m.rest_length, m.config), x0, v0, log_k, kappa, phi, 1),
-         "neighbors"),
+        (lambda: build_spring_model(x0, 8), "k_neighbors=8"),
+        (lambda: build_spring_model(x0[:, :2], 3), r"\[N,3\]"),
+        (lambda: build_spring_model(torch.cat([x0, x0[:1]]), 3), "coincide"),
+        (lambda: Integrator(frame_dt=0.0), "frame_dt"),
+        (lambda: Integrator(frame_dt=-0.1), "frame_dt"),
+        (lambda: Integrator(substeps=0), "substeps"),
+        (lambda: build_spring_model(x0, 3, force_law="hooke"), "force_law"),
+        (lambda: build_spring_model(x0, 3, ground_normal=(0, 0, 0)), "ground_normal"),
+        (lambda: run(m, integ, x0[:5], v0, log_k, kappa, phi, 1), "x0"),
+        (lambda: run(m, integ, x0, torch.zeros(2, dtype=F64), log_k, kappa, phi, 1), "v0"),
+        (lambda: run(m, integ, x0, v0, log_k[:3], kappa, phi, 1), "log_stiffness"),
+        (lambda: run(m, integ, x0, v0, log_k, torch.zeros(2), phi, 1), "kappa"),
+        (lambda: run(m, integ, x0, v0, log_k, kappa, torch.zeros(2), 1), "friction_logit"),
+        (lambda: run(m, integ, x0, v0, log_k, kappa, phi, -1), "n_frames"),
+        (lambda: run(m, Integrator(substeps=0), x0, v0, log_k, kappa, phi, 1), "substeps"),
+        (lambda: run(m, integ, x0.long(), v0, log_k, kappa, phi, 1), "float32 or float64"),
+        (lambda: rollout(m, SpringParams(log_k, kappa, phi), SpringState(x0, v0), 1, "jax"), "integrator"),
+        (lambda: SpringModel(x0, m.neighbors[:4], m.rest_length), "neighbors"),
     ]
     for fn, match in cases:
         with pytest.raises(ValueError, match=match):
             fn()
 
 
-def test_kernel_tables_shared_between_models_of_the_same_springs_and_renewed_after_an_edit():
-    """A SpringModel re-made from the same tensors (as the fit does to change the substeps) reuses
-    the kernel tables; rest lengths edited in place are seen by the next rollout."""
-    from taichi_sim.spring_mass import _kernel_topology
-
+def test_kernel_tables_built_once_and_shared_by_edited_models():
+    """The frozen model keeps its kernel tables: a model with edited physics (another gravity, as
+    `sgaus simulate` makes) shares them, and a model of other rest lengths has its own."""
     g = torch.Generator().manual_seed(3)
-    model = build_model(torch.rand(40, 3, generator=g, dtype=F64) * 0.3 + 0.05, SimConfig(k_neighbors=6, substeps=8))
-    again = SpringModel(model.rest_positions, model.neighbors, model.rest_length, SimConfig(k_neighbors=6, substeps=9))
-    assert _kernel_topology(again, torch.device("cpu")) is _kernel_topology(model, torch.device("cpu"))
+    model = build_spring_model(torch.rand(40, 3, generator=g, dtype=F64) * 0.3 + 0.05, 6)
+    cpu = torch.device("cpu")
+    assert model.kernel_topology(cpu) is model.kernel_topology(cpu)
+    edited = model.with_physics(gravity=(0.0, -1.0, 0.0))
+    assert edited.kernel_topology(cpu) is model.kernel_topology(cpu) and edited.gravity == (0.0, -1.0, 0.0)
+    with pytest.raises(ValueError, match="not a physical constant"):
+        model.with_physics(neighbors=model.neighbors)
     params = _params(model)
-    rollout(model, model.rest_positions, torch.zeros(3, dtype=F64), *params, n_frames=1)
-    model.rest_length.mul_(0.9)  # an edit: every spring now pulls
-    out = {b: rollout(model, model.rest_positions, torch.zeros(3, dtype=F64), *params, n_frames=1, backend=b)[0]
+    integ = Integrator(substeps=8)
+    run(model, integ, model.rest_positions, torch.zeros(3, dtype=F64), *params, n_frames=1)
+    pulled = SpringModel(model.rest_positions, model.neighbors, model.rest_length * 0.9)  # every spring now pulls
+    out = {b: run(pulled, integ, pulled.rest_positions, torch.zeros(3, dtype=F64), *params, n_frames=1, backend=b)[0]
            for b in ("taichi", "torch")}
     assert float((out["taichi"] - out["torch"]).abs().max()) < 1e-9
     assert float((out["taichi"][-1] - out["taichi"][0]).abs().max()) > 1e-4
+
+
+def test_coinciding_anchors_are_named():
+    x0 = _lattice(2, 0.1)
+    with pytest.raises(ValueError, match="anchors 3 and 8 coincide"):
+        build_spring_model(torch.cat([x0, x0[3:4]]), 3)
+
+
+@pytest.mark.parametrize("name, bad", [("log_stiffness", "nan"), ("kappa", "inf"), ("friction_logit", "-inf")])
+def test_non_finite_parameters_are_named_not_retried(name, bad):
+    m = build_spring_model(_lattice(2, 0.1), 3)
+    log_k, kappa, phi = _params(m)
+    values = {"log_stiffness": log_k, "kappa": kappa, "friction_logit": phi}
+    values[name] = values[name].clone().fill_(float(bad))
+    with pytest.raises(ValueError, match=f"{name} is not finite") as err:
+        rollout_with_retry(m, SpringParams(**values), SpringState(m.rest_positions, torch.zeros(3, dtype=F64)), 2,
+                           Integrator(substeps=10))
+    assert not isinstance(err.value, SimulationUnstable)

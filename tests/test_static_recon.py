@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cameras import orbit_cameras
-from pipeline.datasets import load_dataset, write_transforms
-from pipeline.gaussians import load_ply
-from pipeline.static_recon import StaticSettings, carve_hull, reconstruct_static, reconstruct_to_dir, viewing_box
+from pipeline.data.cameras import orbit_cameras
+from pipeline.data.datasets import load_dataset, write_transforms
+from pipeline.data.gaussians import load_ply
+from pipeline.fit.static import StaticSettings, carve_hull, reconstruct_static, reconstruct_to_dir, viewing_box
 
 SIZE = 64
 SCALE = 0.035

@@ -22,13 +22,12 @@ import torch
 from click.testing import CliRunner
 
 from cli import cli
+from conftest import make_asset
 from pipeline.asset import Asset, save_asset
-from pipeline.gaussians import Gaussians
+from pipeline.data.gaussians import Gaussians
 from pipeline.simulate import apply_edits
-from pipeline.viewer import (Controls, ViewerUnavailable, _wxyz_z_to, build_scene, require_viser, spring_pairs,
+from pipeline.viewer import (Controls, ViewerUnavailable, wxyz_z_to, build_scene, require_viser, spring_pairs,
                              undirected_springs)
-from taichi_sim.binding import compute_binding
-from taichi_sim.spring_mass import SimConfig, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MAGENTA = (1.0, 0.0, 1.0)
@@ -40,18 +39,13 @@ def small_asset(n_gaussians: int = 60, colour=None) -> Asset:
     side = torch.linspace(-0.05, 0.05, 3)
     anchors = torch.stack(torch.meshgrid(side, side, side, indexing="ij"), -1).reshape(-1, 3)
     anchors[:, 1] += 0.25
-    cfg = SimConfig(k_neighbors=6, n_c=3, gravity=(0.0, -9.8, 0.0), ground_point=(0.0, 0.0, 0.0),
-                    ground_normal=(0.0, 1.0, 0.0), frame_dt=0.03, substeps=20)
-    model = build_model(anchors, cfg)
     gen = torch.Generator().manual_seed(1)
     pts = anchors[torch.randint(len(anchors), (n_gaussians,), generator=gen)]
     pts = pts + 0.02 * torch.randn(pts.shape, generator=gen)
     colours = torch.rand(n_gaussians, 3, generator=gen) if colour is None else torch.tensor([colour]).repeat(n_gaussians, 1)
     g = Gaussians(means=pts, log_scales=torch.full((n_gaussians,), math.log(0.015)), colors=colours,
                   opacity_logits=torch.full((n_gaussians,), 3.0))
-    return Asset(gaussians=g, model=model, binding=compute_binding(pts, anchors, 4, 0.5),
-                 log_stiffness=torch.full((len(anchors),), 3.0), kappa=torch.tensor(0.0),
-                 friction_logit=torch.tensor(-1.0), v0=torch.tensor([0.1, 0.0, 0.0]), info={"n_frames": 8})
+    return make_asset(anchors, g, 6, 3, 20, velocity=(0.1, 0.0, 0.0), frames=8)
 
 
 # ------------------------------------------------------------------ no viser needed
@@ -100,9 +94,9 @@ def test_controls_start_at_the_fitted_values_and_map_to_edits():
     assert c.friction_value == pytest.approx(1.2 / (1 + math.e) - 0.1)
     assert c.velocity == pytest.approx((0.1, 0.0, 0.0))
     same = apply_edits(asset, c.to_edits(asset))  # unchanged controls change nothing
-    assert same.config == asset.config
-    assert torch.equal(same.v0, asset.v0) and torch.equal(same.log_stiffness, asset.log_stiffness)
-    assert torch.equal(same.friction_logit, asset.friction_logit)
+    assert same.model == asset.model and same.integrator == asset.integrator
+    assert torch.equal(same.v0, asset.v0) and torch.equal(same.params.log_stiffness, asset.params.log_stiffness)
+    assert torch.equal(same.params.friction_logit, asset.params.friction_logit)
 
     edited = dataclasses.replace(c, gravity_as_vector=True, gravity_vector=(1.0, -2.0, 0.0), ground=False,
                                  friction="sticky", velocity=(0.0, 0.5, 0.0), stiffness_scale=10.0)
@@ -119,7 +113,7 @@ def test_controls_start_at_the_fitted_values_and_map_to_edits():
 def test_ground_grid_is_turned_onto_the_ground_normal():
     for normal in ([0.0, 1.0, 0.0], [0.3, 0.8, -0.5], [0.0, 0.0, 1.0], [0.0, 0.0, -1.0]):
         n = np.asarray(normal) / np.linalg.norm(normal)
-        w, x, y, z = _wxyz_z_to(n)
+        w, x, y, z = wxyz_z_to(n)
         assert w * w + x * x + y * y + z * z == pytest.approx(1.0)
         # the rotation matrix's third column is where +z goes
         z_image = np.array([2 * (x * z + w * y), 2 * (y * z - w * x), 1 - 2 * (x * x + y * y)])

@@ -10,36 +10,33 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import make_asset
 from pipeline.asset import Asset
-from pipeline.gaussians import Gaussians
+from pipeline.data.gaussians import Gaussians
 from pipeline.report import stiffness_colors
-from pipeline.simulate import Edits
-from pipeline.viewer import ANCHOR_COLOUR, anchor_colours, build_scene, ground_grid_pose, ground_square
+from pipeline.simulate import Edits, ground_square
+from pipeline.viewer import ANCHOR_COLOUR, anchor_colours, build_scene, ground_grid_pose, rotate
 from render.backdrop import plane_frame
-from taichi_sim.binding import compute_binding
-from taichi_sim.spring_mass import SimConfig, build_model
 
 PURPLE, YELLOW = np.array([68, 1, 84]), np.array([253, 231, 37])  # viridis(0), viridis(1)
 
 
-def two_halves(ground_normal=(0.0, 1.0, 0.0)) -> Asset:
+def two_halves() -> Asset:
     """27 anchors 5 cm apart 25 cm above the ground; log10 k = 2 on x < 0, 3 at x = 0, 4 on x > 0."""
     side = torch.linspace(-0.05, 0.05, 3)
     anchors = torch.stack(torch.meshgrid(side, side, side, indexing="ij"), -1).reshape(-1, 3)
     anchors[:, 1] += 0.25
-    cfg = SimConfig(k_neighbors=6, n_c=3, gravity=(0.0, -9.8, 0.0), ground_point=(0.0, 0.0, 0.0),
-                    ground_normal=ground_normal, frame_dt=0.03, substeps=20)
     g = Gaussians(means=anchors.clone(), log_scales=torch.full((27,), math.log(0.015)),
                   colors=torch.full((27, 3), 0.5), opacity_logits=torch.full((27,), 3.0))
-    return Asset(gaussians=g, model=build_model(anchors, cfg), binding=compute_binding(anchors, anchors, 1, 0.5),
-                 log_stiffness=3.0 + torch.sign(anchors[:, 0]), kappa=torch.tensor(0.0),
-                 friction_logit=torch.tensor(-1.0), v0=torch.zeros(3), info={"n_frames": 4})
+    asset = make_asset(anchors, g, k_neighbors=6, n_c=3, substeps=20, frames=4, n_b=1)
+    return dataclasses.replace(asset, params=dataclasses.replace(asset.params,
+                                                                 log_stiffness=3.0 + torch.sign(anchors[:, 0])))
 
 
 # ------------------------------------------------------------------ no viser needed
 def test_anchor_colours_follow_the_report_colormap():
     asset = two_halves()
-    log_k = asset.log_stiffness.numpy()
+    log_k = asset.params.log_stiffness.numpy()
     c = anchor_colours(log_k, by_stiffness=True)
     assert c.shape == (27, 3) and c.dtype == np.uint8
     x = asset.model.rest_positions[:, 0].numpy()
@@ -59,9 +56,9 @@ def test_anchor_colours_follow_the_report_colormap():
 def test_scene_carries_the_simulated_stiffness():
     asset = two_halves()
     scene = build_scene(asset, n_frames=2)
-    assert np.allclose(scene.log_stiffness, asset.log_stiffness.numpy())
+    assert np.allclose(scene.log_stiffness, asset.params.log_stiffness.numpy())
     scaled = build_scene(asset, n_frames=2, edits=Edits(stiffness_scale=10.0))
-    assert np.allclose(scaled.log_stiffness, asset.log_stiffness.numpy() + 1.0)
+    assert np.allclose(scaled.log_stiffness, asset.params.log_stiffness.numpy() + 1.0)
 
 
 def test_ground_grid_lies_on_the_plane_under_the_object_on_the_video_squares():
@@ -73,16 +70,14 @@ def test_ground_grid_lies_on_the_plane_under_the_object_on_the_video_squares():
     assert p[1] == pytest.approx(0.0)  # on the plane
     assert np.allclose(p[[0, 2]], [0.1, -0.05])  # under the object, on a corner of the checker's squares
     # the grid's local axes are the checker's axes: its lines run along the squares' edges
-    from pipeline.viewer import _rotate
-
     _n, e1, e2 = (v.numpy() for v in plane_frame((0.0, 1.0, 0.0)))
-    assert np.allclose(_rotate(wxyz, [1, 0, 0]), e1) and np.allclose(_rotate(wxyz, [0, 1, 0]), e2)
+    assert np.allclose(rotate(wxyz, [1, 0, 0]), e1) and np.allclose(rotate(wxyz, [0, 1, 0]), e2)
     # a tilted ground: the grid is on that plane, its normal the ground's
     n = np.array([0.3, 0.9, -0.2]) / np.linalg.norm([0.3, 0.9, -0.2])
     point = np.array([0.0, -0.1, 0.0])
     position, wxyz = ground_grid_pose(point, n, np.array([0.2, 0.4, 0.1]), square)
     assert (np.array(position) - point) @ n == pytest.approx(0.0, abs=1e-12)
-    assert np.allclose(_rotate(wxyz, [0, 0, 1]), n)
+    assert np.allclose(rotate(wxyz, [0, 0, 1]), n)
     below = np.array([0.2, 0.4, 0.1]) - ((np.array([0.2, 0.4, 0.1]) - point) @ n) * n
     assert np.linalg.norm(np.array(position) - below) <= square * math.sqrt(0.5) + 1e-12
 

@@ -31,9 +31,11 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
-from pipeline.cameras import Cameras
-from pipeline.datasets import VideoDataset
-from pipeline.gaussians import Gaussians
+from pipeline.data.cameras import Cameras
+from pipeline.data.datasets import VideoDataset
+from pipeline.data.gaussians import Gaussians
+from pipeline.fit.geometry import inside_visual_hull, lookup_pixels
+from taichi_sim.errors import SgausError
 
 
 @dataclass
@@ -83,19 +85,19 @@ class StaticSettings:
     def validate(self) -> "StaticSettings":
         for name in ("iterations", "n_init", "views_per_iteration", "max_gaussians"):
             if int(getattr(self, name)) <= 0:
-                raise ValueError(f"static settings: {name} must be positive, got {getattr(self, name)}")
+                raise SgausError(f"static settings: {name} must be positive, got {getattr(self, name)}")
         for name in ("scale", "lr_means", "lr_colors", "lr_opacity", "image_scale"):
             v = float(getattr(self, name))
             if not (v > 0 and math.isfinite(v)):
-                raise ValueError(f"static settings: {name} must be a positive number, got {v}")
+                raise SgausError(f"static settings: {name} must be a positive number, got {v}")
         if self.init not in ("hull", "box"):
-            raise ValueError(f"static settings: init must be 'hull' or 'box', got {self.init!r}")
+            raise SgausError(f"static settings: init must be 'hull' or 'box', got {self.init!r}")
         if not 0.0 <= self.lambda_dssim <= 1.0:
-            raise ValueError(f"static settings: lambda_dssim must lie in [0, 1], got {self.lambda_dssim}")
+            raise SgausError(f"static settings: lambda_dssim must lie in [0, 1], got {self.lambda_dssim}")
         if not 0.0 < self.init_opacity < 1.0:
-            raise ValueError(f"static settings: init_opacity must lie in (0, 1), got {self.init_opacity}")
+            raise SgausError(f"static settings: init_opacity must lie in (0, 1), got {self.init_opacity}")
         if not 0.0 <= self.prune_opacity < 1.0:
-            raise ValueError(f"static settings: prune_opacity must lie in [0, 1), got {self.prune_opacity}")
+            raise SgausError(f"static settings: prune_opacity must lie in [0, 1), got {self.prune_opacity}")
         return self
 
     def schedule(self) -> tuple[int, int, int]:
@@ -105,7 +107,7 @@ class StaticSettings:
         stop = n * 6 // 10 if self.densify_until is None else int(self.densify_until)
         every = max(25, n // 30) if self.densify_every is None else int(self.densify_every)
         if every <= 0:
-            raise ValueError(f"static settings: densify_every must be positive, got {every}")
+            raise SgausError(f"static settings: densify_every must be positive, got {every}")
         return start, stop, every
 
     def to_dict(self) -> dict:
@@ -128,22 +130,11 @@ def viewing_box(cams: Cameras) -> tuple[torch.Tensor, float]:
         centre = torch.linalg.solve(A, b)
     dist = ((centre - origins) * axes).sum(1)
     if torch.any(dist <= 0):
-        raise ValueError("cameras do not look at a common region (the centre of their views is behind one)")
+        raise SgausError("cameras do not look at a common region (the centre of their views is behind one)")
     Ks = cams.Ks.double()
     half_fov = torch.minimum(torch.atan(0.5 * cams.width / Ks[:, 0, 0]), torch.atan(0.5 * cams.height / Ks[:, 1, 1]))
     radius = float((dist * torch.sin(half_fov)).min())
     return centre.float(), radius
-
-
-def lookup_pixels(images: torch.Tensor, cams: Cameras, points: torch.Tensor):
-    """Values of images [C,H,W,K] under the projections of points [P,3] (nearest pixel):
-    values [C,P,K] and a mask [C,P] of projections inside the image and in front."""
-    uv, z = cams.project(points)
-    u, v = uv[..., 0].floor().long(), uv[..., 1].floor().long()
-    inside = (z > 1e-6) & (u >= 0) & (u < cams.width) & (v >= 0) & (v < cams.height)
-    u, v = u.clamp(0, cams.width - 1), v.clamp(0, cams.height - 1)
-    c = torch.arange(len(cams))[:, None].expand_as(u)
-    return images[c, v, u], inside
 
 
 def carve_hull(alpha: torch.Tensor, cams: Cameras, centre: torch.Tensor, radius: float, n: int,
@@ -154,15 +145,12 @@ def carve_hull(alpha: torch.Tensor, cams: Cameras, centre: torch.Tensor, radius:
     Sampled up to three times, each time in the bounding box of the survivors so far, so that
     thin objects still get ``n`` points."""
     lo, hi = centre - radius, centre + radius
-    min_views = math.ceil(0.75 * len(cams))
     kept = torch.empty(0, 3)
     for _round in range(3):
         cand = lo + (hi - lo) * torch.rand(max(20 * n, 20000), 3, generator=gen)
-        a, inside = lookup_pixels(alpha, cams, cand)
-        keep = torch.all(~inside | (a[..., 0] > threshold), dim=0) & (inside.sum(0) >= min_views)
-        kept = torch.cat([kept, cand[keep]])
+        kept = torch.cat([kept, cand[inside_visual_hull(cand, alpha, cams, threshold, min_view_fraction=0.75)]])
         if len(kept) == 0:
-            raise ValueError("the visual hull of the masks is empty: the masks do not overlap in 3D "
+            raise SgausError("the visual hull of the masks is empty: the masks do not overlap in 3D "
                              "(wrong cameras, or no object in frame 0)")
         pad = 2 * (hi - lo) / 64
         lo, hi = torch.maximum(kept.min(0).values - pad, lo), torch.minimum(kept.max(0).values + pad, hi)
@@ -231,7 +219,7 @@ def reconstruct_static(dataset: VideoDataset, settings: StaticSettings, progress
     """Fit isotropic Gaussians of constant scale ``settings.scale`` to frame 0 of every view of
     ``dataset`` (Taichi must be initialised: the renderer uses it). ``callback(iteration, loss,
     gaussians)``, when given, is called after every step. Returns detached Gaussians."""
-    from render import l1_dssim_loss, rasterization
+    from render import l1_dssim_loss
 
     settings.validate()
     cams = dataset.cameras_at(settings.image_scale)
@@ -250,7 +238,6 @@ def reconstruct_static(dataset: VideoDataset, settings: StaticSettings, progress
     grad_count = torch.zeros(len(g), dtype=torch.float64)
     R = cams.viewmats[:, :3, :3]
     focal = 0.5 * (cams.Ks[:, 0, 0] + cams.Ks[:, 1, 1])
-    log_s = g.log_scales
     bar = tqdm(range(settings.iterations), desc="static", unit="it", disable=not progress, leave=False)
     for it in bar:
         t = it / max(1, settings.iterations - 1)
@@ -261,8 +248,7 @@ def reconstruct_static(dataset: VideoDataset, settings: StaticSettings, progress
             order += perm
         views, order = order[:n_views], order[n_views:]
         sub = cams[views]
-        rgb, _alpha, _depth = rasterization(g.means, log_s.exp(), torch.sigmoid(g.opacity_logits),
-                                            g.colors.clamp(0, 1), sub.viewmats, sub.Ks, sub.width, sub.height)
+        rgb = g.render(sub)
         loss = l1_dssim_loss(rgb, target[views], settings.lambda_dssim)
         opt.adam.zero_grad(set_to_none=True)
         loss.backward()
@@ -285,12 +271,11 @@ def reconstruct_static(dataset: VideoDataset, settings: StaticSettings, progress
                 with torch.no_grad():
                     jitter = 0.5 * settings.scale * torch.randn(n_clones, 3, generator=gen)
                     g.means[-n_clones:] += jitter.to(g.means.dtype)
-            log_s = g.log_scales
             grad_sum = torch.zeros(len(g), dtype=torch.float64)
             grad_count = torch.zeros(len(g), dtype=torch.float64)
         value = loss.item()
         if not math.isfinite(value):
-            raise ValueError(f"static reconstruction diverged at iteration {it} (loss {value})")
+            raise SgausError(f"static reconstruction diverged at iteration {it} (loss {value})")
         if progress:
             bar.set_postfix(loss=f"{value:.4f}", n=len(g), refresh=False)
         if callback is not None:
@@ -323,11 +308,8 @@ def _densify_and_prune(g: Gaussians, grad_sum, grad_count, settings: StaticSetti
 # ----------------------------------------------------------------------------- the command
 def render_views(g: Gaussians, cams: Cameras) -> torch.Tensor:
     """RGB renders [C,H,W,3] on black, one camera at a time (bounded memory)."""
-    from render import rasterization
-
     with torch.no_grad():
-        return torch.cat([rasterization(g.means, g.scales(), g.opacities(), g.rgb(), cams.viewmats[c:c + 1],
-                                        cams.Ks[c:c + 1], cams.width, cams.height)[0] for c in range(len(cams))])
+        return torch.cat([g.render(cams[c]) for c in range(len(cams))])
 
 
 def comparison_grid(renders: torch.Tensor, targets: torch.Tensor, pairs_per_row: int = 2) -> torch.Tensor:
@@ -356,9 +338,9 @@ def reconstruct_to_dir(data, out, settings: StaticSettings, image_size: int | No
 
     import imageio.v3 as iio
 
-    from pipeline.atomic import write_bytes, write_json
-    from pipeline.datasets import load_dataset
-    from pipeline.gaussians import save_ply
+    from pipeline.data.datasets import load_dataset
+    from pipeline.data.files import write_bytes, write_json
+    from pipeline.data.gaussians import save_ply
     from render import psnr
 
     out = Path(out)
@@ -376,7 +358,7 @@ def reconstruct_to_dir(data, out, settings: StaticSettings, image_size: int | No
     targets = images[..., :3] * images[..., 3:4]
     renders = render_views(g, cams)
     values = psnr(renders, targets).tolist()
-    summary = {"data": str(Path(data).resolve()), "settings": settings.to_dict(), "n_gaussians": len(g),
+    summary = {"format": "sgaus-reconstruction/1", "data": str(Path(data).resolve()), "settings": settings.to_dict(), "n_gaussians": len(g),
                "seconds": round(seconds, 2), "image_size": [cams.width, cams.height],
                "psnr": dict(zip(cams.names, [round(v, 3) for v in values]))}
     png = iio.imwrite("<bytes>", comparison_grid(renders, targets).numpy(), extension=".png")

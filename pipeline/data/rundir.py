@@ -11,7 +11,9 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.atomic import atomic_dir, write_json
+from pipeline.data.files import atomic_dir, check_output_dir, write_json
+from pipeline.data.schema import read_json
+from taichi_sim.errors import SgausError
 
 RUN_FORMAT = "sgaus-run/1"
 
@@ -32,31 +34,50 @@ def hash_files(paths) -> str:
 
 
 class RunDir:
-    """A fit's output directory."""
+    """A fit's output directory. ``run.json`` holds its format, the dataset, the scene facts, which
+    stages the last fit ran and its ``status``: "fitting" while a fit is under way, "complete"
+    once the asset is written (so readers can refuse the asset of a fit that did not finish)."""
 
-    def __init__(self, root: str | os.PathLike, resume: bool = False, create: bool = True):
+    def __init__(self, root: str | os.PathLike, resume: bool = False, create: bool = True, overwrite: bool = False,
+                 protect=(), writer: bool = False):
+        """Open the run at ``root`` (``create``: make it when absent). A ``writer`` (a new fit) may
+        use an existing run only with ``resume`` or ``overwrite``; ``protect`` lists what it reads."""
         self.root = Path(root)
         self.resume = resume
         meta_path = self.root / "run.json"
         if meta_path.exists():
-            try:
-                meta = json.loads(meta_path.read_text())
-            except json.JSONDecodeError:
-                raise ValueError(f"{meta_path} is not valid JSON: not an sgaus run") from None
+            meta = read_json(meta_path, dict)
             if meta.get("format") != RUN_FORMAT:
-                raise ValueError(
+                raise SgausError(
                     f"{self.root} was written by another version of sgaus "
                     f"(format {meta.get('format')!r}, this is {RUN_FORMAT!r}); fit again into a new directory"
                 )
             self.meta = meta
+            if writer:  # a new fit into an existing run: allowed with --resume or --overwrite
+                check_output_dir(self.root, "run", overwrite=overwrite, protect=protect, allow_existing=resume)
         elif create:
-            if self.root.exists() and any(self.root.iterdir()):
-                raise ValueError(f"{self.root} exists and is not an sgaus run; choose another --out")
+            check_output_dir(self.root, "run", overwrite=overwrite, protect=protect)
             self.root.mkdir(parents=True, exist_ok=True)
             self.meta = {"format": RUN_FORMAT}
             write_json(meta_path, self.meta)
         else:
-            raise ValueError(f"{self.root} is not an sgaus run (no run.json)")
+            if not self.root.exists():
+                raise SgausError(f"no such run directory: {self.root}")
+            raise SgausError(f"{self.root} is not an sgaus run (no run.json)")
+
+    @property
+    def complete(self) -> bool:
+        """Whether the last fit into this run finished (runs older than the status field count as finished)."""
+        return self.meta.get("status", "complete") == "complete"
+
+    def require_complete(self, use_last_complete: bool = False) -> None:
+        """Refuse the run when its last fit did not finish, unless the caller asks for the last
+        complete asset (the asset is only ever replaced whole, at the end of a fit)."""
+        if self.complete or use_last_complete:
+            return
+        data = self.meta.get("data", "DATA")
+        raise SgausError(f"the last fit into {self.root} did not finish: finish it with `sgaus fit {data} --out "
+                         f"{self.root} --resume`, or pass --last-complete to use the asset of the last finished fit")
 
     def update_meta(self, **kv) -> None:
         self.meta.update(kv)
@@ -66,19 +87,22 @@ class RunDir:
         return self.root / "stages" / name
 
     def stage_key(self, name: str) -> str | None:
-        path = self.stage_dir(name) / "stage.json"
-        if not path.exists():
-            return None
+        """The key a stage was saved with (None: not saved, or its stage.json is unreadable)."""
         try:
-            return json.loads(path.read_text()).get("key")
-        except json.JSONDecodeError:
+            info = self.stage_json(name)
+        except SgausError:
             return None
+        return None if info is None else info.get("key")
 
     def cached(self, name: str, key: str) -> Path | None:
         """The stage's directory when --resume is on and its saved key matches ``key``."""
         if self.resume and self.stage_key(name) == key:
             return self.stage_dir(name)
         return None
+
+    def stage_json(self, name: str) -> dict | None:
+        path = self.stage_dir(name) / "stage.json"
+        return read_json(path, dict) if path.exists() else None
 
     @contextlib.contextmanager
     def write_stage(self, name: str, key: str, info: dict | None = None) -> Iterator[Path]:

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.atomic import write_bytes
+from pipeline.data.files import write_bytes
+from taichi_sim.errors import SgausError
 
 SH_C0 = 0.28209479177387814
 PLY_FIELDS = ("x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
@@ -47,13 +48,13 @@ class Gaussians:
     def __post_init__(self) -> None:
         n = self.means.shape[0] if self.means.ndim == 2 else -1
         if self.means.ndim != 2 or self.means.shape[1] != 3:
-            raise ValueError(f"Gaussians: means must be [N,3], got {list(self.means.shape)}")
+            raise SgausError(f"Gaussians: means must be [N,3], got {list(self.means.shape)}")
         if self.log_scales.shape not in ((n,), (n, 3)):
-            raise ValueError(f"Gaussians: log_scales must be [N] or [N,3] with N={n}, got {list(self.log_scales.shape)}")
+            raise SgausError(f"Gaussians: log_scales must be [N] or [N,3] with N={n}, got {list(self.log_scales.shape)}")
         if self.colors.shape != (n, 3):
-            raise ValueError(f"Gaussians: colors must be [N,3] with N={n}, got {list(self.colors.shape)}")
+            raise SgausError(f"Gaussians: colors must be [N,3] with N={n}, got {list(self.colors.shape)}")
         if self.opacity_logits.shape != (n,):
-            raise ValueError(f"Gaussians: opacity_logits must be [N] with N={n}, got {list(self.opacity_logits.shape)}")
+            raise SgausError(f"Gaussians: opacity_logits must be [N] with N={n}, got {list(self.opacity_logits.shape)}")
 
     def __len__(self) -> int:
         return self.means.shape[0]
@@ -85,16 +86,29 @@ class Gaussians:
         """The Gaussians selected by a boolean mask [N] or an index tensor/list (detached copies)."""
         index = torch.as_tensor(index)
         if index.dtype == torch.bool and index.shape != (len(self),):
-            raise ValueError(f"Gaussians.subset: a mask must be [N] with N={len(self)}, got {list(index.shape)}")
+            raise SgausError(f"Gaussians.subset: a mask must be [N] with N={len(self)}, got {list(index.shape)}")
         return Gaussians(*(t.detach()[index].clone() for t in self.tensors()))
 
     def to(self, dtype=None, device=None) -> "Gaussians":
         return Gaussians(*(t.to(dtype=dtype, device=device) for t in self.tensors()))
 
-    @staticmethod
-    def cat(parts: list["Gaussians"]) -> "Gaussians":
-        """Concatenate detached copies of several sets (all isotropic or all not)."""
-        return Gaussians(*(torch.cat([p.tensors()[i].detach() for p in parts]) for i in range(4)))
+    def render(self, cams, means: torch.Tensor | None = None, background=None) -> torch.Tensor:
+        """RGB renders [C,H,W,3] of these Gaussians placed at ``means`` [N,3] (default: their own
+        centres) seen by ``cams`` (pipeline.data.cameras.Cameras), on black unless ``background``."""
+        return self.render_with_alpha(cams, means, background)[0]
+
+    def render_with_alpha(self, cams, means: torch.Tensor | None = None, background=None):
+        """(RGB [C,H,W,3], alpha [C,H,W,1]) of :meth:`render`."""
+        rgb, alpha, _depth = self.render_full(cams, means, background)
+        return rgb, alpha
+
+    def render_full(self, cams, means: torch.Tensor | None = None, background=None):
+        """(RGB [C,H,W,3], alpha [C,H,W,1], depth [C,H,W,1]) of :meth:`render`; depth is the
+        expected camera-space z where alpha > 0 (render.rasterization)."""
+        from render import rasterization
+
+        return rasterization(self.means if means is None else means, self.scales(), self.opacities(), self.rgb(),
+                             cams.viewmats, cams.Ks, cams.width, cams.height, background=background)
 
 
 # ----------------------------------------------------------------------------- PLY
@@ -134,15 +148,15 @@ _PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short":
 def _read_header(path: Path, data: bytes) -> tuple[int, np.dtype, int]:
     """Parse the header: (vertex count, vertex dtype, offset of the vertex data)."""
     if not data.startswith(b"ply\n") and not data.startswith(b"ply\r\n"):
-        raise ValueError(f"{path}: not a PLY file (no 'ply' magic line)")
+        raise SgausError(f"{path}: not a PLY file (no 'ply' magic line)")
     end = data.find(b"end_header")
     if end < 0:
-        raise ValueError(f"{path}: malformed PLY header (no end_header)")
+        raise SgausError(f"{path}: malformed PLY header (no end_header)")
     offset = data.find(b"\n", end) + 1
     try:
         lines = data[:end].decode("ascii").split("\n")[1:]
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: malformed PLY header (not ASCII)") from None
+        raise SgausError(f"{path}: malformed PLY header (not ASCII)") from None
     fmt, n, fields, element = None, None, [], None
     for line in (ln.strip() for ln in lines):
         words = line.split()
@@ -152,33 +166,33 @@ def _read_header(path: Path, data: bytes) -> tuple[int, np.dtype, int]:
             fmt = words[1:]
         elif words[0] == "element":
             if len(words) != 3:
-                raise ValueError(f"{path}: malformed PLY header line {line!r}")
+                raise SgausError(f"{path}: malformed PLY header line {line!r}")
             if element is None and words[1] != "vertex":
-                raise ValueError(f"{path}: the first PLY element must be 'vertex', got {words[1]!r}")
+                raise SgausError(f"{path}: the first PLY element must be 'vertex', got {words[1]!r}")
             element = words[1]
             if element == "vertex":
                 try:
                     n = int(words[2])
                 except ValueError:
-                    raise ValueError(f"{path}: malformed vertex count {words[2]!r}") from None
+                    raise SgausError(f"{path}: malformed vertex count {words[2]!r}") from None
         elif words[0] == "property":
             if element != "vertex":
                 continue
             if len(words) != 3 or words[1] == "list":
-                raise ValueError(f"{path}: unsupported vertex property {line!r}")
+                raise SgausError(f"{path}: unsupported vertex property {line!r}")
             if words[1] not in _PLY_TYPES:
-                raise ValueError(f"{path}: unknown PLY type {words[1]!r}")
+                raise SgausError(f"{path}: unknown PLY type {words[1]!r}")
             fields.append((words[2], "<" + _PLY_TYPES[words[1]]))
         else:
-            raise ValueError(f"{path}: malformed PLY header line {line!r}")
+            raise SgausError(f"{path}: malformed PLY header line {line!r}")
     if fmt != ["binary_little_endian", "1.0"]:
-        raise ValueError(f"{path}: only binary little-endian PLY files are read, got format {' '.join(fmt or ['?'])}")
+        raise SgausError(f"{path}: only binary little-endian PLY files are read, got format {' '.join(fmt or ['?'])}")
     if n is None or n < 0:
-        raise ValueError(f"{path}: PLY file without a vertex element")
+        raise SgausError(f"{path}: PLY file without a vertex element")
     try:
         dtype = np.dtype(fields)
     except ValueError:
-        raise ValueError(f"{path}: duplicate vertex property names") from None
+        raise SgausError(f"{path}: duplicate vertex property names") from None
     return n, dtype, offset
 
 
@@ -193,9 +207,9 @@ def load_ply(path) -> Gaussians:
     needed = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0")
     missing = [name for name in needed if name not in dtype.names]
     if missing:
-        raise ValueError(f"{path}: not a 3DGS PLY file (missing vertex properties {', '.join(missing)})")
+        raise SgausError(f"{path}: not a 3DGS PLY file (missing vertex properties {', '.join(missing)})")
     if len(data) - offset < n * dtype.itemsize:
-        raise ValueError(f"{path}: truncated PLY file ({len(data) - offset} bytes of vertex data, "
+        raise SgausError(f"{path}: truncated PLY file ({len(data) - offset} bytes of vertex data, "
                          f"{n * dtype.itemsize} expected)")
     table = np.frombuffer(data, dtype=dtype, count=n, offset=offset)
 
@@ -214,10 +228,10 @@ def load_ply(path) -> Gaussians:
             q = col("rot_0", "rot_1", "rot_2", "rot_3").double()
             q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
             if not torch.all(q[:, 0].abs() > 1 - 1e-6):
-                raise ValueError(f"{path}: rotated anisotropic Gaussians are not supported (rot is not the identity)")
+                raise SgausError(f"{path}: rotated anisotropic Gaussians are not supported (rot is not the identity)")
     else:
         log_s = col("scale_0")[:, 0]
     values = torch.cat([means, log_s.reshape(n, -1), colors, opacity[:, None]], dim=1)
     if not torch.isfinite(values).all():
-        raise ValueError(f"{path}: PLY file holds non-finite values")
+        raise SgausError(f"{path}: PLY file holds non-finite values")
     return Gaussians(means=means, log_scales=log_s, colors=colors, opacity_logits=opacity)

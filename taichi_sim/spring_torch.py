@@ -1,9 +1,9 @@
-"""Plain-PyTorch twin of the spring-mass simulator (taichi_sim/spring_mass.py).
+"""Plain-PyTorch twin of the spring-mass simulator (taichi_sim/spring_rollout.py).
 
-Same signature and semantics as :func:`taichi_sim.spring_mass.rollout`; gradients come from
+Same signature and semantics as :func:`taichi_sim.spring_rollout.rollout`; gradients come from
 PyTorch autograd over a vectorised [N,K,3] substep. It is the reference that the Taichi kernels
 and their hand-written gradients are tested against, and the baseline of benchmarks/bench_sim.py.
-With ``checkpoint`` each frame is recomputed during backward (torch.utils.checkpoint).
+With ``Integrator.checkpoint`` each frame is recomputed during backward (torch.utils.checkpoint).
 """
 from __future__ import annotations
 
@@ -14,7 +14,11 @@ from tqdm.auto import tqdm
 from taichi_sim.spring_kernels import (
     P_DEAD, P_DT, P_G, P_GN, P_GP, P_HAS_GROUND, P_INV_MASS, P_PK, P_ZETA0, TINY,
 )
-from taichi_sim.spring_mass import Prepared, SpringModel, check_state, prepare
+from taichi_sim.spring_model import SpringModel
+from taichi_sim.spring_params import SpringParams
+from taichi_sim.spring_rollout import (
+    Integrator, RolloutInputs, SpringState, Trajectory, check_state, prepare_inputs,
+)
 
 
 def substep(x: torch.Tensor, v: torch.Tensor, neighbors: torch.Tensor, rest_length: torch.Tensor,
@@ -51,14 +55,13 @@ def substep(x: torch.Tensor, v: torch.Tensor, neighbors: torch.Tensor, rest_leng
     return xh, vh
 
 
-def _frame(x, v, stiffness, eta, friction, prep: Prepared):
+def _frame(x, v, stiffness, eta, friction, prep: RolloutInputs):
     for _ in range(prep.substeps):
         x, v = substep(x, v, prep.neighbors, prep.rest_length, stiffness, eta, friction, prep.prm, prep.law)
     return x, v
 
 
-def simulate_prepared(prep: Prepared, checkpoint: bool = True, progress: bool = False):
-    """Rollout of already validated inputs (see taichi_sim.spring_mass.prepare)."""
+def _simulate(prep: RolloutInputs, checkpoint: bool, progress: bool):
     x, v = prep.x0, prep.v0
     positions = [x]
     grad = torch.is_grad_enabled() and any(
@@ -74,9 +77,9 @@ def simulate_prepared(prep: Prepared, checkpoint: bool = True, progress: bool = 
     return torch.stack(positions), (v if prep.n_frames else v.clone())
 
 
-def rollout(model: SpringModel, x0: torch.Tensor, v0: torch.Tensor, log_stiffness: torch.Tensor,
-            kappa: torch.Tensor, friction_logit: torch.Tensor, n_frames: int, substeps: int | None = None,
-            checkpoint: bool = True, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """The plain-PyTorch :func:`taichi_sim.spring_mass.rollout` (same arguments and results)."""
-    prep = prepare(model, x0, v0, log_stiffness, kappa, friction_logit, n_frames, substeps)
-    return simulate_prepared(prep, checkpoint=checkpoint, progress=progress)
+def rollout(model: SpringModel, params: SpringParams, state0: SpringState, n_frames: int,
+            integrator: Integrator, progress: bool = False) -> Trajectory:
+    """The plain-PyTorch :func:`taichi_sim.spring_rollout.rollout` (same arguments and results)."""
+    prep = prepare_inputs(model, params, state0, n_frames, integrator)
+    positions, v_last = _simulate(prep, integrator.checkpoint, progress)
+    return Trajectory(positions, v_last, integrator.substeps)

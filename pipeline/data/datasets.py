@@ -13,8 +13,8 @@ Layouts :func:`load_dataset` recognises, by the file found in the dataset direct
 ``all_data.json``    PAC-NeRF: a list of ``{file_path, c2w (3x4 OpenGL), intrinsic (3x3), time}``;
                      entries with the same pose form one camera, frames are the sorted times.
 
-A ``scene.json`` beside it (written by ``sgaus generate-mpm``) is read into ``scene``.
-Pixel convention: the centre of pixel (u, v) is at (u + 0.5, v + 0.5) (see pipeline.cameras),
+A ``scene.json`` beside it (written by ``sgaus generate-mpm``) is read into ``scene`` (pipeline.data.scene).
+Pixel convention: the centre of pixel (u, v) is at (u + 0.5, v + 0.5) (see pipeline.data.cameras),
 which is nerfstudio's too, so ``cx = w / 2`` is the image centre in both.
 """
 from __future__ import annotations
@@ -28,8 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.atomic import write_json
-from pipeline.cameras import Cameras
+from pipeline.data.cameras import Cameras
+from pipeline.data.files import write_json
+from pipeline.data.schema import integer, matrix, number, read_json
+from pipeline.data.scene import SceneInfo, read_scene
+from taichi_sim.errors import SgausError
 
 LAYOUTS = ("transforms.json", "camera.json", "all_data.json")
 
@@ -44,9 +47,9 @@ def write_transforms(out_dir, cameras: Cameras, n_frames: int, frame_dt: float,
     Returns the path of the file."""
     n_frames = int(n_frames)
     if n_frames <= 0:
-        raise ValueError(f"write_transforms: n_frames must be positive, got {n_frames}")
+        raise SgausError(f"write_transforms: n_frames must be positive, got {n_frames}")
     if not (frame_dt > 0 and math.isfinite(frame_dt)):
-        raise ValueError(f"write_transforms: frame_dt must be a positive number, got {frame_dt}")
+        raise SgausError(f"write_transforms: frame_dt must be a positive number, got {frame_dt}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     Ks = cameras.Ks.double()
@@ -88,7 +91,7 @@ class VideoDataset:
     cameras: Cameras
     n_frames: int
     frame_dt: float | None
-    scene: dict | None
+    scene: SceneInfo | None
     layout: str
     files: list[list[Path]] = field(repr=False)
     masks: list[list[Path | None]] = field(repr=False)
@@ -98,7 +101,7 @@ class VideoDataset:
             return self.cameras.index(camera)
         c = int(camera)
         if not 0 <= c < len(self.cameras):
-            raise ValueError(f"camera index {c} out of range (the dataset has {len(self.cameras)} cameras)")
+            raise SgausError(f"camera index {c} out of range (the dataset has {len(self.cameras)} cameras)")
         return c
 
     def image(self, camera, frame: int, scale: float = 1.0) -> torch.Tensor:
@@ -109,18 +112,18 @@ class VideoDataset:
         c = self._camera_index(camera)
         frame = int(frame)
         if not 0 <= frame < self.n_frames:
-            raise ValueError(f"frame {frame} out of range (the dataset has {self.n_frames} frames)")
+            raise SgausError(f"frame {frame} out of range (the dataset has {self.n_frames} frames)")
         path = self.files[c][frame]
         img = _read_image(path)
         if img.shape[0] != self.cameras.height or img.shape[1] != self.cameras.width:
-            raise ValueError(f"{path}: image is {img.shape[1]}x{img.shape[0]}, the dataset's cameras are "
+            raise SgausError(f"{path}: image is {img.shape[1]}x{img.shape[0]}, the dataset's cameras are "
                              f"{self.cameras.width}x{self.cameras.height}")
         if img.shape[2] == 3:
             mask_path = self.masks[c][frame]
             if mask_path is not None and mask_path.is_file():
                 mask = _read_image(mask_path)
                 if mask.shape[:2] != img.shape[:2]:
-                    raise ValueError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, its image is "
+                    raise SgausError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, its image is "
                                      f"{img.shape[1]}x{img.shape[0]}")
                 alpha = mask[..., 3:4] if mask.shape[2] == 4 else mask[..., :1]
             else:
@@ -139,7 +142,7 @@ class VideoDataset:
     def cameras_at(self, scale: float) -> Cameras:
         """The cameras for images resized by ``scale``."""
         if not (scale > 0 and math.isfinite(scale)):
-            raise ValueError(f"image scale must be a positive number, got {scale}")
+            raise SgausError(f"image scale must be a positive number, got {scale}")
         return self.cameras if scale == 1.0 else self.cameras.scaled(scale)
 
 
@@ -152,7 +155,7 @@ def _read_image(path: Path) -> np.ndarray:
     try:
         raw = iio.imread(path)
     except Exception as err:  # imageio raises many kinds for a broken file
-        raise ValueError(f"{path}: cannot read the image ({err.__class__.__name__}: {err})".splitlines()[0]) from None
+        raise SgausError(f"{path}: cannot read the image ({err.__class__.__name__}: {err})".splitlines()[0]) from None
     if raw.dtype == np.uint8:
         img = raw.astype(np.float32) / 255.0
     elif raw.dtype == np.uint16:
@@ -164,7 +167,7 @@ def _read_image(path: Path) -> np.ndarray:
     if img.ndim == 2:
         img = img[..., None]
     if img.ndim != 3 or img.shape[2] not in (1, 2, 3, 4):
-        raise ValueError(f"{path}: unsupported image shape {raw.shape}")
+        raise SgausError(f"{path}: unsupported image shape {raw.shape}")
     if img.shape[2] == 1:
         img = np.repeat(img, 3, axis=2)
     elif img.shape[2] == 2:
@@ -193,41 +196,10 @@ def _image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as im:
             return im.size
     except Exception as err:
-        raise ValueError(f"{path}: cannot read the image ({err.__class__.__name__})") from None
+        raise SgausError(f"{path}: cannot read the image ({err.__class__.__name__})") from None
 
 
 # ----------------------------------------------------------------------------- readers
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: malformed JSON ({err.msg} at line {err.lineno})") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a text file") from None
-
-
-def _matrix(value, shapes: tuple[tuple[int, int], ...], what: str, path: Path) -> np.ndarray:
-    try:
-        m = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{path}: {what} is not a numeric matrix") from None
-    if m.shape not in shapes:
-        wanted = " or ".join("x".join(map(str, s)) for s in shapes)
-        raise ValueError(f"{path}: {what} must be {wanted}, got shape {m.shape}")
-    if not np.all(np.isfinite(m)):
-        raise ValueError(f"{path}: {what} holds non-finite values")
-    return m
-
-
-def _number(entry: dict, key: str, path: Path, where: str) -> float:
-    if key not in entry:
-        raise ValueError(f"{path}: '{key}' missing ({where})")
-    try:
-        return float(entry[key])
-    except (TypeError, ValueError):
-        raise ValueError(f"{path}: '{key}' must be a number ({where})") from None
-
-
 def _check_sizes(files: list[list[Path]], width: int | None, height: int | None, source: Path) -> tuple[int, int]:
     """Check frame 0 of every camera exists and all share one size; return (width, height)."""
     for row in files:
@@ -235,70 +207,73 @@ def _check_sizes(files: list[list[Path]], width: int | None, height: int | None,
         if width is None:
             width, height = w, h
         elif (w, h) != (width, height):
-            raise ValueError(f"{row[0]}: image is {w}x{h}, expected {width}x{height} (from {source.name})")
+            raise SgausError(f"{row[0]}: image is {w}x{h}, expected {width}x{height} (from {source.name})")
     return int(width), int(height)
 
 
 def _assemble(root: Path, source: Path, per_camera: dict, what: str) -> tuple[list, list, int]:
     """per_camera: name -> {frame: (image, mask)}; every camera needs frames 0..n-1."""
     if not per_camera:
-        raise ValueError(f"{source}: no frames listed")
+        raise SgausError(f"{source}: no frames listed")
     n_frames = max(max(frames) for frames in per_camera.values()) + 1
     files, masks = [], []
     for name, frames in per_camera.items():
         if 0 not in frames:
-            raise ValueError(f"{source}: camera {name!r} has no frame 0")
+            raise SgausError(f"{source}: camera {name!r} has no frame 0")
         missing = [f for f in range(n_frames) if f not in frames]
         if missing:
-            raise ValueError(f"{source}: camera {name!r} lacks frame {missing[0]} of {n_frames} ({what})")
+            raise SgausError(f"{source}: camera {name!r} lacks frame {missing[0]} of {n_frames} ({what})")
         files.append([frames[f][0] for f in range(n_frames)])
         masks.append([frames[f][1] for f in range(n_frames)])
     return files, masks, n_frames
 
 
 def _load_transforms(root: Path, path: Path):
-    doc = _read_json(path)
+    doc = read_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("frames"), list):
-        raise ValueError(f"{path}: expected an object with a 'frames' list")
+        raise SgausError(f"{path}: expected an object with a 'frames' list")
     if not doc["frames"]:
-        raise ValueError(f"{path}: 'frames' is empty")
+        raise SgausError(f"{path}: 'frames' is empty")
     per_camera: dict = {}
     poses: dict = {}
     Ks: dict = {}
     times: dict = {}
-    width = int(doc["w"]) if "w" in doc else None
-    height = int(doc["h"]) if "h" in doc else None
+    width = integer(doc["w"], "'w'", path, low=1) if doc.get("w") is not None else None
+    height = integer(doc["h"], "'h'", path, low=1) if doc.get("h") is not None else None
     for i, entry in enumerate(doc["frames"]):
         where = f"frames[{i}]"
         if not isinstance(entry, dict) or "file_path" not in entry or "transform_matrix" not in entry:
-            raise ValueError(f"{path}: {where} needs 'file_path' and 'transform_matrix'")
+            raise SgausError(f"{path}: {where} needs 'file_path' and 'transform_matrix'")
         name = str(entry.get("camera", f"view_{i:03d}"))
         try:
             f = int(entry.get("frame", 0))
         except (TypeError, ValueError):
-            raise ValueError(f"{path}: {where} 'frame' must be an integer") from None
+            raise SgausError(f"{path}: {where} 'frame' must be an integer") from None
         if f < 0:
-            raise ValueError(f"{path}: {where} has a negative frame index {f}")
+            raise SgausError(f"{path}: {where} has a negative frame index {f}")
         if f in per_camera.setdefault(name, {}):
-            raise ValueError(f"{path}: camera {name!r} lists frame {f} twice")
+            raise SgausError(f"{path}: camera {name!r} lists frame {f} twice")
         mask = root / entry["mask_path"] if entry.get("mask_path") else None
         per_camera[name][f] = (root / entry["file_path"], mask)
         src = entry if "fl_x" in entry else doc
-        K = np.array([[_number(src, "fl_x", path, where), 0.0, _number(src, "cx", path, where)],
-                      [0.0, _number(src, "fl_y", path, where) if "fl_y" in src else float(src["fl_x"]),
-                       _number(src, "cy", path, where)],
+        fx = number(src, "fl_x", path, where, positive=True)
+        K = np.array([[fx, 0.0, number(src, "cx", path, where)],
+                      [0.0, number(src, "fl_y", path, where, positive=True) if "fl_y" in src else fx,
+                       number(src, "cy", path, where)],
                       [0.0, 0.0, 1.0]])
-        c2w = _matrix(entry["transform_matrix"], ((4, 4), (3, 4)), f"{where} transform_matrix", path)
+        c2w = matrix(entry["transform_matrix"], ((4, 4), (3, 4)), f"{where} transform_matrix", path)
+        check_camera(K, c2w, f"{where} transform_matrix", path)
         if f == 0:
             poses[name], Ks[name] = c2w, K
         if "time" in entry:
-            times[f] = _number(entry, "time", path, where)
-        if "w" in entry:
-            w, h = int(entry["w"]), int(entry["h"])
+            times[f] = number(entry, "time", path, where)
+        if entry.get("w") is not None:
+            w = integer(entry["w"], f"{where} 'w'", path, low=1)
+            h = integer(entry.get("h"), f"{where} 'h'", path, low=1)
             if width is None:
                 width, height = w, h
             elif (w, h) != (width, height):
-                raise ValueError(f"{path}: {where} is {w}x{h}, other frames are {width}x{height}")
+                raise SgausError(f"{path}: {where} is {w}x{h}, other frames are {width}x{height}")
     files, masks, n_frames = _assemble(root, path, per_camera, "transforms.json")
     names = list(per_camera)
     width, height = _check_sizes(files, width, height, path)
@@ -308,6 +283,14 @@ def _load_transforms(root: Path, path: Path):
     if frame_dt is None and n_frames > 1 and 0 in times and 1 in times:
         frame_dt = times[1] - times[0]
     return cams, files, masks, n_frames, (float(frame_dt) if frame_dt else None)
+
+
+def check_camera(K: np.ndarray, c2w: np.ndarray, what: str, path: Path) -> None:
+    """A pinhole camera sgaus can use: positive focal lengths, an invertible rotation part."""
+    if not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise SgausError(f"{path}: the focal lengths must be positive, got fx={K[0, 0]:g}, fy={K[1, 1]:g}")
+    if abs(np.linalg.det(c2w[:3, :3])) < 1e-9:
+        raise SgausError(f"{path}: {what} has a singular rotation part (not a camera pose)")
 
 
 def _as4x4(m: np.ndarray) -> np.ndarray:
@@ -320,20 +303,21 @@ _FRAME_FILE = re.compile(r"^(\d+)\.png$", re.IGNORECASE)
 
 
 def _load_camera_json(root: Path, path: Path):
-    doc = _read_json(path)
+    doc = read_json(path)
     if not isinstance(doc, list) or not doc:
-        raise ValueError(f"{path}: expected a non-empty list of {{camera, K, c2w}}")
+        raise SgausError(f"{path}: expected a non-empty list of {{camera, K, c2w}}")
     names, poses, Ks, per_camera = [], [], [], {}
     for i, entry in enumerate(doc):
         where = f"entry {i}"
         if not isinstance(entry, dict) or not {"camera", "K", "c2w"} <= set(entry):
-            raise ValueError(f"{path}: {where} needs 'camera', 'K' and 'c2w'")
+            raise SgausError(f"{path}: {where} needs 'camera', 'K' and 'c2w'")
         name = str(entry["camera"])
         if name in per_camera:
-            raise ValueError(f"{path}: camera {name!r} is listed twice")
+            raise SgausError(f"{path}: camera {name!r} is listed twice")
         names.append(name)
-        Ks.append(_matrix(entry["K"], ((3, 3),), f"{where} K", path))
-        poses.append(_as4x4(_matrix(entry["c2w"], ((4, 4), (3, 4)), f"{where} c2w", path)))
+        Ks.append(matrix(entry["K"], ((3, 3),), f"{where} K", path))
+        poses.append(_as4x4(matrix(entry["c2w"], ((4, 4), (3, 4)), f"{where} c2w", path)))
+        check_camera(Ks[-1], poses[-1], f"{where} c2w", path)
         folder = root / name
         if not folder.is_dir():
             raise FileNotFoundError(f"image folder of camera {name!r} not found: {folder}")
@@ -343,7 +327,7 @@ def _load_camera_json(root: Path, path: Path):
             if m:
                 frames[int(m.group(1))] = (p, None)
         if not frames:
-            raise ValueError(f"{folder}: camera {name!r} has no frames (<frame:03d>.png)")
+            raise SgausError(f"{folder}: camera {name!r} has no frames (<frame:03d>.png)")
         per_camera[name] = frames
     files, masks, n_frames = _assemble(root, path, per_camera, "camera.json")
     width, height = _check_sizes(files, None, None, path)
@@ -355,17 +339,18 @@ _PAC_FILE = re.compile(r"r_(\d+)_(\d+)\.", re.IGNORECASE)
 
 
 def _load_all_data(root: Path, path: Path):
-    doc = _read_json(path)
+    doc = read_json(path)
     if not isinstance(doc, list) or not doc:
-        raise ValueError(f"{path}: expected a non-empty list of {{file_path, c2w, intrinsic, time}}")
+        raise SgausError(f"{path}: expected a non-empty list of {{file_path, c2w, intrinsic, time}}")
     entries = []
     for i, entry in enumerate(doc):
         where = f"entry {i}"
         if not isinstance(entry, dict) or not {"file_path", "c2w", "intrinsic", "time"} <= set(entry):
-            raise ValueError(f"{path}: {where} needs 'file_path', 'c2w', 'intrinsic' and 'time'")
-        c2w = _as4x4(_matrix(entry["c2w"], ((3, 4), (4, 4)), f"{where} c2w", path))
-        K = _matrix(entry["intrinsic"], ((3, 3),), f"{where} intrinsic", path)
-        entries.append((root / entry["file_path"], c2w, K, _number(entry, "time", path, where)))
+            raise SgausError(f"{path}: {where} needs 'file_path', 'c2w', 'intrinsic' and 'time'")
+        c2w = _as4x4(matrix(entry["c2w"], ((3, 4), (4, 4)), f"{where} c2w", path))
+        K = matrix(entry["intrinsic"], ((3, 3),), f"{where} intrinsic", path)
+        check_camera(K, c2w, f"{where} c2w", path)
+        entries.append((root / entry["file_path"], c2w, K, number(entry, "time", path, where)))
     times = sorted({t for *_, t in entries})
     frame_of = {t: f for f, t in enumerate(times)}
     # one camera per distinct pose and intrinsics, in order of first appearance
@@ -383,7 +368,7 @@ def _load_all_data(root: Path, path: Path):
         name = names[keys[key]]
         f = frame_of[t]
         if f in per_camera.setdefault(name, {}):
-            raise ValueError(f"{path}: camera {name!r} has two images at time {t}")
+            raise SgausError(f"{path}: camera {name!r} has two images at time {t}")
         per_camera[name][f] = (file, None)
     if len(set(names)) != len(names):
         names = [f"cam_{i:02d}" for i in range(len(names))]
@@ -407,18 +392,14 @@ def load_dataset(path) -> VideoDataset:
         if not path.exists():
             raise FileNotFoundError(f"dataset not found: {path}")
         if not path.is_dir():
-            raise ValueError(f"{path}: not a dataset directory (nor one of {', '.join(LAYOUTS)})")
+            raise SgausError(f"{path}: not a dataset directory (nor one of {', '.join(LAYOUTS)})")
         root = path
         layout = next((name for name in LAYOUTS if (path / name).is_file()), None)
         if layout is None:
             raise FileNotFoundError(f"{path}: no dataset file found (looked for {', '.join(LAYOUTS)})")
     cams, files, masks, n_frames, frame_dt = _READERS[layout](root, root / layout)
-    scene = None
-    if (root / "scene.json").is_file():
-        scene = _read_json(root / "scene.json")
-        if not isinstance(scene, dict):
-            raise ValueError(f"{root / 'scene.json'}: expected a JSON object")
-        if frame_dt is None and scene.get("frame_dt"):
-            frame_dt = float(scene["frame_dt"])
+    scene = read_scene(root)
+    if frame_dt is None and scene is not None and scene.frame_dt:
+        frame_dt = scene.frame_dt
     return VideoDataset(root=root, cameras=cams, n_frames=n_frames, frame_dt=frame_dt, scene=scene, layout=layout,
                         files=files, masks=masks)

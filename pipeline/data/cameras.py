@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from taichi_sim.errors import SgausError
 
 # OpenGL camera axes -> OpenCV camera axes (flip y and z).
 _GL_TO_CV = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
@@ -37,16 +38,16 @@ class Cameras:
         if self.Ks.ndim == 2:
             self.Ks = self.Ks[None].expand(len(self.viewmats), 3, 3).clone()
         if self.viewmats.shape[1:] != (4, 4) or self.Ks.shape[1:] != (3, 3):
-            raise ValueError("cameras need viewmats [C,4,4] and Ks [C,3,3]")
+            raise SgausError("cameras need viewmats [C,4,4] and Ks [C,3,3]")
         if len(self.viewmats) != len(self.Ks):
-            raise ValueError(f"{len(self.viewmats)} camera poses but {len(self.Ks)} intrinsics")
+            raise SgausError(f"{len(self.viewmats)} camera poses but {len(self.Ks)} intrinsics")
         if int(self.width) <= 0 or int(self.height) <= 0:
-            raise ValueError(f"image size must be positive, got {self.width} x {self.height}")
+            raise SgausError(f"image size must be positive, got {self.width} x {self.height}")
         self.width, self.height = int(self.width), int(self.height)
         if not self.names:
             self.names = [f"cam_{i:02d}" for i in range(len(self.viewmats))]
         if len(self.names) != len(self.viewmats):
-            raise ValueError("one name per camera is needed")
+            raise SgausError("one name per camera is needed")
 
     def __len__(self) -> int:
         return len(self.viewmats)
@@ -63,7 +64,7 @@ class Cameras:
         try:
             return self.names.index(name)
         except ValueError:
-            raise ValueError(f"no camera named {name!r} (cameras: {', '.join(self.names)})") from None
+            raise SgausError(f"no camera named {name!r} (cameras: {', '.join(self.names)})") from None
 
     def to(self, device) -> "Cameras":
         return Cameras(self.viewmats.to(device), self.Ks.to(device), self.width, self.height, list(self.names))
@@ -78,7 +79,7 @@ class Cameras:
             bottom = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64).expand(len(c2w), 1, 4)
             c2w = torch.cat([c2w, bottom], dim=1)
         if c2w.shape[1:] != (4, 4):
-            raise ValueError(f"camera-to-world matrices must be 4x4 or 3x4, got {tuple(c2w.shape[1:])}")
+            raise SgausError(f"camera-to-world matrices must be 4x4 or 3x4, got {tuple(c2w.shape[1:])}")
         viewmats = torch.linalg.inv(c2w @ _GL_TO_CV)
         return cls(viewmats.float(), torch.as_tensor(np.asarray(Ks), dtype=torch.float32), width, height, list(names or []))
 
@@ -142,14 +143,17 @@ def orbit_cameras(
     up=(0.0, 1.0, 0.0),
     azimuth0_deg: float = 0.0,
     elevation_jitter_deg: float = 0.0,
+    prefix: str = "cam_",
+    digits: int = 2,
 ) -> Cameras:
-    """``n`` cameras evenly spaced in azimuth on a circle around ``target`` (y up by default).
+    """``n`` cameras evenly spaced in azimuth on a circle around ``target`` (y up by default),
+    named ``prefix`` + index (``digits`` wide); as a video, one orbit over n frames.
 
     ``elevation_jitter_deg`` alternates the elevation up and down by that much, so that a ring
     of cameras also sees the object from different heights.
     """
     if n <= 0:
-        raise ValueError(f"the number of views must be positive, got {n}")
+        raise SgausError(f"the number of views must be positive, got {n}")
     target = np.asarray(target, dtype=np.float64)
     up_v = np.asarray(up, dtype=np.float64)
     up_v /= np.linalg.norm(up_v)
@@ -164,4 +168,4 @@ def orbit_cameras(
         d = math.cos(el) * (math.cos(az) * e1 + math.sin(az) * e2) + math.sin(el) * up_v
         views.append(look_at(target + radius * d, target, up_v))
     K = intrinsics_from_fov(fov_deg, width, height)
-    return Cameras(torch.stack(views), K, width, height, [f"cam_{i:02d}" for i in range(n)])
+    return Cameras(torch.stack(views), K, width, height, [f"{prefix}{i:0{digits}d}" for i in range(n)])

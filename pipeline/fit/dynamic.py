@@ -1,0 +1,208 @@
+"""Stage 5: per-anchor stiffness, the soft vector's kappa and the ground friction, fitted through
+the differentiable spring-mass simulation by rendering and comparing with the video (Eq. 18)."""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.data.files import write_json
+from pipeline.data.frames import FrameCache
+from pipeline.data.gaussians import Gaussians
+from pipeline.data.schema import read_json
+from pipeline.fit.physics import PhysicsSettings
+from render import l1_dssim_loss
+from taichi_sim.binding import Binding, apply_binding
+from taichi_sim.errors import SgausError
+from taichi_sim.spring_model import SpringModel
+from taichi_sim.spring_params import SpringParams
+from taichi_sim.spring_rollout import Integrator, SimulationUnstable, SpringState, rollout
+
+
+@dataclass(frozen=True)
+class DynamicSettings:
+    """iterations: optimisation iterations over the fitted frames; lr_stiffness, lr_kappa,
+    lr_friction: Adam learning rates, decaying exponentially to lr_decay x themselves by the last
+    iteration; grad_clip: per-parameter gradient-norm clip; lambda_dssim: D-SSIM weight (Eq. 18);
+    truncate_per_frame: the authors' mode (gradients cut at each frame, a step per frame);
+    cameras_per_frame: cameras rendered per frame and iteration; single_k: one global stiffness
+    (Table 3); substeps, max_substeps: substeps per frame, raised on instability up to the max;
+    stiffness_regions: R > 0 adds a spatially smooth field, R region values spread over the anchors
+    by Gaussian weights, learned with the per-anchor deltas (0: per-anchor deltas alone);
+    patience: stop once the loss has not improved by 0.5 % for this many iterations (0: never);
+    seed; physics: the model's constants and starting values."""
+
+    iterations: int = 40
+    lr_stiffness: float = 0.03
+    lr_kappa: float = 0.03
+    lr_friction: float = 0.05
+    lr_decay: float = 0.1
+    grad_clip: float = 1.0
+    lambda_dssim: float = 0.05
+    truncate_per_frame: bool = False
+    cameras_per_frame: int = 1
+    single_k: bool = False
+    substeps: int = 60
+    max_substeps: int = 500
+    stiffness_regions: int = 0
+    patience: int = 0
+    seed: int = 0
+    physics: PhysicsSettings = field(default_factory=PhysicsSettings)
+
+
+@dataclass
+class Dynamic:
+    params: SpringParams
+    substeps: int  # substeps per frame the fit ended with
+    losses: list
+
+
+def _clip_grads(params, max_norm: float) -> None:
+    for p in params:
+        if p.grad is not None:
+            torch.nn.utils.clip_grad_norm_([p], max_norm)
+
+
+def region_weights(points: torch.Tensor, n_regions: int, seed: int = 0) -> torch.Tensor:
+    """[N,R] row-normalised Gaussian weights from every point to R region centres chosen by
+    farthest-point sampling, with the width of the mean distance between neighbouring centres:
+    a field z [R] spread as W @ z varies smoothly over the object."""
+    from pipeline.fit.geometry import farthest_point_sampling
+
+    pts = points.detach().float()
+    centres = pts[farthest_point_sampling(pts, n_regions, seed)]
+    d2 = torch.cdist(pts, centres) ** 2
+    if len(centres) > 1:
+        cc = torch.cdist(centres, centres) + torch.eye(len(centres)) * 1e9
+        width = float(cc.min(1).values.mean())
+    else:
+        width = float((pts.max(0).values - pts.min(0).values).norm()) + 1e-6
+    w = torch.exp(-0.5 * d2 / width**2)
+    return w / w.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, frames: FrameCache, n_fit: int,
+        frame_dt: float, settings: DynamicSettings, progress: bool, desc: str = "dynamic",
+        start: SpringParams | None = None) -> Dynamic:
+    """Fit per-anchor log10 stiffness, kappa and friction on frames 0..n_fit-1 (Eq. 18 loss),
+    from ``start`` (the global search's result) or else the settings' starting values."""
+    n = model.n_anchors
+    if start is None:
+        start = settings.physics.initial_params(n)
+    start = start.detach()
+    kappa, phi = start.kappa.float(), start.friction_logit.float()
+    # log10 k_i = base + (W z)_i + delta_i: the shared base takes the summed gradient of every
+    # anchor and moves the overall stiffness quickly; the smooth region field W z and the per-anchor
+    # deltas (both absent with single_k) then capture heterogeneity. Same model as one free value
+    # per anchor, better conditioned.
+    base = start.log_stiffness.float().mean().clone().requires_grad_(True)
+    delta = (start.log_stiffness.float() - base.detach()).clone().requires_grad_(not settings.single_k)
+    regions = settings.stiffness_regions if not settings.single_k else 0
+    weights = region_weights(model.rest_positions, min(regions, n), settings.seed) if regions else None
+    z = torch.zeros(weights.shape[1] if regions else 0, dtype=torch.float32, requires_grad=bool(regions))
+    soft = settings.physics.soft_vector
+    learn = [base, phi] + ([delta] if not settings.single_k else []) + ([kappa] if soft else []) + ([z] if regions else [])
+    phi.requires_grad_(True)
+    kappa.requires_grad_(soft)
+    groups = [{"params": [base], "lr": settings.lr_stiffness}, {"params": [phi], "lr": settings.lr_friction}]
+    if not settings.single_k:
+        groups.append({"params": [delta], "lr": settings.lr_stiffness})
+    if regions:
+        groups.append({"params": [z], "lr": settings.lr_stiffness})
+    if soft:
+        groups.append({"params": [kappa], "lr": settings.lr_kappa})
+    opt = torch.optim.Adam(groups)
+    # exponential decay to lr_decay x the initial rates over the run, so Adam settles instead of
+    # oscillating around the optimum by about one learning rate
+    gamma = settings.lr_decay ** (1.0 / max(settings.iterations - 1, 1))
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
+
+    def params() -> SpringParams:
+        field_ = base + delta + (weights @ z if regions else 0.0)
+        return SpringParams(field_.clamp(0.0, 7.0), kappa, phi)
+
+    cams = frames.cameras
+    gen = random.Random(settings.seed + 2)
+    integrator = Integrator(frame_dt=frame_dt, substeps=settings.substeps, max_substeps=settings.max_substeps)
+    losses: list[float] = []
+    x_rest = model.rest_positions
+
+    def frame_loss(f, means_f):
+        cs = gen.sample(range(len(cams)), min(settings.cameras_per_frame, len(cams)))
+        return l1_dssim_loss(g.render(cams[cs], means_f), frames.rgb(f, cs), settings.lambda_dssim)
+
+    def step():
+        _clip_grads(learn, settings.grad_clip)
+        opt.step()
+        opt.zero_grad()
+
+    bar = tqdm(range(settings.iterations), desc=desc, disable=not progress, leave=False)
+    it = 0
+    while it < settings.iterations:
+        try:
+            total = 0.0
+            if settings.truncate_per_frame:
+                x, v = x_rest, v0
+                for f in range(1, n_fit):
+                    traj = rollout(model, params(), SpringState(x.detach(), v.detach()), 1, integrator)
+                    loss = frame_loss(f, apply_binding(binding, traj.positions[1]))
+                    loss.backward()
+                    step()
+                    x, v = traj.positions[1], traj.v_last
+                    total += float(loss.detach())
+                total /= n_fit - 1
+            else:
+                pos = rollout(model, params(), SpringState(x_rest, v0), n_fit - 1, integrator).positions
+                means = apply_binding(binding, pos)
+                loss = sum(frame_loss(f, means[f]) for f in range(1, n_fit)) / (n_fit - 1)
+                opt.zero_grad()
+                loss.backward()
+                step()
+                total = float(loss.detach())
+        except SimulationUnstable as err:
+            opt.zero_grad()
+            retry = integrator.more_substeps()
+            if retry is None:
+                raise SgausError(
+                    f"the fit became unstable at {integrator.substeps} substeps per frame ({err}); "
+                    f"lower init_log_stiffness or raise max_substeps"
+                ) from None
+            integrator = retry
+            bar.write(f"{desc}: simulation unstable, retrying with {integrator.substeps} substeps per frame")
+            continue
+        if not math.isfinite(total):
+            raise SgausError(f"the {desc} loss became {total} at iteration {it}; the fit is unstable")
+        losses.append(total)
+        sched.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{total:.4f}", log_k=f"{float(params().log_stiffness.detach().mean()):.2f}",
+                        friction=f"{float(torch.sigmoid(phi.detach())):.2f}", kappa=f"{float(kappa.detach()):.2f}",
+                        substeps=integrator.substeps)
+        it += 1
+        if settings.patience and len(losses) > settings.patience:
+            if min(losses[-settings.patience:]) > 0.995 * min(losses[:-settings.patience]):
+                break  # flat: no 0.5 % improvement over the last `patience` iterations
+    bar.close()
+    final = params().detach()
+    return Dynamic(final, integrator.substeps, losses)
+
+
+def save(r: Dynamic, directory: Path) -> None:
+    """fitted.json: the dynamic stage's parameters, final substeps and losses."""
+    write_json(directory / "fitted.json", {
+        "log_stiffness": r.params.log_stiffness.tolist(), "kappa": float(r.params.kappa),
+        "friction_logit": float(r.params.friction_logit), "substeps": r.substeps, "losses": r.losses})
+
+
+def load(directory: Path) -> Dynamic:
+    d = read_json(directory / "fitted.json", dict)
+    try:
+        params = SpringParams(torch.tensor(d["log_stiffness"]), torch.tensor(d["kappa"]),
+                              torch.tensor(d["friction_logit"]))
+        return Dynamic(params, int(d["substeps"]), list(d["losses"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise SgausError(f"{directory / 'fitted.json'}: not a dynamic-stage result ({err})") from None

@@ -1,0 +1,239 @@
+"""`sgaus fit`: from a multi-view video to a simulatable asset (paper Sec. 4).
+
+Stages, each saved under RUN/stages/<name>/ and keyed by a hash of its parent's key and of the
+whole stage-settings dataclass (so a setting cannot be forgotten in a key), so ``resume=True``
+continues an interrupted fit and never reuses stale work:
+
+1. static    3D Gaussians fitted to frame 0 of every view (Sec. 4.1; pipeline/fit/static.py)
+2. anchors   N_A anchors through the object's volume, k-nearest springs, binding (Eq. 4-6, 15)
+3. refine    Gaussians at their bound positions; colour, opacity, per-Gaussian scale refined
+4. velocity  the initial velocity v0, fitted on the frames before the first ground contact
+5. dynamic   per-anchor stiffness, soft-vector kappa and ground friction through the
+             differentiable spring-mass simulation (Eq. 18)
+
+The result is assembled into RUN/asset/ (pipeline/asset.py), with RUN/settings.yaml and RUN/loss.png.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.asset import Asset, save_asset
+from pipeline.data.datasets import VideoDataset, load_dataset
+from pipeline.data.files import atomic_file, write_json
+from pipeline.data.frames import FrameCache
+from pipeline.data.gaussians import load_ply, save_ply
+from pipeline.data.rundir import RunDir, hash_files, hash_key
+from pipeline.fit import anchors as anchors_stage
+from pipeline.fit import dynamic as dynamic_stage
+from pipeline.fit import refine as refine_stage
+from pipeline.fit import velocity as velocity_stage
+from pipeline.fit.geometry import detect_contact_frame
+from pipeline.fit.physics import SceneFacts, spring_model
+from pipeline.fit.static import reconstruct_static
+from pipeline.settings import FitSettings, save_settings
+from taichi_sim.binding import apply_binding
+from taichi_sim.errors import SgausError
+from taichi_sim.spring_model import vec3
+from taichi_sim.spring_rollout import Integrator
+
+
+def stage_key(name: str, parent: str, settings) -> str:
+    """The cache key of a stage: its name, its parent's key and every field of its settings."""
+    return hash_key(name, parent, dataclasses.asdict(settings))
+
+
+def scene_facts(ds: VideoDataset, settings: FitSettings, gravity=None, ground=None) -> SceneFacts:
+    scene = ds.scene
+    if gravity is None and scene is not None:
+        gravity = scene.gravity
+    if gravity is None:
+        raise SgausError(f"{ds.root}: gravity is unknown (no scene.json): give --gravity x,y,z")
+    gravity = vec3(gravity, "gravity")
+    if ground is None and scene is not None and scene.ground_point is not None:
+        ground = (scene.ground_point, scene.ground_normal)
+    if ground is None:
+        raise SgausError(f"{ds.root}: the ground plane is unknown (no scene.json): give --ground x,y,z,nx,ny,nz")
+    ground_point, ground_normal = vec3(ground[0], "ground point"), vec3(ground[1], "ground normal")
+    n = np.linalg.norm(ground_normal)
+    if n == 0:
+        raise SgausError("the ground normal must not be zero")
+    ground_normal = tuple(float(c) / n for c in ground_normal)
+    frame_dt = ds.frame_dt
+    if not frame_dt or frame_dt <= 0:
+        raise SgausError(f"{ds.root}: the frame time step is unknown (no 'time' in the dataset)")
+    fit_frames = settings.fit_frames or (scene.fit_frames if scene is not None else 0) or min(20, ds.n_frames)
+    if fit_frames < 2 or fit_frames > ds.n_frames:
+        raise SgausError(f"cannot fit {fit_frames} frames of a video with {ds.n_frames} frames (need 2 or more)")
+    contact = scene.contact_frame if scene is not None else None
+    return SceneFacts(gravity, ground_point, ground_normal, float(frame_dt), int(fit_frames), contact, ds.n_frames)
+
+
+def image_scale(ds: VideoDataset, settings: FitSettings) -> float:
+    side = max(ds.cameras.width, ds.cameras.height)
+    return 1.0 if settings.image_size <= 0 or settings.image_size >= side else settings.image_size / side
+
+
+class Fitter:
+    """Runs (or reuses, with ``resume``) the stages of one fit into the run directory ``out``."""
+
+    def __init__(self, data, out, settings: FitSettings, resume: bool = False, gravity=None, ground=None,
+                 progress: bool = True, log=print, overwrite: bool = False):
+        self.ds = load_dataset(data)
+        self.settings = settings
+        self.facts = scene_facts(self.ds, settings, gravity, ground)
+        self.run = RunDir(out, resume=resume, overwrite=overwrite, protect=[self.ds.root], writer=True)
+        self.scale = image_scale(self.ds, settings)
+        self.frames = FrameCache(self.ds, self.scale)
+        self.progress, self.log = progress, log
+        self.ran: list[str] = []
+        self.run.update_meta(data=str(Path(data).resolve()), facts=dataclasses.asdict(self.facts), status="fitting")
+        data_key = hash_files(p for p in self.ds.root.rglob('*') if p.is_file() and not p.name.startswith('.'))
+        self.root_key = hash_key("data", data_key, dataclasses.asdict(self.facts))
+
+    def _cached(self, name: str, key: str) -> Path | None:
+        return self.run.cached(name, key)
+
+    def static(self):
+        settings = self.settings.static(self.scale)
+        key = stage_key("static", self.root_key, settings)
+        hit = self._cached("static", key)
+        if hit:
+            return load_ply(hit / "gaussians.ply"), key
+        self.log("stage 1/5: static reconstruction of frame 0")
+        g = reconstruct_static(self.ds, settings, progress=self.progress)
+        with self.run.write_stage("static", key, {"gaussians": len(g)}) as d:
+            save_ply(d / "gaussians.ply", g)
+        self.ran.append("static")
+        return g, key
+
+    def anchors(self, g, parent: str):
+        settings = self.settings.anchors()
+        key = stage_key("anchors", parent, settings)
+        hit = self._cached("anchors", key)
+        if hit:
+            return anchors_stage.load(hit / "anchors.npz", len(g)), key
+        self.log(f"stage 2/5: {settings.n_anchors} anchors through the volume, {settings.k_neighbors} springs each")
+        a = anchors_stage.run(g, self.frames, settings)
+        with self.run.write_stage("anchors", key, {"anchors": len(a.rest_positions)}) as d:
+            anchors_stage.save(a, d / "anchors.npz")
+        self.ran.append("anchors")
+        return a, key
+
+    def refine(self, g, a, parent: str):
+        settings = self.settings.refine()
+        key = stage_key("refine", parent, settings)
+        hit = self._cached("refine", key)
+        if hit:
+            return load_ply(hit / "gaussians.ply"), key
+        self.log("stage 3/5: refining the Gaussians at their bound positions" if settings.iterations else
+                 "stage 3/5: refine skipped (refine_iterations=0): the Gaussians only move to their bound positions")
+        r = refine_stage.run(g, apply_binding(a.binding, a.rest_positions), self.frames, settings, self.progress)
+        with self.run.write_stage("refine", key, {"losses": r.losses}) as d:
+            save_ply(d / "gaussians.ply", r.gaussians)
+        self.ran.append("refine")
+        return r.gaussians, key
+
+    def velocity_frames(self, g) -> int:
+        if self.settings.velocity_frames:
+            n = self.settings.velocity_frames
+        else:
+            n = self.facts.contact_frame
+            if n is None:
+                n = detect_contact_frame(self.frames, self.facts.ground_point, self.facts.ground_normal,
+                                         self.facts.n_frames, g)
+                self.log(f"first ground contact detected at frame {n}")
+        return int(max(2, min(n, self.facts.fit_frames)))
+
+    def velocity(self, g, model, a, parent: str):
+        settings = self.settings.velocity(self.velocity_frames(g))
+        key = stage_key("velocity", parent, settings)
+        hit = self._cached("velocity", key)
+        if hit:
+            return torch.tensor(json.loads((hit / "velocity.json").read_text())["v0"]), key
+        self.log(f"stage 4/5: initial velocity from frames 0..{settings.frames - 1}")
+        r = velocity_stage.run(g, model, a.binding, self.frames, self.facts.frame_dt, settings, self.progress)
+        with self.run.write_stage("velocity", key) as d:
+            write_json(d / "velocity.json", {"v0": r.v0.tolist(), "frames": r.frames, "losses": r.losses})
+        self.ran.append("velocity")
+        return r.v0, key
+
+    def dynamic(self, g, model, a, v0, parent: str, start=None):
+        settings = self.settings.dynamic()
+        key = stage_key("dynamic", parent, settings)
+        hit = self._cached("dynamic", key)
+        if hit:
+            return dynamic_stage.load(hit), key
+        label = "single k" if settings.single_k else "per-anchor k"
+        self.log(f"stage 5/5: stiffness ({label}), soft vector and friction on frames 0..{self.facts.fit_frames - 1}")
+        r = dynamic_stage.run(g, model, a.binding, v0, self.frames, self.facts.fit_frames, self.facts.frame_dt,
+                              settings, self.progress, start=start)
+        with self.run.write_stage("dynamic", key) as d:
+            dynamic_stage.save(r, d)
+        self.ran.append("dynamic")
+        return r, key
+
+    def make_asset(self, g, model, a, v0, r: dynamic_stage.Dynamic) -> Asset:
+        s = self.settings
+        return Asset(
+            gaussians=g, model=model, binding=a.binding, params=r.params.to(torch.float32), v0=v0.float(),
+            integrator=Integrator(frame_dt=self.facts.frame_dt, substeps=r.substeps, max_substeps=s.max_substeps),
+            info={"data": str(self.ds.root.resolve()), "fit_frames": self.facts.fit_frames,
+                  "n_frames": self.facts.n_frames, "image_scale": self.scale,
+                  "single_k": s.single_k, "soft_vector": s.soft_vector},
+        )
+
+
+def fit(data, out, settings: FitSettings, resume: bool = False, gravity=None, ground=None,
+        progress: bool = True, log=print, overwrite: bool = False) -> Path:
+    """Run every stage (reusing matching ones with ``resume``) and write RUN/asset. The run is
+    marked "fitting" until the asset is written, then "complete"; the evaluation of an earlier
+    asset (RUN/eval) is removed when a new asset replaces it."""
+    f = Fitter(data, out, settings, resume, gravity, ground, progress, log, overwrite)
+    g, k1 = f.static()
+    a, k2 = f.anchors(g, k1)
+    g2, k3 = f.refine(g, a, k2)
+    model = spring_model(a, f.facts, settings.physics())
+    v0, k4 = f.velocity(g2, model, a, k3)
+    r, _ = f.dynamic(g2, model, a, v0, k4)
+    save_settings(f.run.root / "settings.yaml", settings, {"data": str(Path(data).resolve())})
+    save_asset(f.run.root / "asset", f.make_asset(g2, model, a, v0, r))
+    write_loss_plot(f.run)
+    if f.ran and (f.run.root / "eval").exists():  # computed from the asset just replaced
+        shutil.rmtree(f.run.root / "eval")
+    f.run.update_meta(stages_run=f.ran, status="complete")
+    return f.run.root
+
+
+def write_loss_plot(run: RunDir) -> Path:
+    """RUN/loss.png: the loss of every optimisation stage."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = []
+    for name, fname in [("refine", "stage.json"), ("velocity", "velocity.json"), ("dynamic", "fitted.json")]:
+        p = run.stage_dir(name) / fname
+        if p.exists():
+            doc = json.loads(p.read_text())
+            if doc.get("losses"):
+                curves.append((name, doc))
+    fig, axes = plt.subplots(1, max(1, len(curves)), figsize=(4 * max(1, len(curves)), 3), squeeze=False)
+    for ax, (name, doc) in zip(axes[0], curves):
+        ax.plot(np.arange(1, len(doc["losses"]) + 1), doc["losses"])
+        ax.set_xlabel("iteration")
+        ax.set_title(name)
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = run.root / "loss.png"
+    with atomic_file(out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,70 @@
+"""Stage cache keys: every field of a stage's settings dataclass is part of its key, and every
+user-facing setting reaches some stage's settings, so `--resume` cannot reuse stale work."""
+import dataclasses
+
+import pytest
+
+from pipeline.fit.runner import stage_key
+from pipeline.settings import FitSettings, make_settings
+
+
+def _other(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 1.5 + 0.125
+    if isinstance(value, str):
+        return value + "_other"
+    if value is None:
+        return 1
+    if isinstance(value, tuple):
+        return tuple(_other(v) for v in value)
+    raise TypeError(f"no other value for {value!r}")
+
+
+def _variants(settings):
+    """(path, changed settings) for every leaf field, nested dataclasses included."""
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if dataclasses.is_dataclass(value):
+            for path, inner in _variants(value):
+                yield f"{f.name}.{path}", dataclasses.replace(settings, **{f.name: inner})
+        else:
+            yield f.name, dataclasses.replace(settings, **{f.name: _other(value)})
+
+
+def _stages(s: FitSettings):
+    return {"static": s.static(0.5), "anchors": s.anchors(), "refine": s.refine(), "velocity": s.velocity(6),
+            "dynamic": s.dynamic()}
+
+
+@pytest.mark.parametrize("name", ["static", "anchors", "refine", "velocity", "dynamic"])
+def test_changing_any_stage_setting_changes_the_stage_key(name):
+    settings = _stages(make_settings("fast"))[name]
+    base = stage_key(name, "parent", settings)
+    assert stage_key(name, "parent", settings) == base
+    assert stage_key(name, "other parent", settings) != base
+    seen = 0
+    for path, changed in _variants(settings):
+        assert stage_key(name, "parent", changed) != base, f"{name}: {path} is not part of the cache key"
+        seen += 1
+    assert seen >= 3
+
+
+# settings that reach the fit through the scene facts or the image scale (part of the root key)
+# rather than through a stage's settings
+ROOT_SETTINGS = {"image_size", "fit_frames", "velocity_frames"}
+
+
+def test_every_fit_setting_reaches_a_stage():
+    base = make_settings("fast")
+    stages = _stages(base)
+    for f in dataclasses.fields(FitSettings):
+        if f.name in ROOT_SETTINGS:
+            continue
+        value = getattr(base, f.name)
+        other = {"force_law": "paper", "friction_mode": "per_time"}.get(f.name, _other(value))
+        changed = _stages(dataclasses.replace(base, **{f.name: other}))
+        assert changed != stages, f"the setting {f.name} changes no stage's settings (and so no cache key)"
