@@ -575,10 +575,15 @@ def write_run_figures(run_dir) -> list[Path]:
 
 
 def report_run(run_dir, figures: bool = True) -> Path:
-    """Draw RUN/figures/ from the asset (when ``figures`` and there is one) and write RUN/report.html."""
-    if figures:
-        write_run_figures(run_dir)
-    return write_report(run_dir, **collect_run(run_dir))
+    """Draw RUN/figures/ from the asset (when ``figures`` and there is one) and write RUN/report.html.
+    A mistake in the run's files (an SgausError) is raised again naming the report, so that a
+    command that finished its own work says that only the report is missing."""
+    try:
+        if figures:
+            write_run_figures(run_dir)
+        return write_report(run_dir, **collect_run(run_dir))
+    except SgausError as err:
+        raise SgausError(f"{Path(run_dir) / 'report.html'} was not written: {err}") from err
 
 
 def record_simulation(run_dir, name: str, video, edits: dict | None = None, description: str | None = None) -> Path:

@@ -218,7 +218,8 @@ def simulate(run, out, edits: Edits, n_frames: int | None = None, fps: float | N
              log=print, overwrite: bool = False, yes: bool = False, last_complete: bool = False,
              background: str = "black", ground_grid: bool | None = None) -> Path:
     """Simulate the edited asset and write video.mp4, frames/, ply/, anchors.npz, simulation.json.
-    ``ground_grid`` None draws the ground when the (edited) scene has one."""
+    ``ground_grid`` None draws the ground when the (edited) scene has one. An ``out`` inside the run
+    is listed in RUN/simulations.json and shown in RUN/report.html."""
     import imageio.v2 as imageio
 
     asset = apply_edits(_readable_asset(run, last_complete), edits)
@@ -268,6 +269,12 @@ def simulate(run, out, edits: Edits, n_frames: int | None = None, fps: float | N
             "ground_normal": list(asset.model.ground_normal), "v0": asset.v0.tolist(),
             "camera": "orbit" if orbit else cams.names[0], "background": background, "ground_grid": ground_grid,
         })
+    run_root, where = Path(run).resolve(), Path(out).resolve()
+    if (run_root / "asset" / "physics.json").is_file() and run_root in where.parents:  # listed in the run's report
+        from pipeline.report import record_simulation, report_run
+
+        record_simulation(run_root, where.relative_to(run_root).as_posix(), where / "video.mp4", edits=edits.to_dict())
+        log(f"report: {report_run(run_root, figures=False)}")
     return Path(out)
 
 

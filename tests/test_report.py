@@ -326,6 +326,49 @@ def test_record_simulation_replaces_an_entry_of_the_same_name(tmp_path):
         record_simulation(run, " ", run / "x.mp4")
 
 
+# ------------------------------------------------------------------ written by the commands
+def local_links(page: str) -> list[str]:
+    """Every src and href of the page that is not an in-page anchor, unquoted."""
+    from urllib.parse import unquote
+
+    return [unquote(a[k]) for _t, a in parse(page).tags for k in ("src", "href") if k in a and not a[k].startswith("#")]
+
+
+def test_eval_and_simulate_update_the_run_report(tiny_run, tmp_path):
+    import imageio.v2 as imageio
+
+    from conftest import invoke
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "eval", ignore_errors=True)  # whatever other tests did to the shared run
+    r = invoke("eval", run, "--no-baselines", "--quiet")
+    assert r.exit_code == 0, r.output
+    page = (run / "report.html").read_text()
+    links = local_links(page)
+    assert links and all((run / link).is_file() for link in links), links
+    videos = sorted(p.relative_to(run).as_posix() for p in (run / "eval").glob("video_*.mp4"))
+    assert len(videos) == 1 and videos[0] in links
+    assert {"figures/stiffness.png", "figures/physics.png", "loss.png"} <= set(links)
+    assert 'id="metrics"' in page and "Spring-Gaus (sgaus)" in page
+    # the prediction (right half) stands on the grey ground checker; the recording is left as it was
+    frame = imageio.get_reader(run / videos[0]).get_data(0).astype(float) / 255
+    w = frame.shape[1] // 2
+    grey = lambda img: ((img.max(-1) - img.min(-1) < 0.03) & (img.mean(-1) > 0.25)).mean()  # noqa: E731
+    assert grey(frame[:, w:]) > 0.2 > grey(frame[:, :w])
+
+    # a simulation inside the run joins the page; one outside it leaves the page alone
+    r = invoke("simulate", run, "--frames", 3, "--size", 32, "--quiet", "--gravity", "0", "--out", run / "sims" / "zero g")
+    assert r.exit_code == 0, r.output
+    page = (run / "report.html").read_text()
+    links = local_links(page)
+    assert "sims/zero g/video.mp4" in links and all((run / link).is_file() for link in links)
+    assert "gravity = 0" in page and 'id="metrics"' in page
+    r = invoke("simulate", run, "--frames", 3, "--size", 32, "--quiet", "--out", tmp_path / "outside")
+    assert r.exit_code == 0, r.output
+    assert (run / "report.html").read_text() == page
+
+
 # ------------------------------------------------------------------ headless Chromium
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or (
