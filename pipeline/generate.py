@@ -2,10 +2,11 @@
 
 The object (a built-in shape or a mesh) is filled with particles, dropped onto a ground plane
 and simulated (taichi_sim.mpm); every frame each particle is rendered as a small isotropic
-Gaussian coloured by a texture fixed in the object's rest frame, from cameras orbiting the
-scene. The dataset directory holds transforms.json, images/<camera>/<frame>.png (RGBA on black),
-masks/<camera>/<frame>.png, particles/<frame>.npz (ground-truth positions) and scene.json. It is
-written into a temporary directory and renamed at the end, so bad options write nothing.
+Gaussian coloured by a texture fixed in the object's rest frame (flat, or with ``shading``
+Lambert-shaded under a fixed light), from cameras orbiting the scene. The dataset directory
+holds transforms.json, images/<camera>/<frame>.png (RGBA on black), masks/<camera>/<frame>.png,
+particles/<frame>.npz (ground-truth positions) and scene.json. It is written into a temporary
+directory and renamed at the end, so bad options write nothing.
 """
 from __future__ import annotations
 
@@ -21,10 +22,19 @@ from tqdm.auto import tqdm
 from pipeline.data.files import atomic_dir, write_json
 from pipeline.data.cameras import Cameras, orbit_cameras
 from pipeline.shapes import SHAPES, ParticleObject, fill_object, shape_names, split_halves
-from taichi_sim.mpm import GROUND_MODES, MODELS, Ground, MPMSimulator, check_material
 from taichi_sim.errors import SgausError
+from taichi_sim.mpm import CONTACT_GAP, GROUND_MODES, MODELS, Ground, MPMSimulator, check_material, ground_aligned_lo
 
 FORMAT = "sgaus-mpm/1"
+# scene.json's "generator" field says which version of this generator wrote a dataset.
+# 1 (no field): particles rested 0.5 to 0.7 grid cells above the declared ground plane.
+# 2: ground contact at the declared plane (resting particles within a quarter cell of it).
+GENERATOR_VERSION = 2
+# shading: colour * (SHADING_AMBIENT + (1 - SHADING_AMBIENT) * max(0, n . LIGHT_DIRECTION)), with n
+# the particle's outward surface normal; the light is distant and fixed in the world, above the
+# ground and to the +x side (and a little +z) of the object
+SHADING_AMBIENT = 0.35
+LIGHT_DIRECTION = tuple(float(c) for c in np.array([0.5, 1.0, 0.3]) / np.linalg.norm([0.5, 1.0, 0.3]))
 BOX_SIZE = 1.0  # metres: the simulation box is a cube of this side above the ground
 PALETTE = np.array([
     [0.90, 0.25, 0.20], [0.98, 0.78, 0.20], [0.20, 0.65, 0.35], [0.20, 0.45, 0.90], [0.85, 0.85, 0.85],
@@ -52,6 +62,9 @@ class GenerateConfig:
     seed: jitter of the particle lattice (0).
     fit_frames: frames [0, fit_frames) are for fitting, the rest for future prediction
         (None: 20, or all the frames when there are fewer).
+    shading: Lambert-shade the particles under the fixed light LIGHT_DIRECTION (ambient
+        SHADING_AMBIENT) with their surface normals carried along by the deformation (False:
+        flat colours).
     """
 
     shape: str | None = "torus"
@@ -77,11 +90,15 @@ class GenerateConfig:
     grid: int = 64
     seed: int = 0
     fit_frames: int | None = None
+    shading: bool = False
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad option (before anything is computed or written)."""
         if self.mesh is not None:
             self.shape = None
+        if not isinstance(self.shading, (bool, np.bool_)):
+            raise SgausError(f"--shading must be on or off (a bool), got {self.shading!r}")
+        self.shading = bool(self.shading)
         if self.shape is None and self.mesh is None:
             raise SgausError("give a built-in --shape or a --mesh file")
         if self.mesh is not None and not Path(self.mesh).is_file():
@@ -125,7 +142,9 @@ class GenerateConfig:
 
     @property
     def box_lo(self) -> tuple:
-        return (-BOX_SIZE / 2, self.ground_height - 0.1 * BOX_SIZE, -BOX_SIZE / 2)
+        """The box's lowest corner: about 0.1 box sizes below the ground, with the grid aligned so
+        that resting particles sit on the plane (taichi_sim.mpm.CONTACT_GAP)."""
+        return (-BOX_SIZE / 2, ground_aligned_lo(self.ground_height, self.dx, 0.1 * BOX_SIZE), -BOX_SIZE / 2)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -133,7 +152,8 @@ class GenerateConfig:
 
 @dataclasses.dataclass
 class SimResult:
-    """The simulated motion: positions [T,P,3] (float32), the object, material and timing."""
+    """The simulated motion: positions [T,P,3] (float32), the object, material and timing;
+    normals [T,S,3] (float32) of the S surface particles (obj.surface), or None unless shading."""
 
     positions: np.ndarray
     obj: ParticleObject
@@ -143,6 +163,7 @@ class SimResult:
     kinetic_energy: np.ndarray  # [T]
     mass: np.ndarray  # [P]
     seconds: float = 0.0
+    normals: np.ndarray | None = None
 
 
 def build_object(cfg: GenerateConfig) -> tuple[ParticleObject, np.ndarray]:
@@ -175,24 +196,54 @@ def simulate_object(cfg: GenerateConfig, progress: bool = True) -> SimResult:
     positions = np.empty((cfg.frames, obj.n_particles, 3), dtype=np.float32)
     energy = np.zeros(cfg.frames)
     positions[0], energy[0] = sim.positions(), sim.kinetic_energy()
+    normals = None
+    if cfg.shading:
+        shell = torch.as_tensor(np.flatnonzero(obj.surface), device=sim.device)
+        normals = np.empty((cfg.frames, len(shell), 3), dtype=np.float32)
+        normals[0] = obj.normal[obj.surface]
     t0 = time.perf_counter()
     bar = tqdm(range(1, cfg.frames), desc="simulate", unit="frame", disable=not progress, leave=False)
     for f in bar:
         n_sub = sim.advance(cfg.frame_dt)
         positions[f], energy[f] = sim.positions(), sim.kinetic_energy()
+        if normals is not None:
+            # the stored F lags the positions by the last substep's velocity gradient C: apply it
+            h = cfg.frame_dt / n_sub
+            C, F = (a[shell].double().cpu().numpy() for a in (sim.C, sim.F))
+            normals[f] = deformed_normals((np.eye(3) + h * C) @ F, normals[0])
         bar.set_postfix(substeps=n_sub)
     seconds = time.perf_counter() - t0
-    contact = first_contact_frame(positions, cfg.ground_height, cfg.gravity[1], cfg.frame_dt, 1.5 * cfg.dx)
-    return SimResult(positions, obj, E, int(sim.substeps_per_frame or 0), contact, energy, sim.particle_mass, seconds)
+    # the highest node row the ground holds lies CONTACT_GAP cells below the plane (box_lo), and
+    # the B-spline stencil reaches 1.5 cells above it
+    contact = first_contact_frame(positions, cfg.ground_height, cfg.gravity[1], cfg.frame_dt,
+                                  (1.5 - CONTACT_GAP) * cfg.dx)
+    return SimResult(positions, obj, E, int(sim.substeps_per_frame or 0), contact, energy, sim.particle_mass, seconds,
+                     normals)
+
+
+def deformed_normals(F: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """Unit normals [N,3] of surfaces with rest normals ``normals`` [N,3] after the deformation
+    gradients ``F`` [N,3,3]: F^-T n, normalised (it stays perpendicular to every deformed tangent F t)."""
+    Ft = np.swapaxes(np.asarray(F, dtype=np.float64), 1, 2)
+    n = np.linalg.solve(Ft, np.asarray(normals, dtype=np.float64)[..., None])[..., 0]
+    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-300)
+
+
+def shade(colors: np.ndarray, normals: np.ndarray, light=LIGHT_DIRECTION,
+          ambient: float = SHADING_AMBIENT) -> np.ndarray:
+    """Lambert shading: colors [N,3] * (ambient + (1 - ambient) * max(0, n . light)), n = normals [N,3]."""
+    lit = np.maximum(0.0, np.asarray(normals, dtype=np.float64) @ np.asarray(light, dtype=np.float64))
+    return np.asarray(colors, dtype=np.float64) * (ambient + (1.0 - ambient) * lit)[:, None]
 
 
 def first_contact_frame(positions: np.ndarray, ground_height: float, gravity_y: float, frame_dt: float,
                         reach: float) -> int | None:
     """The first frame whose motion the ground affected, or None.
 
-    A particle feels the ground once it is within ``reach`` of the plane (1.5 cells: the B-spline
-    stencil). Contact can start between two frames, so frame f counts when its particles, or
-    their free-flight prediction from frames f-2 and f-1, come within reach.
+    A particle feels the ground once it is within ``reach`` of the plane (the B-spline stencil's
+    1.5 cells, less the depth of the highest grid node row the ground holds). Contact can start
+    between two frames, so frame f counts when its particles, or their free-flight prediction
+    from frames f-2 and f-1, come within reach.
     """
     height = positions[..., 1].astype(np.float64) - ground_height
     low = height.min(axis=1)
@@ -257,6 +308,7 @@ def scene_json(cfg: GenerateConfig, sim: SimResult) -> dict:
                       "n_particles": int(np.sum(sim.obj.part == 1)), "region": "x > median"})
     return {
         "format": FORMAT,
+        "generator": {"name": "sgaus generate-mpm", "version": GENERATOR_VERSION},
         "object": {"shape": cfg.shape, "mesh": str(cfg.mesh) if cfg.mesh else None,
                    "n_particles": int(sim.obj.n_particles), "size": float(sim.obj.size),
                    "center": [float(c) for c in sim.obj.center], "rotation_deg": list(cfg.rotation_deg),
@@ -277,6 +329,8 @@ def scene_json(cfg: GenerateConfig, sim: SimResult) -> dict:
         "contact_frame": sim.contact_frame,
         "split": {"fit": [0, int(cfg.fit_frames)], "future": [int(cfg.fit_frames), int(cfg.frames)]},
         "cameras": {"n": int(cfg.views), "width": int(cfg.resolution), "height": int(cfg.resolution)},
+        "shading": ({"enabled": True, "model": "lambert", "ambient": SHADING_AMBIENT,
+                     "light_direction": list(LIGHT_DIRECTION)} if cfg.shading else {"enabled": False}),
     }
 
 
@@ -317,8 +371,9 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True, log=No
             np.savez_compressed(tmp / "particles" / f"{f:03d}.npz", x=sim.positions[f], surface=sim.obj.surface,
                                 part=sim.obj.part.astype(np.int8))
             t0 = time.perf_counter()
+            shown_colors = shade(colors[shown], sim.normals[f]) if cfg.shading else colors[shown]
             with torch.no_grad():
-                rgb, alpha = render_frame(sim.positions[f][shown], colors[shown], scale, cameras)
+                rgb, alpha = render_frame(sim.positions[f][shown], shown_colors, scale, cameras)
             render_s += time.perf_counter() - t0
             for c, name in enumerate(cameras.names):
                 # PNG colour is straight (not premultiplied): the renderer's colour on black is

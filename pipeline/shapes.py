@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
 from taichi_sim.errors import SgausError
 
 Inside = Callable[[np.ndarray], np.ndarray]  # canonical points [N,3] -> signed distance [N]
@@ -170,7 +171,9 @@ class ParticleObject:
     x: positions [P,3] (metres); surface: [P] bool, within about one spacing of the surface;
     part: [P] int part id (0 everywhere unless split); spacing: the particle spacing; size: the
     object's largest extent; center: the centre of its bounding box; scale, rotation, offset:
-    world = scale * rotation @ canonical + offset (the shape's own frame to the scene).
+    world = scale * rotation @ canonical + offset (the shape's own frame to the scene);
+    normal: [P,3] outward unit normals of the surface particles at rest (zero inside; None when
+    unknown).
     """
 
     x: np.ndarray
@@ -182,6 +185,7 @@ class ParticleObject:
     scale: float = 1.0
     rotation: np.ndarray = dataclasses.field(default_factory=lambda: np.eye(3))
     offset: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(3))
+    normal: np.ndarray | None = None
 
     @property
     def n_particles(self) -> int:
@@ -258,9 +262,36 @@ def fill_object(shape: str | None = None, mesh: str | Path | None = None, *, siz
     bb_lo, bb_hi = pts.min(0), pts.max(0)
     offset = np.asarray(bottom, dtype=np.float64) - np.array([(bb_lo[0] + bb_hi[0]) / 2, bb_lo[1], (bb_lo[2] + bb_hi[2]) / 2])
     pts = pts + offset
-    return ParticleObject(x=pts, surface=surface, part=np.zeros(len(pts), dtype=np.int64), spacing=float(spacing),
-                          size=float(np.max(pts.max(0) - pts.min(0))), center=(pts.min(0) + pts.max(0)) / 2,
-                          scale=float(scale), rotation=R, offset=offset)
+    obj = ParticleObject(x=pts, surface=surface, part=np.zeros(len(pts), dtype=np.int64), spacing=float(spacing),
+                         size=float(np.max(pts.max(0) - pts.min(0))), center=(pts.min(0) + pts.max(0)) / 2,
+                         scale=float(scale), rotation=R, offset=offset)
+    # surface normals from the signed distance at the jittered positions (away from the centre
+    # where its gradient vanishes)
+    obj.normal = np.zeros_like(pts)
+    obj.normal[surface] = sdf_normals(sdf, obj.to_canonical(pts[surface]), R, 0.25 * spacing / scale,
+                                      pts[surface] - obj.center)
+    return obj
+
+
+def sdf_normals(sdf: Inside, canonical: np.ndarray, rotation: np.ndarray, step: float,
+                fallback: np.ndarray) -> np.ndarray:
+    """Outward unit normals [N,3] in the world frame at ``canonical`` points [N,3]: the signed
+    distance's gradient by central differences of ``step`` (canonical units), rotated into the
+    world (world = scale * rotation @ canonical + offset). Where the gradient vanishes or is not
+    finite, the matching row of ``fallback`` [N,3] (normalised) stands in."""
+    canonical = np.asarray(canonical, dtype=np.float64)
+    grad = np.zeros_like(canonical)
+    for d in range(3):
+        e = np.zeros(3)
+        e[d] = step
+        grad[:, d] = sdf(canonical + e) - sdf(canonical - e)
+    n = grad @ np.asarray(rotation, dtype=np.float64).T
+    norm = np.linalg.norm(n, axis=1)
+    bad = ~np.isfinite(norm) | (norm < 1e-12 * step)
+    if np.any(bad):
+        n[bad] = np.asarray(fallback, dtype=np.float64)[bad]
+        norm[bad] = np.linalg.norm(n[bad], axis=1)
+    return n / np.maximum(norm, 1e-300)[:, None]
 
 
 def split_halves(obj: ParticleObject, axis: int = 0) -> np.ndarray:

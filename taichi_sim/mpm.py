@@ -1,6 +1,6 @@
 """MLS-MPM elastic simulator (3D, APIC, quadratic B-splines) in Taichi, forward only.
 
-It makes the synthetic ground truth of ``sgaus generate-mpm`` (REFERENCE.md section 2): a dense
+It makes the synthetic ground truth of ``sgaus generate-mpm`` (as PAC-NeRF and DiffTaichi run MLS-MPM): a dense
 grid over a cubic scene box, per-particle elastic materials (fixed corotated or compressible
 Neo-Hookean from Young's modulus, Poisson ratio and density), gravity, an initial velocity, a
 ground plane with sticky, slip or Coulomb-friction contact, and separating walls at the box's
@@ -22,21 +22,33 @@ from dataclasses import dataclass
 import numpy as np
 import taichi as ti
 
-from taichi_sim.runtime import current_arch, require_taichi
 from taichi_sim.errors import SgausError
+from taichi_sim.runtime import current_arch, require_taichi
 
 MODELS = ("neohookean", "corotated")
 GROUND_MODES = ("sticky", "slip", "friction")
 WALL_CELLS = 3  # grid nodes this close to a face of the box cannot move outwards
+# Ground contact. The quadratic B-spline stencil reaches 1.5 cells, so particles stop short of the
+# grid nodes the ground holds. Measured (sticky, slip and friction; grids 24, 32 and 64; several
+# alignments of the plane with the grid), the lowest particles come to rest 0.77 to 0.95 cells
+# above the highest held node row under a flat load (boxes, tori) and about 0.6 under a point
+# contact (a sphere's lowest particle); CONTACT_GAP sits between. The ground holds the nodes more
+# than CONTACT_GAP - 0.5 cells below the plane: the highest held row is then between
+# CONTACT_GAP - 0.5 and CONTACT_GAP + 0.5 cells below it, so particles rest within about half a
+# cell of the plane on any grid, and within a fifth of a cell on a grid with a node row exactly
+# CONTACT_GAP cells below the plane (ground_aligned_lo, as generate-mpm uses).
+CONTACT_GAP = 0.78
 
 
 @dataclass(frozen=True)
 class Ground:
     """A ground plane: ``point`` on it, unit ``normal`` pointing into the free space.
 
-    mode: "sticky" zeroes grid velocity below the plane; "slip" removes the inward normal
-    component; "friction" removes it and reduces the tangential speed by ``friction`` times the
-    removed normal speed (Coulomb), stopping it at zero.
+    The ground acts on the grid nodes more than ``CONTACT_GAP - 0.5`` cells below the plane, so
+    that resting particles sit on the plane itself (see CONTACT_GAP).
+    mode: "sticky" zeroes those nodes' velocity; "slip" removes the inward normal component;
+    "friction" removes it and reduces the tangential speed by ``friction`` times the removed
+    normal speed (Coulomb), stopping it at zero.
     """
 
     point: tuple = (0.0, 0.0, 0.0)
@@ -54,6 +66,16 @@ class Ground:
             raise SgausError(f"the ground normal must be a non-zero 3-vector, got {self.normal}")
         object.__setattr__(self, "normal", tuple(float(c) for c in n / np.linalg.norm(n)))
         object.__setattr__(self, "point", tuple(float(c) for c in self.point))
+
+
+def ground_aligned_lo(ground_height: float, dx: float, depth: float) -> float:
+    """The height of the lowest grid nodes for a ground plane y = ``ground_height`` (normal +y):
+    about ``depth`` below it, such that a node row lies exactly CONTACT_GAP cells below the plane
+    (the highest row the ground holds) and no wall node lies above that row."""
+    if not dx > 0:
+        raise SgausError(f"the grid spacing must be positive, got {dx}")
+    rows = max(WALL_CELLS - 1, round(depth / dx - CONTACT_GAP))  # whole cells from the lowest to that row
+    return float(ground_height) - (rows + CONTACT_GAP) * dx
 
 
 def lame_parameters(youngs_modulus, poisson_ratio):
@@ -183,7 +205,7 @@ def _grid_update(grid_v: ti.types.ndarray(), grid_m: ti.types.ndarray(), params:
             I = ti.Vector([a, b, c])
             v = ti.Vector([grid_v[a, b, c, 0], grid_v[a, b, c, 1], grid_v[a, b, c, 2]]) / m + dt * g
             if on > 0.5:
-                if (lo + ti.cast(I, float) * dx - gp).dot(gn) < 0:  # node below the ground plane
+                if (lo + ti.cast(I, float) * dx - gp).dot(gn) < -(CONTACT_GAP - 0.5) * dx:  # a node the ground holds
                     vn = v.dot(gn)
                     if mode == 0:  # sticky
                         v = ti.Vector.zero(float, 3)
@@ -428,7 +450,7 @@ def numpy_substep(x, v, C, F, mass, vol, mu, lam, *, model: str, n_grid: int, bo
     nodes = np.stack(np.meshgrid(*[np.arange(n_grid)] * 3, indexing="ij"), axis=-1)
     if ground is not None:
         n = np.asarray(ground.normal)
-        below = has & (((lo + nodes * dx) - np.asarray(ground.point)) @ n < 0)
+        below = has & (((lo + nodes * dx) - np.asarray(ground.point)) @ n < -(CONTACT_GAP - 0.5) * dx)
         vn = gv @ n
         if ground.mode == "sticky":
             gv[below] = 0.0

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from pipeline import shapes
+from pipeline import generate as gen
 from pipeline.generate import GenerateConfig, generate, load_scene
 
 # Keenan Crane's "Spot" (CC0), kept in assets/ so the tests need nothing outside the repository
@@ -29,6 +31,17 @@ def test_every_shape_fills_with_particles(name):
     depth = -sdf(obj.to_canonical(obj.x)) * obj.scale
     assert np.median(depth[obj.surface]) < np.median(depth[~obj.surface])
     assert np.quantile(depth[obj.surface], 0.9) < 2.5 * spacing
+    _assert_normals_point_out_of(obj, sdf)
+
+
+def _assert_normals_point_out_of(obj, sdf):
+    """Surface normals are unit vectors along which the signed distance grows; zero inside."""
+    s = obj.surface
+    n, x, h = obj.normal[s], obj.x[s], 0.5 * obj.spacing
+    np.testing.assert_allclose(np.linalg.norm(n, axis=1), 1.0)
+    assert np.all(obj.normal[~s] == 0.0)
+    grows = sdf(obj.to_canonical(x + h * n)) > sdf(obj.to_canonical(x - h * n))
+    assert grows.mean() > 0.98, grows.mean()
 
 
 def test_same_seed_same_particles_other_seed_other_jitter():
@@ -44,6 +57,7 @@ def test_mesh_fills_through_its_inside():
     assert obj.n_particles > 2000
     assert obj.size == pytest.approx(0.3, abs=0.02)
     assert 0.05 < obj.surface.mean() < 0.9
+    _assert_normals_point_out_of(obj, shapes.load_mesh_sdf(SPOT)[0])
 
 
 def test_bad_shape_and_mesh_are_rejected(tmp_path):
@@ -75,6 +89,8 @@ def test_dataset_files_and_scene_json(dataset):
     assert names == ["images", "masks", "particles", "scene.json", "transforms.json"]
     scene = load_scene(dataset)
     assert scene["format"] == "sgaus-mpm/1"
+    assert scene["generator"] == {"name": "sgaus generate-mpm", "version": 2} and gen.GENERATOR_VERSION == 2
+    assert scene["shading"] == {"enabled": False}
     for key in ("object", "material", "gravity", "velocity", "ground", "frame_dt", "n_frames", "substeps_per_frame",
                 "grid", "seed", "contact_frame", "split", "cameras"):
         assert key in scene, key
@@ -118,7 +134,7 @@ def test_dataset_round_trips_through_load_dataset(dataset):
 
 def test_same_seed_gives_identical_files(dataset, tmp_path):
     again = tmp_path / "again"
-    generate(_tiny(), again, progress=False)
+    generate(_tiny(shading=False), again, progress=False)  # off is the default
     files = sorted(p.relative_to(dataset) for p in dataset.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     for rel in files:
@@ -134,6 +150,7 @@ def test_same_seed_gives_identical_files(dataset, tmp_path):
     (dict(poisson_ratio=-1.2), ValueError, "Poisson ratio"),
     (dict(fit_frames=11), ValueError, "fit-frames"),
     (dict(shape="sphere", size=0.75, drop_height=0.3), ValueError, "does not fit"),
+    (dict(shading="yes"), ValueError, "--shading"),
 ])
 def test_bad_options_write_nothing(tmp_path, kw, err, msg):
     out = tmp_path / "data"
@@ -169,3 +186,142 @@ def test_cli_bad_options_exit_with_one_line(tmp_path):
 def test_scene_json_is_plain_json(dataset):
     text = (dataset / "scene.json").read_text()
     assert json.loads(text)["object"]["shape"] == "torus"
+
+
+# ------------------------------------------------------------------ --shading
+def test_surface_normals_point_outwards():
+    sphere = shapes.fill_object("sphere", size=0.3, spacing=0.01, bottom=(0.1, 0.2, -0.1), seed=1)
+    radial = sphere.x - sphere.center
+    radial /= np.linalg.norm(radial, axis=1, keepdims=True)
+    n = sphere.normal
+    assert np.allclose(np.linalg.norm(n[sphere.surface], axis=1), 1.0) and np.all(n[~sphere.surface] == 0.0)
+    assert np.min(np.sum(n * radial, axis=1)[sphere.surface]) > 0.99
+    # a rotated box: each normal is (nearly) one of its rotated face normals, and points outwards
+    box = shapes.fill_object("box", size=0.3, spacing=0.01, rotation_deg=(20.0, 35.0, 0.0), seed=1)
+    local = box.normal[box.surface] @ box.rotation  # back into the box's own frame
+    assert np.median(np.abs(local).max(axis=1)) > 0.999
+    assert np.all(np.sum(box.normal[box.surface] * (box.x[box.surface] - box.center), axis=1) > 0)
+
+
+def test_deformed_normals_stay_perpendicular_to_deformed_tangents():
+    rng = np.random.default_rng(4)
+    n = rng.normal(size=(50, 3))
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    t = np.cross(n, rng.normal(size=(50, 3)))  # tangents of the surface
+    F = np.eye(3) + 0.4 * rng.normal(size=(50, 3, 3))
+    F[np.linalg.det(F) < 0, :, 0] *= -1.0  # no inversions
+    m = gen.deformed_normals(F, n)
+    np.testing.assert_allclose(np.linalg.norm(m, axis=1), 1.0)
+    np.testing.assert_allclose(np.einsum("pi,pij,pj->p", m, F, t), 0.0, atol=1e-9)
+    assert np.all(np.sum(m * n, axis=1) > -0.999)  # not flipped into the object
+    R = shapes.rotation_matrix((10.0, 50.0, -30.0))
+    np.testing.assert_allclose(gen.deformed_normals(np.broadcast_to(R, (50, 3, 3)), n), n @ R.T, atol=1e-12)
+
+
+def test_normals_follow_a_spinning_object():
+    from taichi_sim.mpm import MPMSimulator
+
+    cfg = _tiny(shape="box", size=0.2, grid=32, gravity=(0.0, 0.0, 0.0), shading=True)
+    cfg.validate()
+    obj, E = gen.build_object(cfg)
+    sim = MPMSimulator(obj.x, 2e5, 0.3, 1000.0, grid=32, box_lo=cfg.box_lo, box_size=1.0, gravity=(0, 0, 0))
+    omega = 3.0  # rad/s about z
+    r = obj.x - obj.x.mean(0)
+    sim.set_velocity(np.stack([-omega * r[:, 1], omega * r[:, 0], np.zeros(len(r))], axis=1))
+    for _ in range(5):
+        sim.advance(0.03)
+    h = 0.03 / sim.substeps_per_frame
+    s = obj.surface
+    F = (np.eye(3) + h * sim.C.numpy()[s]) @ sim.F.numpy()[s]
+    got = gen.deformed_normals(F, obj.normal[s])
+    R = shapes.rotation_matrix((0.0, 0.0, np.degrees(omega * 0.15)))  # 26 degrees
+    assert np.min(np.sum(got * (obj.normal[s] @ R.T), axis=1)) > 0.99
+    assert np.min(np.sum(obj.normal[s] * (obj.normal[s] @ R.T), axis=1)) < 0.91  # unrotated normals would not do
+
+
+def test_shade_is_lambert_with_ambient():
+    colors = np.array([[1.0, 0.5, 0.2]] * 3)
+    light = np.asarray(gen.LIGHT_DIRECTION)
+    side = np.cross(light, [0.0, 0.0, 1.0])
+    side /= np.linalg.norm(side)
+    out = gen.shade(colors, np.stack([light, -light, side]))
+    a = gen.SHADING_AMBIENT
+    np.testing.assert_allclose(out, colors * np.array([[1.0], [a], [a]]))
+    assert light[1] > 0.8 and light[0] > 0.3  # from above and to the side
+
+
+@pytest.fixture(scope="module")
+def shaded(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen") / "shaded"
+    generate(_tiny(shading=True), out, progress=False)
+    return out
+
+
+def test_shading_lights_the_side_facing_the_light(dataset, shaded):
+    from pipeline.datasets import load_dataset
+
+    scene = load_scene(shaded)
+    assert scene["shading"] == {"enabled": True, "model": "lambert", "ambient": gen.SHADING_AMBIENT,
+                                "light_direction": list(gen.LIGHT_DIRECTION)}
+    ds_flat, ds_lit = load_dataset(dataset), load_dataset(shaded)
+    obj, _ = gen.build_object(_tiny())
+    s = obj.surface
+    x, n = obj.x[s], obj.normal[s]  # frame 0: the rest state
+    n_light = n @ np.asarray(gen.LIGHT_DIRECTION)
+    uv, _ = ds_lit.cameras.project(x)
+    for c in range(len(ds_lit.cameras)):
+        flat = np.asarray(ds_flat.image(c, 0), dtype=np.float64)
+        lit = np.asarray(ds_lit.image(c, 0), dtype=np.float64)
+        assert np.array_equal(flat[..., 3], lit[..., 3])  # the same geometry, only the colours differ
+        obj_px = flat[..., 3] > 0.9
+        ratio = lit[..., :3].sum(-1)[obj_px] / np.maximum(flat[..., :3].sum(-1)[obj_px], 1e-6)
+        assert ratio.max() > 0.85 and ratio.min() < 0.6  # not one brightness per colour any more
+        centre = ds_lit.cameras.centers()[c].double().numpy()
+        facing = np.sum(n * (centre - x), axis=1) > 0  # seen from this camera
+        px = np.floor(uv[c].numpy()).astype(int)
+        ok = facing & (px >= 0).all(1) & (px < 64).all(1)
+        bright = lit[px[:, 1].clip(0, 63), px[:, 0].clip(0, 63), :3].sum(-1)
+        base = flat[px[:, 1].clip(0, 63), px[:, 0].clip(0, 63), :3].sum(-1)
+        rel = bright / np.maximum(base, 1e-6)
+        towards, away = ok & (n_light > 0.6), ok & (n_light < 0.0)
+        assert towards.sum() > 10 and away.sum() > 10
+        # lit about 0.8, the far side about 0.45 of the flat colour
+        assert rel[towards].mean() > rel[away].mean() + 0.15, (rel[towards].mean(), rel[away].mean())
+        # after the bounce (normals carried by F) the shading still spans lit and unlit
+        flat9 = np.asarray(ds_flat.image(c, 9), dtype=np.float64)
+        lit9 = np.asarray(ds_lit.image(c, 9), dtype=np.float64)
+        px9 = flat9[..., 3] > 0.9
+        ratio9 = lit9[..., :3].sum(-1)[px9] / np.maximum(flat9[..., :3].sum(-1)[px9], 1e-6)
+        assert ratio9.max() > 0.85 and ratio9.min() < 0.6 and np.isfinite(ratio9).all()
+
+
+def test_flat_images_are_the_plain_render_of_the_particle_colours(dataset):
+    """Without --shading the images are what generate-mpm rendered before the option existed."""
+    import imageio.v3 as iio
+
+    from pipeline.datasets import load_dataset
+
+    cfg = _tiny()
+    cfg.validate()
+    obj, _ = gen.build_object(cfg)
+    ds = load_dataset(dataset)
+    s = obj.surface
+    for f in (0, 9):
+        x = np.load(dataset / "particles" / f"{f:03d}.npz")["x"]
+        rgb, alpha = gen.render_frame(x[s], gen.particle_colors(obj)[s], 0.7 * obj.spacing, ds.cameras)
+        for c, name in enumerate(ds.cameras.names):
+            straight = torch.where(alpha[c] > 0, rgb[c] / alpha[c].clamp_min(1e-6), torch.zeros_like(rgb[c]))
+            want = gen._to_u8(torch.cat([straight.clamp(0, 1), alpha[c]], dim=-1))
+            assert np.array_equal(iio.imread(dataset / "images" / name / f"{f:03d}.png"), want), (f, name)
+
+
+def test_cli_shading_option_reaches_scene_json(tmp_path):
+    from cli import cli
+
+    runner = CliRunner()
+    for flag, enabled in (("--shading", True), ("--no-shading", False)):
+        out = tmp_path / flag
+        res = runner.invoke(cli, ["generate-mpm", "--shape", "sphere", "--size", "0.2", "--grid", "16", "--frames", "2",
+                                  "--views", "1", "--resolution", "16", "--quiet", flag, "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        assert load_scene(out)["shading"]["enabled"] is enabled

@@ -140,6 +140,44 @@ def test_object_stays_on_the_ground_and_energy_decays(mode):
     assert len(apex) >= 2 and all(b < a for a, b in zip([com_y[0], *apex], apex))  # lower and lower bounces
 
 
+@pytest.mark.parametrize("mode, grid, ground_height", [
+    ("sticky", 32, 0.0), ("slip", 32, 0.0), ("friction", 32, 0.0), ("friction", 24, 0.0137)])
+def test_object_comes_to_rest_on_the_declared_plane(mode, grid, ground_height):
+    # a box dropped 2 cm; generator version 1 left its lowest particles 0.5 to 0.7 cells above the plane
+    cfg = _cfg(shape="box", size=0.15, grid=grid, ground=mode, ground_height=ground_height,
+               drop_height=ground_height + 0.02, frames=40)
+    res = simulate_object(cfg, progress=False)
+    low = (res.positions[-10:, :, 1].min(axis=1) - ground_height) / cfg.dx  # lowest particle, in cells
+    assert np.ptp(low) < 0.05, low  # at rest (settled to 1.5 mm)
+    assert np.all(np.abs(low) < 0.25), low
+
+
+def test_ground_holds_the_nodes_below_the_contact_gap():
+    # one particle moving down above a horizontal ground; its stencil covers node rows 5, 6, 7.
+    # Row 6 lies 0.1 cells below the plane: version 1 held it, now only rows more than
+    # CONTACT_GAP - 0.5 cells below are held (row 5) and the rest move freely
+    dx = 1.0 / 16
+    ground = mpm.Ground((0.0, 6.1 * dx, 0.0), (0.0, 1.0, 0.0), "sticky")
+    sim = mpm.MPMSimulator(np.array([[0.5, 6.4 * dx, 0.5]]), grid=16, box_lo=(0, 0, 0), box_size=1.0, ground=ground,
+                           gravity=(0, 0, 0))
+    sim.set_velocity((0.0, -1.0, 0.0))
+    sim.substep(1e-4)
+    m, vy = sim.grid_m.numpy(), sim.grid_v.numpy()[..., 1]
+    assert list(np.flatnonzero(m.sum((0, 2)) > 0)) == [5, 6, 7]
+    assert np.all(vy[:, 5][m[:, 5] > 0] == 0.0)
+    assert np.all(vy[:, 6][m[:, 6] > 0] < 0.0) and np.all(vy[:, 7][m[:, 7] > 0] < 0.0)
+
+
+def test_aligned_grid_puts_a_node_row_contact_gap_below_the_plane():
+    for grid, height in ((32, 0.0), (64, 0.0), (24, 0.0137), (16, -0.2)):
+        dx = 1.0 / grid
+        lo = mpm.ground_aligned_lo(height, dx, 0.1)
+        rows = (height - lo) / dx - mpm.CONTACT_GAP  # whole cells from the lowest row to the highest held one
+        assert rows == pytest.approx(round(rows), abs=1e-9)
+        assert round(rows) >= mpm.WALL_CELLS - 1  # no wall node above the ground's highest held row
+        assert abs(height - lo - 0.1) <= dx or round(rows) == mpm.WALL_CELLS - 1  # about the depth asked for
+
+
 def test_cfl_violation_halves_the_substep_and_retries():
     obj, E = build_object(_cfg(velocity=(0.0, -2.0, 0.0)))
     sim = mpm.MPMSimulator(obj.x, E, 0.3, 1000.0, grid=32, box_lo=(-0.5, -0.1, -0.5), box_size=1.0, cfl=20.0,
