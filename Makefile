@@ -34,16 +34,17 @@ demo: $(STAMP)
 	$(VENV)/bin/sgaus generate-mpm --shape torus --views 6 --frames 30 --resolution 128 --out $(DEMO)/data
 	$(VENV)/bin/sgaus fit $(DEMO)/data --out $(DEMO)/run --preset fast --resume
 	$(VENV)/bin/sgaus eval $(DEMO)/run
-	$(VENV)/bin/sgaus simulate $(DEMO)/run --gravity 0 --velocity 0.3,0,0 --out $(DEMO)/zero_gravity
-	$(VENV)/bin/sgaus simulate $(DEMO)/run --friction sticky --orbit --out $(DEMO)/sticky_ground
+	$(VENV)/bin/sgaus simulate $(DEMO)/run --gravity 0 --velocity 0.3,0,0 --out $(DEMO)/run/sims/zero_gravity --overwrite
+	$(VENV)/bin/sgaus simulate $(DEMO)/run --friction sticky --orbit --out $(DEMO)/run/sims/sticky_ground --overwrite
 	@echo
 	@echo "demo finished. Look at:"
-	@echo "  $(DEMO)/data/images/            the generated multi-view video (ground truth)"
-	@echo "  $(DEMO)/run/loss.png            loss curves of the fit"
-	@echo "  $(DEMO)/run/eval/metrics.md     metrics table (also metrics.json)"
-	@echo "  $(DEMO)/run/eval/*.mp4          ground truth | prediction, side by side"
-	@echo "  $(DEMO)/zero_gravity/video.mp4  the asset with gravity switched off"
-	@echo "  $(DEMO)/sticky_ground/video.mp4 the asset on a sticky ground, orbiting camera"
+	@echo "  $(DEMO)/run/report.html                  everything below on one page"
+	@echo "  $(DEMO)/data/images/                     the generated multi-view video (ground truth)"
+	@echo "  $(DEMO)/run/loss.png                     loss curves of the fit"
+	@echo "  $(DEMO)/run/eval/metrics.md              metrics table (also metrics.json)"
+	@echo "  $(DEMO)/run/eval/*.mp4                   ground truth | prediction, side by side"
+	@echo "  $(DEMO)/run/sims/zero_gravity/video.mp4  the asset with gravity switched off"
+	@echo "  $(DEMO)/run/sims/sticky_ground/video.mp4 the asset on a sticky ground, orbiting camera"
 
 # pytest exits 5 when it collected no test: that must fail, not pass silently.
 test: $(STAMP)
@@ -56,7 +57,7 @@ test-browser: $(STAMP)
 	@command -v chromium >/dev/null || { echo "make test-browser: chromium is not installed" >&2; exit 1; }
 	$(VPY) -m pip install -q -e '.[test,viewer]' 2>&1 | grep -v '^WARNING: Location' || true
 	@$(VPY) -c "import viser" || { echo "make test-browser: viser did not install" >&2; exit 1; }
-	@$(VPY) -m pytest -q -rs tests -k viewer; rc=$$?; \
+	@$(VPY) -m pytest -q -rs tests -k "viewer or report_browser"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-browser: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 bench: $(STAMP)

@@ -256,13 +256,17 @@ def eval_cmd(ctx, run, data, scale, camera, no_baselines, last_complete, quiet):
 @click.option("--camera", default=None, help="Dataset camera to render from (default: the first).")
 @click.option("--orbit", is_flag=True, help="Render from a camera orbiting the object instead.")
 @click.option("--size", type=int, default=384, show_default=True, help="Longest side of the rendered frames.")
+@click.option("--background", type=click.Choice(["black", "white", "checker"]), default="black", show_default=True,
+              help="Behind the object and above the horizon.")
+@click.option("--ground-grid/--no-ground-grid", default=None,
+              help="Draw the ground plane as a checker with a contact shadow (default: when there is a ground).")
 @click.option("--overwrite", is_flag=True, help="Replace a previous simulation in --out.")
 @click.option("--yes", is_flag=True, help="Write the output even when it is estimated above a few GB.")
 @click.option("--last-complete", is_flag=True, help="Use the asset of the last finished fit when the latest did not finish.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def simulate_cmd(ctx, run, out, gravity, ground_height, no_ground, friction, velocity, stiffness_scale, frames,
-                 fps, camera, orbit, size, overwrite, yes, last_complete, quiet):
+                 fps, camera, orbit, size, background, ground_grid, overwrite, yes, last_complete, quiet):
     """Re-simulate the fitted asset in RUN under edited gravity, ground, friction, initial
     velocity or stiffness; writes a video, PNG frames, one PLY per frame and anchor trajectories."""
     from pipeline.simulate import Edits, parse_friction, parse_gravity, simulate
@@ -279,7 +283,8 @@ def simulate_cmd(ctx, run, out, gravity, ground_height, no_ground, friction, vel
     )
     _taichi(ctx)
     path = simulate(run, out, edits, n_frames=frames, fps=fps, camera=camera, orbit=orbit, size=size,
-                    progress=not quiet, log=click.echo, overwrite=overwrite, yes=yes, last_complete=last_complete)
+                    progress=not quiet, log=click.echo, overwrite=overwrite, yes=yes, last_complete=last_complete,
+                    background=background, ground_grid=ground_grid)
     click.echo(f"video: {path / 'video.mp4'}  frames: {path / 'frames'}  splats: {path / 'ply'}")
 
 

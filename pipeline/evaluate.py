@@ -29,7 +29,7 @@ from pipeline.data.files import atomic_dir, write_json, write_text
 from pipeline.data.frames import FrameCache
 from pipeline.data.rundir import RunDir, hash_files, hash_key
 from pipeline.data.scene import has_particles, load_particles, particles_path
-from pipeline.simulate import simulate_asset, write_video
+from pipeline.simulate import render_backdrop, simulate_asset, write_video
 from render.losses import psnr, ssim
 from taichi_sim.errors import SgausError
 
@@ -105,13 +105,15 @@ def markdown_table(result: dict, caption: str) -> str:
 
 def side_by_side_video(path: Path, asset: Asset, means: torch.Tensor, ds: VideoDataset, camera: int,
                        scale: float, fps: float) -> Path:
-    """An mp4 of ground truth | prediction for one camera over every frame."""
+    """An mp4 of ground truth | prediction for one camera over every frame; the prediction stands on
+    the asset's ground plane when it has one (pipeline.simulate.render_backdrop), the ground truth
+    is shown as recorded."""
     cache = FrameCache(ds, scale)
     cam = cache.cameras[camera]
     frames = []
     for f in range(len(means)):
         with torch.no_grad():
-            pred = asset.gaussians.render(cam, means[f]).clamp(0, 1)[0]
+            pred = render_backdrop(asset, cam, means[f]).clamp(0, 1)[0]
         gt = cache.rgb(f, [camera])[0]
         img = torch.cat([gt, pred], dim=1).clamp(0, 1)
         frames.append((img.numpy() * 255).astype(np.uint8))
@@ -121,8 +123,8 @@ def side_by_side_video(path: Path, asset: Asset, means: torch.Tensor, ds: VideoD
 
 def evaluate(run, data=None, scale: float | None = None, baselines: bool = True, camera: str | None = None,
              progress: bool = True, log=print, last_complete: bool = False) -> dict:
-    """Evaluate RUN and write RUN/eval/{metrics.json, metrics.md, per_frame.json, video_<camera>.mp4}.
-    metrics.json records the hashes of the asset and dataset it was computed from."""
+    """Evaluate RUN and write RUN/eval/{metrics.json, metrics.md, per_frame.json, video_<camera>.mp4}
+    and then RUN/report.html. metrics.json records the hashes of the asset and dataset it was computed from."""
     run_dir = RunDir(run, create=False)
     run_dir.require_complete(last_complete)
     asset = load_asset(run)
@@ -183,6 +185,9 @@ def evaluate(run, data=None, scale: float | None = None, baselines: bool = True,
         write_text(tmp / "metrics.md", table)
         side_by_side_video(tmp / f"video_{ds.cameras.names[cam_index]}.mp4", asset, means, ds, cam_index, scale, fps)
     log(table)
+    from pipeline.report import report_run
+
+    log(f"report: {report_run(run, figures=False)}")
     return result
 
 

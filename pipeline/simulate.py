@@ -20,6 +20,7 @@ from pipeline.asset import Asset, load_asset
 from pipeline.data.cameras import Cameras, orbit_cameras
 from pipeline.data.files import atomic_dir, atomic_file, check_output_dir, write_json
 from pipeline.data.gaussians import Gaussians, save_ply
+from render.backdrop import BACKGROUNDS
 from taichi_sim.binding import apply_binding
 from taichi_sim.errors import SgausError
 from taichi_sim.spring_model import vec3
@@ -132,11 +133,37 @@ def _dataset_camera(asset: Asset, name: str | None, size: int) -> Cameras:
     return cam.scaled(min(1.0, size / max(cam.width, cam.height)))
 
 
-def render_frames(asset: Asset, means: torch.Tensor, cams: Cameras, progress: bool) -> list[np.ndarray]:
+def ground_square(asset: Asset) -> float:
+    """Side (scene units) of a ground square in rendered videos and of a cell of the viewer's
+    ground grid: a round length near a quarter of the rest anchors' extent."""
+    from render.backdrop import nice_square
+
+    return nice_square(asset.model.extent or 1.0)
+
+
+def render_backdrop(asset: Asset, cams: Cameras, means: torch.Tensor, background="black",
+                    ground: bool = True) -> torch.Tensor:
+    """RGB [C,H,W,3] of the asset's Gaussians at ``means`` seen by ``cams`` over ``background``
+    (black, white, checker or an RGB triple) and, when ``ground`` and the asset's model has a
+    ground plane, that plane as a checker of :func:`ground_square` squares under the Gaussians'
+    soft contact shadow (render.backdrop)."""
+    from render.backdrop import composite_backdrop
+
+    rgb, alpha, depth = asset.gaussians.render_full(cams, means)
+    point = asset.model.ground_point if ground else None
+    return composite_backdrop(rgb, alpha, depth, cams.viewmats, cams.Ks, point, asset.model.ground_normal,
+                              background, ground_square(asset), shadow_points=means if point is not None else None)
+
+
+def render_frames(asset: Asset, means: torch.Tensor, cams: Cameras, progress: bool, background="black",
+                  ground: bool = False) -> list[np.ndarray]:
+    """uint8 frames over ``background``; ``ground`` draws the ground plane (:func:`render_backdrop`)."""
+    if ground and asset.model.ground_point is None:
+        raise SgausError("--ground-grid needs a ground plane, and this simulation has none")
     imgs = []
     for f in tqdm(range(len(means)), desc="render", disable=not progress, leave=False):
         with torch.no_grad():
-            rgb = asset.gaussians.render(cams[f % len(cams)], means[f])
+            rgb = render_backdrop(asset, cams[f % len(cams)], means[f], background, ground)
         imgs.append((rgb[0].clamp(0, 1).numpy() * 255).astype(np.uint8))
     return imgs
 
@@ -188,12 +215,20 @@ def estimated_bytes(asset: Asset, n_frames: int, size: int) -> int:
 
 def simulate(run, out, edits: Edits, n_frames: int | None = None, fps: float | None = None,
              camera: str | None = None, orbit: bool = False, size: int = 384, progress: bool = True,
-             log=print, overwrite: bool = False, yes: bool = False, last_complete: bool = False) -> Path:
-    """Simulate the edited asset and write video.mp4, frames/, ply/, anchors.npz, simulation.json."""
+             log=print, overwrite: bool = False, yes: bool = False, last_complete: bool = False,
+             background: str = "black", ground_grid: bool | None = None) -> Path:
+    """Simulate the edited asset and write video.mp4, frames/, ply/, anchors.npz, simulation.json.
+    ``ground_grid`` None draws the ground when the (edited) scene has one. An ``out`` inside the run
+    is listed in RUN/simulations.json and shown in RUN/report.html."""
     import imageio.v2 as imageio
 
     asset = apply_edits(_readable_asset(run, last_complete), edits)
     check_output_dir(out, "simulation", overwrite=overwrite, protect=_protected(run, asset))
+    if background not in BACKGROUNDS:
+        raise SgausError(f"--background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
+    if ground_grid and asset.model.ground_point is None:
+        raise SgausError("--ground-grid needs a ground plane, and this simulation has none (--no-ground?)")
+    ground_grid = asset.model.ground_point is not None if ground_grid is None else bool(ground_grid)
     n_frames = int(n_frames if n_frames is not None else asset.info.get("n_frames", 30))
     if n_frames < 1:
         raise SgausError(f"--frames must be at least 1, got {n_frames}")
@@ -217,7 +252,7 @@ def simulate(run, out, edits: Edits, n_frames: int | None = None, fps: float | N
         extent = 0.5 * float(np.linalg.norm(hi - lo)) + 1e-6
         cams = orbit_cameras(n_frames, 1.15 * extent / math.sin(math.radians(20.0)), target=centre, width=size,
                              height=size, up=asset.model.ground_normal, prefix="orbit_", digits=3)
-    images = render_frames(asset, means, cams, progress)
+    images = render_frames(asset, means, cams, progress, background, ground_grid)
     with atomic_dir(out) as tmp:
         (tmp / "frames").mkdir()
         (tmp / "ply").mkdir()
@@ -232,8 +267,14 @@ def simulate(run, out, edits: Edits, n_frames: int | None = None, fps: float | N
             "substeps": substeps, "gravity": list(asset.model.gravity),
             "ground_point": None if asset.model.ground_point is None else list(asset.model.ground_point),
             "ground_normal": list(asset.model.ground_normal), "v0": asset.v0.tolist(),
-            "camera": "orbit" if orbit else cams.names[0],
+            "camera": "orbit" if orbit else cams.names[0], "background": background, "ground_grid": ground_grid,
         })
+    run_root, where = Path(run).resolve(), Path(out).resolve()
+    if (run_root / "asset" / "physics.json").is_file() and run_root in where.parents:  # listed in the run's report
+        from pipeline.report import record_simulation, report_run
+
+        record_simulation(run_root, where.relative_to(run_root).as_posix(), where / "video.mp4", edits=edits.to_dict())
+        log(f"report: {report_run(run_root, figures=False)}")
     return Path(out)
 
 

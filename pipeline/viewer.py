@@ -1,7 +1,9 @@
 """`sgaus view`: an interactive viser viewer of a fitted asset (optional extra: ``sgaus[viewer]``).
 
-The viewer shows the asset's Gaussians (viser's Gaussian splats), its anchors (a point cloud), its
-springs (line segments, a random subsample when there are many) and the ground plane, with a frame
+The viewer shows the asset's Gaussians (viser's Gaussian splats), its anchors (a point cloud, in
+one colour or coloured by fitted log10 stiffness with the report's colormap), its springs (line
+segments, a random subsample when there are many) and the ground plane (a grid whose cells are the
+squares of the ground in `sgaus simulate` videos), with a frame
 slider over a simulation of the asset and GUI controls for the edits of ``sgaus simulate``
 (gravity, ground height / no ground, friction, initial velocity, stiffness scale); the "simulate"
 button re-runs :func:`pipeline.simulate.simulate_asset` on :func:`pipeline.simulate.apply_edits`.
@@ -27,11 +29,12 @@ import numpy as np
 import torch
 
 from pipeline.asset import Asset, load_asset
-from pipeline.simulate import Edits, apply_edits, simulate_asset
+from pipeline.simulate import Edits, apply_edits, ground_square, simulate_asset
 from taichi_sim.errors import SgausError
 from taichi_sim.spring_params import friction_from_logit
 
 MAX_SPRINGS = 4000  # springs drawn at most (a random subsample of the undirected springs)
+ANCHOR_COLOUR = (255, 140, 0)  # anchors when they are not coloured by stiffness
 MAX_FRAMES = 2000  # frames one simulation may ask for from the GUI
 VISER_MISSING = "the viewer needs viser: pip install 'sgaus[viewer]'"
 
@@ -94,6 +97,7 @@ class ViewerScene:
     substeps     substeps per frame the simulation needed
     frame_dt     seconds between frames
     ground       (point [3], normal [3]) of the ground plane, or None
+    log_stiffness  [N] log10 k of every anchor as simulated (edits included), or None
     """
 
     centres: np.ndarray
@@ -106,6 +110,7 @@ class ViewerScene:
     substeps: int
     frame_dt: float
     ground: tuple[np.ndarray, np.ndarray] | None
+    log_stiffness: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:
@@ -159,7 +164,20 @@ def build_scene(asset: Asset, n_frames: int | None = None, edits: Edits | None =
         substeps=int(substeps),
         frame_dt=float(edited.integrator.frame_dt),
         ground=ground,
+        log_stiffness=edited.params.log_stiffness.detach().double().numpy().copy(),
     )
+
+
+def anchor_colours(log_stiffness, by_stiffness: bool, vmin: float | None = None,
+                   vmax: float | None = None) -> np.ndarray:
+    """uint8 RGB [N,3] of the anchors: log10 k in the report's colormap over ``vmin .. vmax``
+    (pipeline.report.stiffness_colors) when ``by_stiffness``, else all ANCHOR_COLOUR."""
+    from pipeline.report import stiffness_colors
+
+    if by_stiffness:
+        return stiffness_colors(log_stiffness, vmin, vmax)
+    n = len(np.asarray(log_stiffness).reshape(-1))
+    return np.tile(np.asarray(ANCHOR_COLOUR, dtype=np.uint8), (n, 1))
 
 
 @dataclass
@@ -240,6 +258,32 @@ def wxyz_z_to(normal: np.ndarray) -> tuple[float, float, float, float]:
     return (math.cos(half), float(axis[0]), float(axis[1]), float(axis[2]))
 
 
+def rotate(wxyz, v) -> np.ndarray:
+    """The vector ``v`` [3] turned by the unit quaternion ``wxyz``."""
+    w, x, y, z = wxyz
+    R = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                  [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                  [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+    return R @ np.asarray(v, dtype=np.float64)
+
+
+def ground_grid_pose(point, normal, centre, square: float) -> tuple[tuple[float, float, float],
+                                                                   tuple[float, float, float, float]]:
+    """Position and orientation (wxyz) of a grid drawn in its local x-y plane so that it lies on
+    the ground plane (``point``, ``normal``) under ``centre``, turned by :func:`wxyz_z_to`, with its
+    centre snapped to the lattice of ``square``-wide squares through ``point``: an even number of
+    cells then puts its lines on the edges of the squares in `sgaus simulate` videos (exactly so
+    when the normal is a world axis)."""
+    point = np.asarray(point, dtype=np.float64)
+    n = np.asarray(normal, dtype=np.float64)
+    n = n / np.linalg.norm(n)
+    wxyz = wxyz_z_to(n)
+    ex, ey = rotate(wxyz, [1.0, 0.0, 0.0]), rotate(wxyz, [0.0, 1.0, 0.0])
+    rel = np.asarray(centre, dtype=np.float64) - point
+    below = point + square * (np.round(rel @ ex / square) * ex + np.round(rel @ ey / square) * ey)
+    return tuple(float(x) for x in below), wxyz
+
+
 class Viewer:
     """A running viewer: a viser server showing one asset. ``frame`` is the shown frame."""
 
@@ -290,13 +334,15 @@ class Viewer:
         sc.set_up_direction(tuple(float(x) for x in up / np.linalg.norm(up)))
         self.splats = sc.add_gaussian_splats("/gaussians", centers=s.centres[0], covariances=s.covariances,
                                              rgbs=s.rgbs, opacities=s.opacities)
-        self.anchor_cloud = sc.add_point_cloud("/anchors", points=s.anchors[0], colors=(255, 140, 0),
+        self.anchor_cloud = sc.add_point_cloud("/anchors", points=s.anchors[0], colors=ANCHOR_COLOUR,
                                                point_size=0.12 * spacing, point_shape="circle",
                                                precision="float32")
         self.spring_lines = sc.add_line_segments("/springs", points=s.spring_segments(0),
                                                  colors=(80, 170, 255), thickness=1.0, thickness_units="screen")
-        self.ground_grid = sc.add_grid("/ground", width=8 * radius, height=8 * radius, cell_size=radius / 2,
-                                       section_size=2 * radius, plane="xy", visible=False)
+        self.square = square = ground_square(self.asset)
+        cells = 2 * math.ceil(max(8 * radius, 20 * square) / (2 * square))  # an even number of squares
+        self.ground_grid = sc.add_grid("/ground", width=cells * square, height=cells * square, cell_size=square,
+                                       section_size=5 * square, plane="xy", visible=False)
         self._place_ground()
         # look at the object from above and aside, about four radii away
         side = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 0.0, 1.0])
@@ -305,16 +351,16 @@ class Viewer:
         self.server.initial_camera.position = tuple(float(x) for x in eye)
 
     def _place_ground(self) -> None:
+        """Lay the grid on the scene's ground plane; it shows when there is a ground and the
+        "ground grid" box is ticked."""
         s = self.scene
-        if s.ground is None:
-            self.ground_grid.visible = False
-            return
-        point, normal = s.ground
-        centre = s.anchors[0].astype(np.float64).mean(0)
-        below = centre - ((centre - point) @ normal) * normal  # the object's centre dropped onto the plane
-        self.ground_grid.position = tuple(float(x) for x in below)
-        self.ground_grid.wxyz = wxyz_z_to(normal)
-        self.ground_grid.visible = True
+        if s.ground is not None:
+            centre = s.anchors[0].astype(np.float64).mean(0)
+            position, wxyz = ground_grid_pose(s.ground[0], s.ground[1], centre, self.square)
+            self.ground_grid.position = position
+            self.ground_grid.wxyz = wxyz
+        ticked = getattr(self, "show_ground", None)  # absent while the scene is first built
+        self.ground_grid.visible = s.ground is not None and (ticked is None or bool(ticked.value))
 
     def show_frame(self, frame: int) -> None:
         with self._lock:
@@ -337,6 +383,8 @@ class Viewer:
             self.show_splats = gui.add_checkbox("Gaussians", initial_value=True)
             self.show_anchors = gui.add_checkbox("anchors", initial_value=True)
             self.show_springs = gui.add_checkbox("springs", initial_value=True)
+            self.colour_by_stiffness = gui.add_checkbox("colour anchors by stiffness", initial_value=False)
+            self.show_ground = gui.add_checkbox("ground grid", initial_value=True)  # drawn when there is a ground
             self.info = gui.add_markdown(self._info_text())
         with gui.add_folder("Edits"):
             self.gravity_as_vector = gui.add_checkbox("gravity as vector", initial_value=c.gravity_as_vector)
@@ -361,6 +409,8 @@ class Viewer:
         self.show_splats.on_update(lambda _e: setattr(self.splats, "visible", self.show_splats.value))
         self.show_anchors.on_update(lambda _e: setattr(self.anchor_cloud, "visible", self.show_anchors.value))
         self.show_springs.on_update(lambda _e: setattr(self.spring_lines, "visible", self.show_springs.value))
+        self.colour_by_stiffness.on_update(lambda _e: self._colour_anchors())
+        self.show_ground.on_update(lambda _e: self._place_ground())
 
         def gravity_mode(_e):
             self.gravity.visible = not self.gravity_as_vector.value
@@ -375,8 +425,28 @@ class Viewer:
     def _info_text(self) -> str:
         s = self.scene
         shown = f"{len(s.springs)} of {s.n_springs}" if len(s.springs) < s.n_springs else f"{s.n_springs}"
-        return (f"{s.n_gaussians} Gaussians, {s.n_anchors} anchors, {shown} springs  \n"
+        text = (f"{s.n_gaussians} Gaussians, {s.n_anchors} anchors, {shown} springs  \n"
                 f"{s.n_frames} frames of {s.frame_dt:g} s, {s.substeps} substeps per frame")
+        if getattr(self, "colour_by_stiffness", None) is not None and self.colour_by_stiffness.value:
+            lo, hi = self.stiffness_range
+            text += f"  \nanchor colours: log10 k from {lo:.2f} (purple) to {hi:.2f} (yellow), as fitted"
+        return text
+
+    @property
+    def stiffness_range(self) -> tuple[float, float]:
+        """The colour range of the anchors: the fitted asset's log10 k, so that an edited stiffness
+        scale shows as a shift of colour."""
+        from pipeline.report import stiffness_range
+
+        return stiffness_range(self.asset.params.log_stiffness.detach().double().numpy())
+
+    def _colour_anchors(self) -> None:
+        with self._lock:
+            s = self.scene
+            log_k = s.log_stiffness if s.log_stiffness is not None else np.zeros(s.n_anchors)
+            self.anchor_cloud.colors = anchor_colours(log_k, bool(self.colour_by_stiffness.value),
+                                                      *self.stiffness_range)
+            self.info.content = self._info_text()
 
     def read_controls(self) -> Controls:
         """The edit controls' current values."""
@@ -426,7 +496,7 @@ class Viewer:
                 self.frame_slider.value = frame
                 self.show_frame(frame)
                 self._place_ground()
-                self.info.content = self._info_text()
+                self._colour_anchors()
             self.status.content = f"simulated in {time.perf_counter() - t0:.1f} s"
             return True
         finally:
@@ -477,4 +547,5 @@ def serve(run_or_asset, host: str = "127.0.0.1", port: int = 8080, n_frames: int
 
 
 __all__ = ["ViewerScene", "Controls", "Viewer", "ViewerUnavailable", "build_scene", "covariances_from_scales",
-           "spring_pairs", "undirected_springs", "start_viewer", "serve", "require_viser"]
+           "spring_pairs", "undirected_springs", "anchor_colours", "ground_grid_pose", "rotate",
+           "start_viewer", "serve", "require_viser"]

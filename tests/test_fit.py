@@ -15,7 +15,7 @@ from conftest import TINY, invoke
 
 def test_fit_writes_a_complete_asset(tiny_run):
     for rel in ["asset/gaussians.ply", "asset/anchors.npz", "asset/physics.json", "settings.yaml", "loss.png",
-                "run.json"] + [f"stages/{s}/stage.json" for s in ("static", "anchors", "refine", "velocity", "dynamic")]:
+                "run.json", "report.html", "figures/stiffness.png", "figures/physics.png"] + [f"stages/{s}/stage.json" for s in ("static", "anchors", "refine", "velocity", "dynamic")]:
         assert (tiny_run / rel).is_file(), rel
     phys = json.loads((tiny_run / "asset/physics.json").read_text())
     assert len(phys["log_stiffness"]) == make_settings("tiny").n_anchors

@@ -99,12 +99,16 @@ class Gaussians:
 
     def render_with_alpha(self, cams, means: torch.Tensor | None = None, background=None):
         """(RGB [C,H,W,3], alpha [C,H,W,1]) of :meth:`render`."""
+        rgb, alpha, _depth = self.render_full(cams, means, background)
+        return rgb, alpha
+
+    def render_full(self, cams, means: torch.Tensor | None = None, background=None):
+        """(RGB [C,H,W,3], alpha [C,H,W,1], depth [C,H,W,1]) of :meth:`render`; depth is the
+        expected camera-space z where alpha > 0 (render.rasterization)."""
         from render import rasterization
 
-        rgb, alpha, _depth = rasterization(self.means if means is None else means, self.scales(), self.opacities(),
-                                           self.rgb(), cams.viewmats, cams.Ks, cams.width, cams.height,
-                                           background=background)
-        return rgb, alpha
+        return rasterization(self.means if means is None else means, self.scales(), self.opacities(), self.rgb(),
+                             cams.viewmats, cams.Ks, cams.width, cams.height, background=background)
 
 
 # ----------------------------------------------------------------------------- PLY

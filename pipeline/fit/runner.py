@@ -212,7 +212,8 @@ def fit(data, out, settings: FitSettings, resume: bool = False, gravity=None, gr
         progress: bool = True, log=print, overwrite: bool = False) -> Path:
     """Run every stage (reusing matching ones with ``resume``) and write RUN/asset. The run is
     marked "fitting" until the asset is written, then "complete"; the evaluation of an earlier
-    asset (RUN/eval) is removed when a new asset replaces it."""
+    asset (RUN/eval) is removed when a new asset replaces it. Last, RUN/report.html
+    (pipeline.report) is written for the finished run."""
     f = Fitter(data, out, settings, resume, gravity, ground, progress, log, overwrite)
     g, k1 = f.static()
     a, k2 = f.anchors(g, k1)
@@ -230,6 +231,9 @@ def fit(data, out, settings: FitSettings, resume: bool = False, gravity=None, gr
     if f.ran and (f.run.root / "eval").exists():  # computed from the asset just replaced
         shutil.rmtree(f.run.root / "eval")
     f.run.update_meta(stages_run=f.ran, status="complete")
+    from pipeline.report import report_run
+
+    log(f"report: {report_run(f.run.root)}")
     return f.run.root
 
 
