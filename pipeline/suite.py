@@ -520,11 +520,9 @@ def error_line(err: BaseException) -> str:
 def _quiet_ray(verbose: bool) -> int:
     """Keep Ray's own messages out of the terminal unless ``verbose``; returns the logging level."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0" if verbose else "1")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    level = logging.INFO if verbose else logging.ERROR
-    logging.getLogger("ray").setLevel(level)
-    return level
+    if verbose:  # every task's lines, not one of each kind (read when ray is first imported)
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    return logging.INFO if verbose else logging.ERROR
 
 
 def _route_ray_errors(path: Path, verbose: bool):
@@ -569,10 +567,33 @@ def _resolve_arch(arch: str, resources: dict) -> str:
     return arch
 
 
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of HOST:PORT (or ray://HOST:PORT), None for auto; ValueError for anything else."""
+    if address == "auto":
+        return None
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"--address must be auto or HOST:PORT, got {address!r}")
+    return host, int(port)
+
+
+def _probe(address: str, timeout: float = 10.0) -> None:
+    """Fail fast on a HOST:PORT nobody listens on (ray.init would retry it for minutes)."""
+    target = _host_port(address)
+    if target is None:
+        return
+    host, port = target
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot reach the Ray cluster at {address}: {err.strerror or err}") from None
+
+
 def _start_ray(address: str | None, workers: int | None, verbose: bool) -> str:
+    level = _quiet_ray(verbose)
     import ray
 
-    level = _quiet_ray(verbose)
     common = dict(log_to_driver=verbose, logging_level=level, configure_logging=True)
     try:
         if address:
@@ -598,6 +619,7 @@ def _start_ray(address: str | None, workers: int | None, verbose: bool) -> str:
 def _run_on_ray(tasks: list[Task], out: Path, *, address, workers, arch, resume, verbose, progress, log,
                 bar_total: int, bar_done: int) -> dict:
     """Run ``tasks`` on Ray; returns {label: record} (failed tasks as status "failed")."""
+    _quiet_ray(verbose)
     import ray
     from tqdm.auto import tqdm
 
@@ -682,12 +704,11 @@ def run_suite(suite: Suite, out_dir, *, address: str | None = None, workers: int
         raise ValueError(f"--workers must be at least 1, got {workers}")
     if arch not in ("auto", "cpu", "cuda"):
         raise ValueError(f"unknown arch {arch!r}: choose auto, cpu or cuda")
+    if address is not None:
+        _host_port(address)
     out = Path(out_dir).resolve()
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out exists and is not a directory: {out}")
-    out.mkdir(parents=True, exist_ok=True)
-    api = _api()
-    api.write_text(out / "suite.yaml", yaml.safe_dump(suite.to_dict(), sort_keys=False))
     tasks = suite.tasks()
     results: dict[str, dict] = {}
     if resume:
@@ -696,6 +717,10 @@ def run_suite(suite: Suite, out_dir, *, address: str | None = None, workers: int
             if rec is not None:
                 results[t.label] = {**rec, "reused": True}
     todo = [t for t in tasks if t.label not in results]
+    if todo and address:
+        _probe(address)  # before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    _api().write_text(out / "suite.yaml", yaml.safe_dump(suite.to_dict(), sort_keys=False))
     log(f"suite {suite.name}: {len(suite.scenes)} scene(s) x {len(suite.methods)} method(s) x {len(suite.seeds)} "
         f"seed(s) = {len(tasks)} task(s)" + (f", {len(results)} finished earlier" if results else ""))
     if todo:
