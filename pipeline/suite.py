@@ -609,7 +609,7 @@ def _start_ray(address: str | None, workers: int | None, verbose: bool) -> str:
                 os.environ.pop("PYTHONPATH", None)
             else:
                 os.environ["PYTHONPATH"] = old
-        return f"a local Ray with {workers} workers"
+        return f"a local Ray with {workers} worker{'s' if workers != 1 else ''}"
     except (ConnectionError, RuntimeError, ValueError) as err:
         what = f"the Ray cluster at {address}" if address else "a local Ray"
         msg = str(err).strip().splitlines()
@@ -791,6 +791,10 @@ def _cells(suite: Suite, rows: list[dict], records: list[dict]) -> dict:
     return table
 
 
+def _seeds_text(seeds) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over seeds {', '.join(str(s) for s in seeds)}"
+
+
 def _fmt(v, digits) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
@@ -803,8 +807,9 @@ def _markdown(suite: Suite, rows: list[dict], table: dict, records: list[dict], 
     if suite.description:
         lines += [suite.description.strip(), ""]
     lines += [
-        f"{len(suite.scenes)} scene(s) x {len(suite.methods)} method(s) x {n_seeds} seed(s) = {summary['tasks']} "
-        f"task(s): {summary['ok']} finished ({summary['reused']} kept from an earlier run), {summary['failed']} failed.",
+        f"{len(suite.scenes)} scene(s) x {len(suite.methods)} method(s) x {n_seeds} seed(s) = "
+        f"{summary['tasks']} task(s): {summary['ok']} finished ({summary['reused']} kept from an earlier run), "
+        f"{summary['failed']} failed.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -836,8 +841,10 @@ def _markdown(suite: Suite, rows: list[dict], table: dict, records: list[dict], 
             lines.append("| " + " | ".join([label if i == 0 else "", row["row"]] + cells + [mtext]) + " |")
     lines += [
         "",
-        f"Each value is the mean over seeds {seeds} ({n_seeds} seed(s) per scene and method); † marks a mean over "
-        "fewer seeds because some tasks failed, - a value that is missing. Mean: over the scenes (only when every "
+        (f"Each value is the mean over seeds {seeds} (the {n_seeds} seeds averaged per scene and method); † marks "
+         "a mean over fewer seeds because some tasks failed, - a value that is missing. " if n_seeds > 1 else
+         f"One seed ({seeds}): nothing is averaged over seeds; - marks a value that is missing. ")
+        + "Mean: over the scenes (only when every "
         "scene has a value). Best of each column in bold. recon. = dynamic reconstruction, the mean over the fitted "
         "frames 1..F-1; future = future prediction, the mean over the frames after them (sgaus eval). CD: "
         "squared-distance Chamfer distance in 1e3 mm² (scene unit = 1 m); EMD: mean matched distance in m; both "
@@ -880,12 +887,12 @@ def _plot(suite: Suite, table: dict, path: Path) -> None:
             stds = [c["std"] if c and c["n"] > 1 else 0.0 for c in cells]
             ax.bar(x - 0.4 + width * (i + 0.5), means, width, yerr=stds if any(stds) else None, label=m, capsize=2)
         ax.set_xticks(x)
-        ax.set_xticklabels(scenes, rotation=30, ha="right")
+        ax.set_xlim(-0.6, len(scenes) - 0.4)
+        ax.set_xticklabels(scenes, rotation=30 if len(scenes) > 3 else 0, ha="right" if len(scenes) > 3 else "center")
         ax.set_title(table[key]["label"] + (" (1e3 mm²)" if key == "future_cd" else " (dB)"))
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    seeds = f"mean over seeds {', '.join(str(s) for s in suite.seeds)}"
-    fig.suptitle(f"suite {suite.name}: {seeds}", fontsize=10)
+    fig.suptitle(f"suite {suite.name}: {_seeds_text(suite.seeds)}", fontsize=10)
     fig.tight_layout()
     with api.atomic_file(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100)
@@ -899,7 +906,8 @@ def write_tables(suite: Suite, records: list[dict], out_dir) -> dict:
     rows = _rows(suite, records)
     table = _cells(suite, rows, records)
     summary = {"tasks": len(records), "ok": sum(r["status"] == "ok" for r in records),
-               "failed": sum(r["status"] != "ok" for r in records), "reused": sum(bool(r.get("reused")) for r in records)}
+               "failed": sum(r["status"] != "ok" for r in records),
+               "reused": sum(bool(r.get("reused")) for r in records)}
     tasks = [{"scene": r["scene"], "method": r["method"], "seed": r["seed"], "status": r["status"],
               "metrics": r.get("metrics"), "fit_s": r.get("fit_s"), "eval_s": r.get("eval_s"), "run": r["run"],
               "error": r.get("error"), "reused": bool(r.get("reused")), "key": r.get("key")} for r in records]

@@ -104,7 +104,7 @@ def test_suite_writes_tables_in_the_papers_layout(suite_run):
     assert "| metric | method | ball | ring | mean |" in md
     for _k, _p, _m, label, _d, _l in S.METRICS:
         assert f"| {label} | full |" in md
-    assert "mean over seeds 0" in md and "| hold (from full) |" in md
+    assert "One seed (0): nothing is averaged over seeds" in md and "| hold (from full) |" in md
     assert (out / "table.png").stat().st_size > 1000
     # each scene generated once, into data/<scene>-<hash>/
     assert sorted(p.name.rsplit("-", 1)[0] for p in (out / "data").iterdir()) == ["ball", "ring"]
