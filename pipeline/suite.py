@@ -68,11 +68,12 @@ def _api() -> SimpleNamespace:
     from pipeline.fit import fit
     from pipeline.generate import GenerateConfig, generate
     from pipeline.settings import FitSettings, make_settings
-    from taichi_sim.runtime import current_arch, init_taichi
+    from taichi_sim.runtime import cuda_available, current_arch, init_taichi
 
     return SimpleNamespace(atomic_file=atomic_file, write_json=write_json, write_text=write_text, evaluate=evaluate,
                            fit=fit, GenerateConfig=GenerateConfig, generate=generate, FitSettings=FitSettings,
-                           make_settings=make_settings, current_arch=current_arch, init_taichi=init_taichi)
+                           make_settings=make_settings, current_arch=current_arch, init_taichi=init_taichi,
+                           cuda_available=cuda_available)
 
 
 def _hash(*parts) -> str:
@@ -558,12 +559,15 @@ def _route_ray_errors(path: Path, verbose: bool):
     return undo
 
 
-def _resolve_arch(arch: str, resources: dict) -> str:
+def _resolve_arch(arch: str, resources: dict, local: bool) -> str:
+    """auto: CUDA when the cluster has GPUs (and, on a local Ray, when torch here can use one)."""
     gpus = float(resources.get("GPU", 0))
+    torch_cuda = _api().cuda_available() if local else True
     if arch == "auto":
-        return "cuda" if gpus >= 1 else "cpu"
-    if arch == "cuda" and gpus < 1:
-        raise ValueError("--arch cuda was asked for, but the Ray cluster has no GPU")
+        return "cuda" if gpus >= 1 and torch_cuda else "cpu"
+    if arch == "cuda" and (gpus < 1 or not torch_cuda):
+        raise ValueError("--arch cuda was asked for, but the Ray cluster has no GPU" if gpus < 1 else
+                         "--arch cuda was asked for, but no CUDA device is available to torch")
     return arch
 
 
@@ -631,7 +635,7 @@ def _run_on_ray(tasks: list[Task], out: Path, *, address, workers, arch, resume,
         undo()
         raise
     try:
-        arch = _resolve_arch(arch, ray.cluster_resources())
+        arch = _resolve_arch(arch, ray.cluster_resources(), local=not address)
         gpus = 1 if arch == "cuda" else 0
         log(f"running {len(tasks)} task(s) on {where} (arch {arch}); task logs in {out / 'logs'}")
         retry = dict(max_retries=1, retry_exceptions=True, max_calls=1)  # a fresh process (and Taichi) per task

@@ -276,3 +276,15 @@ def test_tables_average_seeds_and_mark_missing_ones(tmp_path):
     assert "| future CD ↓ | m | 2.000 | 5.000 † | 3.500 |" in md
     assert "mean over seeds 0, 1" in md and "RuntimeError: boom" in md
     assert [row["row"] for row in doc["rows"]] == ["m"]  # no baselines evaluated, no baseline rows
+
+
+def test_arch_follows_the_clusters_gpus(monkeypatch):
+    assert S._resolve_arch("auto", {"CPU": 2.0}, local=False) == "cpu"
+    assert S._resolve_arch("auto", {"CPU": 2.0, "GPU": 1.0}, local=False) == "cuda"
+    with pytest.raises(ValueError, match="the Ray cluster has no GPU"):
+        S._resolve_arch("cuda", {"CPU": 2.0}, local=False)
+    # a local GPU that this machine's torch cannot use (a CPU build) is not chosen by auto
+    monkeypatch.setattr(S._api(), "cuda_available", lambda: False)
+    assert S._resolve_arch("auto", {"GPU": 1.0}, local=True) == "cpu"
+    with pytest.raises(ValueError, match="no CUDA device is available to torch"):
+        S._resolve_arch("cuda", {"GPU": 1.0}, local=True)
