@@ -160,12 +160,13 @@ class Suite:
                 for sc in self.scenes for m in self.methods for seed in self.seeds]
 
     def to_dict(self) -> dict:
-        """The SPEC as resolved (absolute paths, every option), saved as OUT/suite.yaml."""
-        scenes = [{"name": s.name, **({"path": s.path} if s.path else dict(s.options))} for s in self.scenes]
-        for s in scenes:
-            for k, v in s.items():
-                if isinstance(v, tuple):
-                    s[k] = list(v)
+        """The SPEC as resolved (absolute paths, every option), saved as OUT/suite.yaml; it is a
+        SPEC itself, whose tasks have the same keys."""
+        scenes = []
+        for sc in self.scenes:
+            options = {"path": sc.path} if sc.path else {k: list(v) if isinstance(v, tuple) else v
+                                                         for k, v in sc.options.items() if v is not None}
+            scenes.append({"name": sc.name, **options})
         methods = [{"name": m.name, "preset": m.preset, "set": dict(m.overrides)} for m in self.methods]
         return {"name": self.name, "description": self.description, "seeds": list(self.seeds),
                 "baselines": self.baselines, "scenes": scenes, "methods": methods}
@@ -896,7 +897,8 @@ def _plot(suite: Suite, table: dict, path: Path) -> None:
         ax.set_title(table[key]["label"] + (" (1e3 mm²)" if key == "future_cd" else " (dB)"))
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"suite {suite.name}: {_seeds_text(suite.seeds)}", fontsize=10)
+    spread = " (error bars: standard deviation over the seeds)" if len(suite.seeds) > 1 else ""
+    fig.suptitle(f"suite {suite.name}: {_seeds_text(suite.seeds)}{spread}", fontsize=10)
     fig.tight_layout()
     with api.atomic_file(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100)

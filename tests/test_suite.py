@@ -106,6 +106,9 @@ def test_suite_writes_tables_in_the_papers_layout(suite_run):
         assert f"| {label} | full |" in md
     assert "One seed (0): nothing is averaged over seeds" in md and "| hold (from full) |" in md
     assert (out / "table.png").stat().st_size > 1000
+    # the resolved SPEC saved with the suite is a SPEC of the same tasks
+    assert [t.key for t in S.load_spec(out / "suite.yaml").tasks()] == [
+        t.key for t in S.parse_spec(SPEC, out, "SPEC").tasks()]
     # each scene generated once, into data/<scene>-<hash>/
     assert sorted(p.name.rsplit("-", 1)[0] for p in (out / "data").iterdir()) == ["ball", "ring"]
     for scene in ("ball", "ring"):
