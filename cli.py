@@ -240,6 +240,58 @@ def eval_cmd(ctx, run, data, scale, camera, no_baselines, last_complete, quiet):
     click.echo(f"metrics written to {run}/eval/metrics.json and metrics.md")
 
 
+# ---------------------------------------------------------------- suite
+@cli.command("suite")
+@click.argument("spec", required=False, type=click.Path(dir_okay=False))
+@click.option("--builtin", type=click.Choice(["paper-synthetic", "ablation"]), default=None,
+              help="A built-in suite instead of SPEC: paper-synthetic (Tables 1-2: eight shapes, soft to stiff) "
+                   "or ablation (Table 3 on a heterogeneous torus).")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Directory of the suite: data/, runs/, logs/, table.md, table.json, table.png.")
+@click.option("--address", default=None, metavar="auto|HOST:PORT",
+              help="Run on an existing Ray cluster (auto: the one started on this machine with `ray start`); "
+                   "default: start a local Ray.")
+@click.option("--workers", type=int, default=None,
+              help="Tasks at once: the CPUs given to the local Ray (default: this machine's); with --address, "
+                   "the most tasks in flight (default: as many as the cluster takes).")
+@click.option("--resume", is_flag=True, help="Keep finished tasks whose key matches; fits continue from saved stages.")
+@click.option("--verbose", is_flag=True, help="Show Ray's messages and every task's log lines.")
+@click.pass_context
+def suite_cmd(ctx, spec, builtin, out, address, workers, resume, verbose):
+    """Run a suite: scenes x methods x seeds, each (scene, method, seed) generated, fitted and
+    evaluated as an independent task on Ray; results gathered into OUT/table.md, table.json and
+    table.png laid out like the paper's Tables 1-3 (seeds averaged).
+
+    \b
+    SPEC (YAML):
+      seeds: [0, 1]
+      scenes:
+        - {name: soft_torus, shape: torus, youngs_modulus: 1e4, views: 4, frames: 12, resolution: 64}
+        - {name: mine, path: existing/dataset}
+      methods:
+        - {name: full, preset: fast, set: {iterations: 20}}
+        - {name: single_k, preset: fast, single_k: true}
+    """
+    from pathlib import Path
+
+    from pipeline.suite import builtin_spec, load_spec, run_suite
+
+    if (spec is None) == (builtin is None):
+        raise SgausError("give a suite SPEC file or --builtin NAME (one of them)")
+    if workers is not None and workers < 1:
+        raise SgausError(f"--workers must be at least 1, got {workers}")
+    suite = builtin_spec(builtin) if builtin else load_spec(spec)  # checked whole before anything starts
+    doc = run_suite(suite, out, address=address, workers=workers, arch=ctx.find_root().obj["arch"], resume=resume,
+                    verbose=verbose, log=click.echo)
+    s = doc["summary"]
+    click.echo((Path(out) / "table.md").read_text().split("\n## Tasks")[0].rstrip())
+    click.echo(f"\n{s['tasks']} task(s): {s['ok']} finished ({s['reused']} kept from an earlier run), "
+               f"{s['failed']} failed")
+    click.echo(f"tables: {Path(out) / 'table.md'}, table.json, table.png")
+    if s["failed"]:
+        raise click.ClickException(f"{s['failed']} of {s['tasks']} tasks failed (errors in {Path(out) / 'table.md'})")
+
+
 # ---------------------------------------------------------------- simulate / export / view
 @cli.command("simulate")
 @click.argument("run", type=click.Path(file_okay=False))

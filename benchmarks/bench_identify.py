@@ -106,7 +106,8 @@ def main() -> None:
         sets = [a for s in args.sets for a in ("--set", s)]
         sgaus("fit", data, "--out", run, "--preset", args.preset, "--resume", "--quiet", *sets)
         fit_s = time.perf_counter() - t0
-        sgaus("eval", run, "--quiet")
+        if not (run / "eval" / "metrics.json").exists():  # a fit that wrote a new asset removed the old eval
+            sgaus("eval", run, "--quiet")
         rows.append(summarise(name, spec, run, fit_s))
         r = rows[-1]
         print(f"  mean log10 k {r['mean_log_k']:.2f}, future CD {r['future_cd']:.2f} (hold {r['hold_future_cd']:.2f}), "

@@ -30,6 +30,7 @@ OUTPUT_KINDS = {
     "simulation": ("simulation.json", "sgaus-simulation/"),
     "splat-sequence": ("sequence.json", "sgaus-splat-sequence/"),
     "reconstruction": ("settings.json", "sgaus-reconstruction/"),
+    "suite": ("suite.json", "sgaus-suite/"),
 }
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.(tmp|old)(\.[A-Za-z0-9]+)?$")
 
