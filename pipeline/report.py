@@ -34,7 +34,7 @@ import numpy as np
 
 from pipeline.asset import load_asset
 from pipeline.data.files import atomic_file, write_json, write_text
-from pipeline.data.schema import read_json
+from pipeline.data.schema import read_json, read_yaml
 from taichi_sim.errors import SgausError
 
 STIFFNESS_CMAP = "viridis"  # perceptually uniform, readable in grey and by colour-blind readers
@@ -482,12 +482,7 @@ def collect_run(run_dir) -> dict:
     data: dict = {}
     p = run / "settings.yaml"
     if p.is_file():
-        try:
-            saved = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise SgausError(f"{p} is not valid YAML ({err.__class__.__name__})") from None
-        if not isinstance(saved, dict):
-            raise SgausError(f"{p} does not hold a mapping of settings")
+        saved = read_yaml(p)
         if isinstance(saved.get("settings"), dict):
             out["settings"] = saved["settings"]
         if saved.get("data"):

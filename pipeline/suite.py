@@ -66,13 +66,15 @@ def _api() -> SimpleNamespace:
     """The pipeline entry points this module calls, imported in this one place (their modules
     may move; nothing else here imports from the pipeline)."""
     from pipeline.data.files import atomic_file, check_output_dir, write_json, write_text
+    from pipeline.data.schema import read_yaml
     from pipeline.evaluate import evaluate
     from pipeline.fit.runner import fit
     from pipeline.fit.settings import FitSettings, make_settings
     from pipeline.generate import GenerateConfig, generate
     from taichi_sim.runtime import cuda_available, current_arch, init_taichi
 
-    return SimpleNamespace(atomic_file=atomic_file, check_output_dir=check_output_dir, write_json=write_json,
+    return SimpleNamespace(atomic_file=atomic_file, check_output_dir=check_output_dir, read_yaml=read_yaml,
+                           write_json=write_json,
                            write_text=write_text, evaluate=evaluate,
                            fit=fit, GenerateConfig=GenerateConfig, generate=generate, FitSettings=FitSettings,
                            make_settings=make_settings, current_arch=current_arch, init_taichi=init_taichi,
@@ -371,11 +373,7 @@ def load_spec(path: str | Path) -> Suite:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"suite SPEC not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SgausError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
-    return parse_spec(data, path.resolve().parent, str(path), default_name=path.stem)
+    return parse_spec(_api().read_yaml(path, None), path.resolve().parent, str(path), default_name=path.stem)
 
 
 def builtin_spec(name: str) -> Suite:
@@ -383,8 +381,7 @@ def builtin_spec(name: str) -> Suite:
     if name not in BUILTINS:
         raise SgausError(f"unknown built-in suite {name!r} (choose {', '.join(BUILTINS)})")
     path = BUILTIN_DIR / f"{name}.yaml"
-    data = yaml.safe_load(path.read_text())
-    return parse_spec(data, SOURCE_ROOT, f"built-in suite {name}", default_name=name)
+    return parse_spec(_api().read_yaml(path, None), SOURCE_ROOT, f"built-in suite {name}", default_name=name)
 
 
 # ----------------------------------------------------------------------------- one task

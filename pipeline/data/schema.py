@@ -29,6 +29,25 @@ def read_json(path: Path, kind: type | None = None):
     return doc
 
 
+def read_yaml(path: Path, kind: type | None = dict):
+    """The YAML document in ``path`` (None for an empty file when ``kind`` is None, else {} for a
+    mapping); ``kind`` is its required type."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise SgausError(f"{path}: file not found")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise SgausError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if doc is None and kind is dict:
+        doc = {}
+    if kind is not None and not isinstance(doc, kind):
+        raise SgausError(f"{path} must hold a {'mapping' if kind is dict else kind.__name__}")
+    return doc
+
+
 def matrix(value, shapes: tuple[tuple[int, ...], ...], what: str, path: Path) -> np.ndarray:
     """A finite float64 array of one of ``shapes``."""
     try:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.data.schema import read_yaml
 from pipeline.fit.anchors import AnchorSettings
 from pipeline.fit.dynamic import DynamicSettings
 from pipeline.fit.global_search import GlobalSearchSettings
@@ -245,16 +246,7 @@ def make_settings(preset: str = "fast", config: str | Path | None = None, overri
         raise SgausError(f"unknown preset {preset!r} (choose {', '.join(PRESETS)})")
     values = dict(PRESETS[preset])
     if config is not None:
-        path = Path(config)
-        if not path.is_file():
-            raise SgausError(f"settings file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise SgausError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
-        if not isinstance(loaded, dict):
-            raise SgausError(f"{path} must hold a mapping of setting: value")
-        values.update(loaded)
+        values.update(read_yaml(Path(config)))
     values.update(overrides or {})
     return FitSettings(**{k: _coerce(k, v) for k, v in values.items()}).validate()
 
@@ -273,13 +265,8 @@ def parse_assignments(pairs: tuple[str, ...] | list[str]) -> dict:
 def load_settings(path: Path) -> FitSettings:
     """The settings saved by :func:`save_settings`, checked like any other (one line naming the file)."""
     path = Path(path)
-    if not path.is_file():
-        raise SgausError(f"{path} is missing: the run's settings are unknown")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise SgausError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("settings"), dict):
+    doc = read_yaml(path)
+    if not isinstance(doc.get("settings"), dict):
         raise SgausError(f"{path}: expected a mapping with 'settings'")
     try:
         return make_settings("fast", overrides=doc["settings"])
