@@ -258,7 +258,7 @@ def shaded(tmp_path_factory):
 
 
 def test_shading_lights_the_side_facing_the_light(dataset, shaded):
-    from pipeline.datasets import load_dataset
+    from pipeline.data.datasets import load_dataset
 
     scene = load_scene(shaded)
     assert scene["shading"] == {"enabled": True, "model": "lambert", "ambient": gen.SHADING_AMBIENT,
@@ -299,7 +299,7 @@ def test_flat_images_are_the_plain_render_of_the_particle_colours(dataset):
     """Without --shading the images are what generate-mpm rendered before the option existed."""
     import imageio.v3 as iio
 
-    from pipeline.datasets import load_dataset
+    from pipeline.data.datasets import load_dataset
 
     cfg = _tiny()
     cfg.validate()
