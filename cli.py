@@ -140,18 +140,43 @@ def reconstruct_cmd(ctx, data, out, iterations, scale, image_size, n_init, init,
 @click.option("--shading/--no-shading", default=False, show_default=True,
               help="Lambert-shade the particles by their surface normals under a fixed light from above and the "
                    "+x side (direction (0.5, 1, 0.3), ambient 0.35); off: flat colours.")
+@click.option("--variant-of", "variant_of", default=None, type=click.Path(file_okay=False),
+              help="A dataset of generate-mpm: record the same object (shape, size, material, particles, seed, "
+                   "cameras, frames) under other --velocity, --gravity, --drop-height, --ground-height or --friction; "
+                   "those not given are DATA's.")
 @click.option("--out", required=True, type=click.Path(), help="Dataset directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace a previous generated dataset in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def generate_mpm_cmd(ctx, shape, mesh, size, rotate, drop_height, youngs_modulus, poisson_ratio, density, material,
                      heterogeneous, stiffness_factor, gravity, velocity, ground_height, ground, friction, views, frames,
-                     frame_dt, resolution, grid, seed, fit_frames, shading, out, overwrite, quiet):
+                     frame_dt, resolution, grid, seed, fit_frames, shading, variant_of, out, overwrite, quiet):
     """Simulate an elastic object with MLS-MPM and render a multi-view video of it (ground truth)."""
-    from pipeline.generate import GenerateConfig, generate
+    from click.core import ParameterSource
+
+    from pipeline.generate import GenerateConfig, generate, variant_config
 
     if shape is not None and mesh is not None:
         raise click.BadParameter("--shape and --mesh exclude each other")
+    if variant_of is not None:  # the object and everything else from DATA's scene.json; the conditions given here
+        given = lambda name: ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)  # noqa: E731
+        conditions = ("velocity", "gravity", "drop_height", "ground_height", "friction")
+        fixed = [p.opts[0] for p in ctx.command.params
+                 if given(p.name) and p.name not in (*conditions, "variant_of", "out", "overwrite", "quiet")]
+        if fixed:
+            raise SgausError(f"{', '.join(fixed)} cannot be combined with --variant-of: the object, material, cameras "
+                             "and timing are DATA's (only --velocity, --gravity, --drop-height, --ground-height and "
+                             "--friction change)")
+        cfg, variant = variant_config(
+            variant_of, velocity=_vec3(velocity, "--velocity") if given("velocity") else None,
+            gravity=_vec3(gravity, "--gravity") if given("gravity") else None,
+            **{name: value for name, value in (("drop_height", drop_height), ("ground_height", ground_height),
+                                               ("friction", friction)) if given(name)})
+        check_output_dir(out, "dataset", overwrite=overwrite, protect=[variant_of, *([cfg.mesh] if cfg.mesh else [])])
+        _taichi(ctx)
+        click.echo(f"wrote {generate(cfg, out, progress=not quiet, log=click.echo, variant_of=variant)} "
+                   f"(a variant of {variant_of}: {', '.join(variant['changed'])} changed)")
+        return
     cfg = GenerateConfig(
         shape=None if mesh else (shape or "torus"), mesh=mesh, size=size, rotation_deg=_vec3(rotate, "--rotate"),
         drop_height=drop_height, youngs_modulus=youngs_modulus, poisson_ratio=poisson_ratio, density=density,
