@@ -198,11 +198,13 @@ def fit_settings(run_dir: RunDir):
     return load_settings(run_dir.root / "settings.yaml")
 
 
-def single_k_asset(run_dir: RunDir, asset: Asset, ds: VideoDataset, progress: bool) -> Asset | None:
+def single_k_asset(run_dir: RunDir, asset: Asset, ds: VideoDataset | None, progress: bool,
+                   cached_only: bool = False) -> Asset | None:
     """The Table 3 baseline: the dynamic stage refitted with one global stiffness, on the asset's
     own Gaussians, anchors, springs and initial velocity (cached in RUN/stages/dynamic_single_k,
     keyed by those and the whole dynamic-stage settings). It calls the dynamic stage itself; the
-    run's metadata is left as it is."""
+    run's metadata is left as it is. None when the run itself is single k, or with ``cached_only``
+    when no matching refit is cached (``ds``, the fitted dataset, is then not read)."""
     from pipeline.fit import dynamic as dynamic_stage
     from pipeline.fit import global_search
 
@@ -211,7 +213,7 @@ def single_k_asset(run_dir: RunDir, asset: Asset, ds: VideoDataset, progress: bo
         return None  # the run itself is the single-k ablation
     stage = settings.dynamic(single_k=True)
     adir = run_dir.root / "asset"
-    fit_frames = int(asset.info.get("fit_frames", min(20, ds.n_frames)))
+    fit_frames = int(asset.info["fit_frames"] if "fit_frames" in asset.info else min(20, ds.n_frames))
     # the baseline starts where the fit's dense stage started: from the global search when there was one
     start = None
     if settings.global_search and (run_dir.stage_dir("global") / "global.json").exists():
@@ -225,6 +227,8 @@ def single_k_asset(run_dir: RunDir, asset: Asset, ds: VideoDataset, progress: bo
     hit = resumable.cached(name, key)
     if hit:
         r = dynamic_stage.load(hit)
+    elif cached_only:
+        return None
     else:
         frames = FrameCache(ds, float(asset.info.get("image_scale", 1.0)))
         r = dynamic_stage.run(asset.gaussians, asset.model, asset.binding, asset.v0, frames, fit_frames,
