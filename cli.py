@@ -246,7 +246,9 @@ def fit_cmd(ctx, data, out, preset, config, assignments, resume, overwrite, grav
 
 @cli.command("eval")
 @click.argument("run", type=click.Path(file_okay=False))
-@click.option("--data", default=None, type=click.Path(file_okay=False), help="Dataset (default: the one fitted).")
+@click.option("--data", default=None, type=click.Path(file_okay=False),
+              help="Dataset (default: the one fitted); another recording of the same object makes the evaluation "
+                   "counterfactual (RUN/eval_counterfactual/<name>/).")
 @click.option("--scale", type=float, default=None,
               help="Image scale for PSNR/SSIM (default: the scale used for fitting; 1 = full resolution).")
 @click.option("--camera", default=None, help="Camera of the side-by-side video (default: the first).")
@@ -256,13 +258,18 @@ def fit_cmd(ctx, data, out, preset, config, assignments, resume, overwrite, grav
 @click.pass_context
 def eval_cmd(ctx, run, data, scale, camera, no_baselines, last_complete, quiet):
     """Chamfer distance, EMD, PSNR and SSIM of RUN on its fitted frames and on future frames,
-    with the hold and single-k baselines; writes RUN/eval/ (metrics.json, metrics.md, video)."""
+    with the hold and single-k baselines; writes RUN/eval/ (metrics.json, metrics.md, video).
+
+    With --data OTHER, a recording of the same object under other conditions (another initial
+    velocity, gravity, ground or drop height): the asset is simulated from OTHER's first frame
+    under OTHER's conditions (v0 refitted on OTHER's frames before contact) and compared with it
+    on every frame; writes RUN/eval_counterfactual/<OTHER's name>/."""
     from pipeline.evaluate import evaluate
 
     _taichi(ctx)
-    evaluate(run, data=data, scale=scale, baselines=not no_baselines, camera=camera, progress=not quiet,
-             log=click.echo, last_complete=last_complete)
-    click.echo(f"metrics written to {run}/eval/metrics.json and metrics.md")
+    result = evaluate(run, data=data, scale=scale, baselines=not no_baselines, camera=camera, progress=not quiet,
+                      log=click.echo, last_complete=last_complete)
+    click.echo(f"metrics written to {result.get('output', f'{run}/eval')}/metrics.json and metrics.md")
 
 
 # ---------------------------------------------------------------- suite

@@ -124,13 +124,19 @@ def side_by_side_video(path: Path, asset: Asset, means: torch.Tensor, ds: VideoD
 def evaluate(run, data=None, scale: float | None = None, baselines: bool = True, camera: str | None = None,
              progress: bool = True, log=print, last_complete: bool = False) -> dict:
     """Evaluate RUN and write RUN/eval/{metrics.json, metrics.md, per_frame.json, video_<camera>.mp4}
-    and then RUN/report.html. metrics.json records the hashes of the asset and dataset it was computed from."""
+    and then RUN/report.html. metrics.json records the hashes of the asset and dataset it was computed from.
+    A ``data`` other than the fitted dataset is a counterfactual evaluation (pipeline.counterfactual),
+    written to RUN/eval_counterfactual/<name>/."""
     run_dir = RunDir(run, create=False)
     run_dir.require_complete(last_complete)
     asset = load_asset(run)
     data = data or asset.info.get("data")
     if not data:
         raise SgausError(f"{run}: the dataset is unknown; give --data")
+    from pipeline import counterfactual
+
+    if counterfactual.is_other_recording(asset, data):  # another recording of the object: RUN/eval_counterfactual/
+        return counterfactual.evaluate(run_dir, asset, data, scale, baselines, camera, progress, log)
     ds = load_dataset(data)
     fit_frames = int(asset.info.get("fit_frames", min(20, ds.n_frames)))
     scale = float(scale if scale is not None else asset.info.get("image_scale", 1.0))
