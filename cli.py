@@ -140,18 +140,43 @@ def reconstruct_cmd(ctx, data, out, iterations, scale, image_size, n_init, init,
 @click.option("--shading/--no-shading", default=False, show_default=True,
               help="Lambert-shade the particles by their surface normals under a fixed light from above and the "
                    "+x side (direction (0.5, 1, 0.3), ambient 0.35); off: flat colours.")
+@click.option("--variant-of", "variant_of", default=None, type=click.Path(file_okay=False),
+              help="A dataset of generate-mpm: record the same object (shape, size, material, particles, seed, "
+                   "cameras, frames) under other --velocity, --gravity, --drop-height, --ground-height or --friction; "
+                   "those not given are DATA's.")
 @click.option("--out", required=True, type=click.Path(), help="Dataset directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace a previous generated dataset in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def generate_mpm_cmd(ctx, shape, mesh, size, rotate, drop_height, youngs_modulus, poisson_ratio, density, material,
                      heterogeneous, stiffness_factor, gravity, velocity, ground_height, ground, friction, views, frames,
-                     frame_dt, resolution, grid, seed, fit_frames, shading, out, overwrite, quiet):
+                     frame_dt, resolution, grid, seed, fit_frames, shading, variant_of, out, overwrite, quiet):
     """Simulate an elastic object with MLS-MPM and render a multi-view video of it (ground truth)."""
-    from pipeline.generate import GenerateConfig, generate
+    from click.core import ParameterSource
+
+    from pipeline.generate import GenerateConfig, generate, variant_config
 
     if shape is not None and mesh is not None:
         raise click.BadParameter("--shape and --mesh exclude each other")
+    if variant_of is not None:  # the object and everything else from DATA's scene.json; the conditions given here
+        given = lambda name: ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)  # noqa: E731
+        conditions = ("velocity", "gravity", "drop_height", "ground_height", "friction")
+        fixed = [p.opts[0] for p in ctx.command.params
+                 if given(p.name) and p.name not in (*conditions, "variant_of", "out", "overwrite", "quiet")]
+        if fixed:
+            raise SgausError(f"{', '.join(fixed)} cannot be combined with --variant-of: the object, material, cameras "
+                             "and timing are DATA's (only --velocity, --gravity, --drop-height, --ground-height and "
+                             "--friction change)")
+        cfg, variant = variant_config(
+            variant_of, velocity=_vec3(velocity, "--velocity") if given("velocity") else None,
+            gravity=_vec3(gravity, "--gravity") if given("gravity") else None,
+            **{name: value for name, value in (("drop_height", drop_height), ("ground_height", ground_height),
+                                               ("friction", friction)) if given(name)})
+        check_output_dir(out, "dataset", overwrite=overwrite, protect=[variant_of, *([cfg.mesh] if cfg.mesh else [])])
+        _taichi(ctx)
+        click.echo(f"wrote {generate(cfg, out, progress=not quiet, log=click.echo, variant_of=variant)} "
+                   f"(a variant of {variant_of}: {', '.join(variant['changed'])} changed)")
+        return
     cfg = GenerateConfig(
         shape=None if mesh else (shape or "torus"), mesh=mesh, size=size, rotation_deg=_vec3(rotate, "--rotate"),
         drop_height=drop_height, youngs_modulus=youngs_modulus, poisson_ratio=poisson_ratio, density=density,
@@ -221,7 +246,9 @@ def fit_cmd(ctx, data, out, preset, config, assignments, resume, overwrite, grav
 
 @cli.command("eval")
 @click.argument("run", type=click.Path(file_okay=False))
-@click.option("--data", default=None, type=click.Path(file_okay=False), help="Dataset (default: the one fitted).")
+@click.option("--data", default=None, type=click.Path(file_okay=False),
+              help="Dataset (default: the one fitted); another recording of the same object makes the evaluation "
+                   "counterfactual (RUN/eval_counterfactual/<name>/).")
 @click.option("--scale", type=float, default=None,
               help="Image scale for PSNR/SSIM (default: the scale used for fitting; 1 = full resolution).")
 @click.option("--camera", default=None, help="Camera of the side-by-side video (default: the first).")
@@ -231,13 +258,18 @@ def fit_cmd(ctx, data, out, preset, config, assignments, resume, overwrite, grav
 @click.pass_context
 def eval_cmd(ctx, run, data, scale, camera, no_baselines, last_complete, quiet):
     """Chamfer distance, EMD, PSNR and SSIM of RUN on its fitted frames and on future frames,
-    with the hold and single-k baselines; writes RUN/eval/ (metrics.json, metrics.md, video)."""
-    from pipeline.evaluate import evaluate
+    with the hold and single-k baselines; writes RUN/eval/ (metrics.json, metrics.md, video).
+
+    With --data OTHER, a recording of the same object under other conditions (another initial
+    velocity, gravity, ground or drop height): the asset is simulated from OTHER's first frame
+    under OTHER's conditions (v0 refitted on OTHER's frames before contact) and compared with it
+    on every frame; writes RUN/eval_counterfactual/<OTHER's name>/."""
+    from pipeline.counterfactual import evaluate_run
 
     _taichi(ctx)
-    evaluate(run, data=data, scale=scale, baselines=not no_baselines, camera=camera, progress=not quiet,
-             log=click.echo, last_complete=last_complete)
-    click.echo(f"metrics written to {run}/eval/metrics.json and metrics.md")
+    result = evaluate_run(run, data=data, scale=scale, baselines=not no_baselines, camera=camera, progress=not quiet,
+                          log=click.echo, last_complete=last_complete)
+    click.echo(f"metrics written to {result.get('output', f'{run}/eval')}/metrics.json and metrics.md")
 
 
 # ---------------------------------------------------------------- suite

@@ -72,7 +72,7 @@ def load_ground_truth(ds: VideoDataset, n_frames: int) -> list | None:
     return [load_particles(ds.root, f) for f in range(n_frames)]
 
 
-def _mean(rows: list[dict], key: str):
+def mean_metric(rows: list[dict], key: str):
     vals = [r[key] for r in rows if key in r and r[key] is not None and math.isfinite(r[key])]
     return float(np.mean(vals)) if vals else None
 
@@ -81,10 +81,10 @@ def summarise(rows: list[dict], fit_frames: int) -> dict:
     recon = [r for r in rows if 1 <= r["frame"] < fit_frames]
     future = [r for r in rows if r["frame"] >= fit_frames]
     keys = ("cd", "emd", "psnr", "ssim")
-    return {"reconstruction": {k: _mean(recon, k) for k in keys}, "future": {k: _mean(future, k) for k in keys}}
+    return {"reconstruction": {k: mean_metric(recon, k) for k in keys}, "future": {k: mean_metric(future, k) for k in keys}}
 
 
-def _fmt(v, digits):
+def fmt_metric(v, digits):
     return "-" if v is None else f"{v:.{digits}f}"
 
 
@@ -97,8 +97,8 @@ def markdown_table(result: dict, caption: str) -> str:
     for name, res in rows:
         r, f = res["reconstruction"], res["future"]
         lines.append(
-            f"| {METHOD_LABELS.get(name, name)} | {_fmt(r['cd'], 2)} | {_fmt(r['emd'], 3)} | {_fmt(r['psnr'], 2)} | "
-            f"{_fmt(r['ssim'], 3)} | {_fmt(f['cd'], 2)} | {_fmt(f['emd'], 3)} | {_fmt(f['psnr'], 2)} | {_fmt(f['ssim'], 3)} |"
+            f"| {METHOD_LABELS.get(name, name)} | {fmt_metric(r['cd'], 2)} | {fmt_metric(r['emd'], 3)} | {fmt_metric(r['psnr'], 2)} | "
+            f"{fmt_metric(r['ssim'], 3)} | {fmt_metric(f['cd'], 2)} | {fmt_metric(f['emd'], 3)} | {fmt_metric(f['psnr'], 2)} | {fmt_metric(f['ssim'], 3)} |"
         )
     return "\n".join(lines) + "\n\n" + caption + "\n"
 
@@ -124,7 +124,8 @@ def side_by_side_video(path: Path, asset: Asset, means: torch.Tensor, ds: VideoD
 def evaluate(run, data=None, scale: float | None = None, baselines: bool = True, camera: str | None = None,
              progress: bool = True, log=print, last_complete: bool = False) -> dict:
     """Evaluate RUN and write RUN/eval/{metrics.json, metrics.md, per_frame.json, video_<camera>.mp4}
-    and then RUN/report.html. metrics.json records the hashes of the asset and dataset it was computed from."""
+    and then RUN/report.html. metrics.json records the hashes of the asset and dataset it was computed from.
+    (Another recording of the object is evaluated by pipeline.counterfactual.)"""
     run_dir = RunDir(run, create=False)
     run_dir.require_complete(last_complete)
     asset = load_asset(run)
@@ -198,11 +199,13 @@ def fit_settings(run_dir: RunDir):
     return load_settings(run_dir.root / "settings.yaml")
 
 
-def single_k_asset(run_dir: RunDir, asset: Asset, ds: VideoDataset, progress: bool) -> Asset | None:
+def single_k_asset(run_dir: RunDir, asset: Asset, ds: VideoDataset | None, progress: bool,
+                   cached_only: bool = False) -> Asset | None:
     """The Table 3 baseline: the dynamic stage refitted with one global stiffness, on the asset's
     own Gaussians, anchors, springs and initial velocity (cached in RUN/stages/dynamic_single_k,
     keyed by those and the whole dynamic-stage settings). It calls the dynamic stage itself; the
-    run's metadata is left as it is."""
+    run's metadata is left as it is. None when the run itself is single k, or with ``cached_only``
+    when no matching refit is cached (``ds``, the fitted dataset, is then not read)."""
     from pipeline.fit import dynamic as dynamic_stage
     from pipeline.fit import global_search
 
@@ -211,7 +214,7 @@ def single_k_asset(run_dir: RunDir, asset: Asset, ds: VideoDataset, progress: bo
         return None  # the run itself is the single-k ablation
     stage = settings.dynamic(single_k=True)
     adir = run_dir.root / "asset"
-    fit_frames = int(asset.info.get("fit_frames", min(20, ds.n_frames)))
+    fit_frames = int(asset.info["fit_frames"] if "fit_frames" in asset.info else min(20, ds.n_frames))
     # the baseline starts where the fit's dense stage started: from the global search when there was one
     start = None
     if settings.global_search and (run_dir.stage_dir("global") / "global.json").exists():
@@ -225,6 +228,8 @@ def single_k_asset(run_dir: RunDir, asset: Asset, ds: VideoDataset, progress: bo
     hit = resumable.cached(name, key)
     if hit:
         r = dynamic_stage.load(hit)
+    elif cached_only:
+        return None
     else:
         frames = FrameCache(ds, float(asset.info.get("image_scale", 1.0)))
         r = dynamic_stage.run(asset.gaussians, asset.model, asset.binding, asset.v0, frames, fit_frames,

@@ -300,7 +300,10 @@ def _to_u8(a: torch.Tensor) -> np.ndarray:
     return (a.detach().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
 
 
-def scene_json(cfg: GenerateConfig, sim: SimResult) -> dict:
+def scene_json(cfg: GenerateConfig, sim: SimResult, variant_of: dict | None = None) -> dict:
+    """scene.json's document; ``options`` holds ``cfg`` itself (the mesh path made absolute), from
+    which ``--variant-of`` rebuilds the same object; ``variant_of`` ({data, changed}) is recorded
+    when given."""
     parts = [{"id": 0, "youngs_modulus": float(cfg.youngs_modulus), "n_particles": int(np.sum(sim.obj.part == 0))}]
     if cfg.heterogeneous:
         parts[0]["region"] = "x <= median"
@@ -331,12 +334,74 @@ def scene_json(cfg: GenerateConfig, sim: SimResult) -> dict:
         "cameras": {"n": int(cfg.views), "width": int(cfg.resolution), "height": int(cfg.resolution)},
         "shading": ({"enabled": True, "model": "lambert", "ambient": SHADING_AMBIENT,
                      "light_direction": list(LIGHT_DIRECTION)} if cfg.shading else {"enabled": False}),
+        "options": {**cfg.to_dict(), "mesh": str(Path(cfg.mesh).resolve()) if cfg.mesh else None},
+        **({"variant_of": variant_of} if variant_of is not None else {}),
     }
 
 
+# the conditions a variant (``generate-mpm --variant-of DATA``) may change; everything else,
+# the object above all, is DATA's
+VARIANT_CONDITIONS = ("velocity", "gravity", "drop_height", "ground_height", "friction")
+
+
+def variant_config(data: str | Path, **changes) -> tuple[GenerateConfig, dict]:
+    """The configuration of a recording of DATA's object under other conditions, and its
+    ``variant_of`` record ({data, changed}).
+
+    DATA must be a dataset of this generator version whose scene.json holds its ``options``; they
+    give everything (shape or mesh, size, rotation, material, particle spacing, seed, cameras,
+    frames), and ``changes`` (keys of VARIANT_CONDITIONS, None = DATA's value) replace the
+    conditions. The same options give the same particles at rest, up to the drop offset
+    (pipeline.shapes.fill_object). At least one condition must differ from DATA's.
+    """
+    from pipeline.data.scene import read_scene
+
+    unknown = set(changes) - set(VARIANT_CONDITIONS)
+    if unknown:
+        raise ValueError(f"not a condition of a variant: {', '.join(sorted(unknown))}")
+    root = Path(data)
+    if not (root / "scene.json").is_file():
+        raise SgausError(f"--variant-of {data}: not a dataset written by `sgaus generate-mpm` (no scene.json)")
+    scene = read_scene(root)
+    path = root / "scene.json"
+    if scene.raw.get("format") != FORMAT:
+        raise SgausError(f"--variant-of {data}: {path} is not of format {FORMAT!r} (got {scene.raw.get('format')!r}); "
+                         "a variant needs a dataset written by `sgaus generate-mpm`")
+    version = scene.generator_version or 1
+    if version != GENERATOR_VERSION:
+        raise SgausError(f"--variant-of {data}: it was written by generator version {version} and this sgaus writes "
+                         f"version {GENERATOR_VERSION}, so their physics differ; generate DATA again first")
+    options = scene.raw.get("options")
+    fields = {f.name for f in dataclasses.fields(GenerateConfig)}
+    if not isinstance(options, dict):
+        raise SgausError(f"{path}: no 'options' (written before sgaus recorded its generator options); "
+                         "generate DATA again to make variants of it")
+    if set(options) != fields:
+        odd = sorted(set(options) ^ fields)
+        raise SgausError(f"{path}: 'options' must hold exactly the generator's options (differs in: {', '.join(odd)})")
+    try:
+        base = GenerateConfig(**options)
+        base.validate()
+    except (TypeError, ValueError) as err:
+        raise SgausError(f"{path}: 'options' are not valid generator options ({str(err).splitlines()[0]})") from None
+    cfg = dataclasses.replace(base)
+    for name, value in changes.items():
+        if value is not None:
+            setattr(cfg, name, tuple(float(c) for c in value) if name in ("velocity", "gravity") else float(value))
+    if changes.get("friction") is not None and cfg.ground != "friction":
+        raise SgausError(f"--friction has no effect: DATA's ground is {cfg.ground!r}, not 'friction'")
+    cfg.validate()
+    changed = [name for name in VARIANT_CONDITIONS if getattr(cfg, name) != getattr(base, name)]
+    if not changed:
+        raise SgausError(f"--variant-of {data}: give at least one of --velocity, --gravity, --drop-height, "
+                         "--ground-height, --friction that differs from DATA's")
+    return cfg, {"data": str(root.resolve()), "changed": changed}
+
+
 def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True, log=None,
-             timings: dict | None = None) -> Path:
+             timings: dict | None = None, variant_of: dict | None = None) -> Path:
     """Simulate and render ``cfg`` into the dataset directory ``out``; returns its path.
+    ``variant_of`` ({data, changed}, from :func:`variant_config`) is recorded in scene.json.
 
     ``timings``, when given, receives seconds spent: simulate_s, render_s (rasterisation only),
     write_s (PNG and npz encoding), total_s, and substeps (the substeps simulated).
@@ -382,7 +447,7 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True, log=No
                 rgba = torch.cat([straight.clamp(0, 1), alpha[c]], dim=-1)
                 iio.imwrite(tmp / "images" / name / f"{f:03d}.png", _to_u8(rgba))
                 iio.imwrite(tmp / "masks" / name / f"{f:03d}.png", _to_u8((alpha[c, ..., 0] > 0.5).float()))
-        write_json(tmp / "scene.json", scene_json(cfg, sim))
+        write_json(tmp / "scene.json", scene_json(cfg, sim, variant_of))
     if timings is not None:
         total = time.perf_counter() - t_start
         timings.update(simulate_s=sim.seconds, render_s=render_s, write_s=total - sim.seconds - render_s, total_s=total,

@@ -47,7 +47,7 @@ def farthest_point_sampling(points: torch.Tensor, n: int, seed: int = 0) -> torc
     return idx
 
 
-def _grid(lo: torch.Tensor, hi: torch.Tensor, step: float) -> torch.Tensor:
+def grid_points(lo: torch.Tensor, hi: torch.Tensor, step: float) -> torch.Tensor:
     axes = [torch.arange(float(lo[i]), float(hi[i]) + 1e-9, float(step)) for i in range(3)]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
 
@@ -62,7 +62,7 @@ def sample_anchors(g: Gaussians, frames: FrameCache, n_anchors: int, seed: int =
     pad = 0.02 * (hi - lo).max()
     lo, hi = lo - pad, hi + pad
     step = (hi - lo).max() / resolution
-    grid = _grid(lo, hi, step)
+    grid = grid_points(lo, hi, step)
     gen = torch.Generator().manual_seed(seed)
     grid = grid + (torch.rand(grid.shape, generator=gen) - 0.5) * step * 0.5
     interior = grid[inside_visual_hull(grid, frames.alpha(0), frames.cameras)]
@@ -88,7 +88,7 @@ def detect_contact_frame(frames: FrameCache, ground_point, ground_normal, n_fram
     lo2 = torch.minimum(lo, centres.mean(0) - n * height) - 0.5 * size
     hi2 = torch.maximum(hi, centres.mean(0)) + 0.5 * size
     step = float((hi2 - lo2).max()) / resolution
-    grid = _grid(lo2, hi2, step)
+    grid = grid_points(lo2, hi2, step)
     for f in range(n_frames):
         inside = inside_visual_hull(grid, frames.alpha(f), frames.cameras)
         if inside.any() and float(((grid[inside] - p0) @ n).min()) <= 2.0 * step:

@@ -211,8 +211,8 @@ class Fitter:
 def fit(data, out, settings: FitSettings, resume: bool = False, gravity=None, ground=None,
         progress: bool = True, log=print, overwrite: bool = False) -> Path:
     """Run every stage (reusing matching ones with ``resume``) and write RUN/asset. The run is
-    marked "fitting" until the asset is written, then "complete"; the evaluation of an earlier
-    asset (RUN/eval) is removed when a new asset replaces it. Last, RUN/report.html
+    marked "fitting" until the asset is written, then "complete"; the evaluations of an earlier
+    asset (RUN/eval, RUN/eval_counterfactual) are removed when a new asset replaces it. Last, RUN/report.html
     (pipeline.report) is written for the finished run."""
     f = Fitter(data, out, settings, resume, gravity, ground, progress, log, overwrite)
     g, k1 = f.static()
@@ -228,8 +228,9 @@ def fit(data, out, settings: FitSettings, resume: bool = False, gravity=None, gr
     save_settings(f.run.root / "settings.yaml", settings, {"data": str(Path(data).resolve())})
     save_asset(f.run.root / "asset", f.make_asset(g2, model, a, v0, r))
     write_loss_plot(f.run)
-    if f.ran and (f.run.root / "eval").exists():  # computed from the asset just replaced
-        shutil.rmtree(f.run.root / "eval")
+    for stale in ("eval", "eval_counterfactual"):  # computed from the asset just replaced
+        if f.ran and (f.run.root / stale).exists():
+            shutil.rmtree(f.run.root / stale)
     f.run.update_meta(stages_run=f.ran, status="complete")
     from pipeline.report import report_run
 

@@ -14,6 +14,7 @@ from pipeline.fit.physics import PhysicsSettings
 from render import l1_dssim_loss
 from taichi_sim.binding import Binding, apply_binding
 from taichi_sim.spring_model import SpringModel
+from taichi_sim.spring_params import SpringParams
 from taichi_sim.spring_rollout import Integrator, SpringState, rollout
 
 
@@ -41,10 +42,12 @@ class Velocity:
 
 
 def run(g: Gaussians, model: SpringModel, binding: Binding, frames: FrameCache, frame_dt: float,
-        settings: VelocitySettings, progress: bool) -> Velocity:
+        settings: VelocitySettings, progress: bool, params: SpringParams | None = None) -> Velocity:
+    """v0 fitted on frames 0..settings.frames-1 with the physics ``params`` (default: the settings'
+    starting values; a fitted asset's own when its v0 is refitted on another recording)."""
     n_vel = settings.frames
     v0 = torch.zeros(3, requires_grad=True)
-    params = settings.physics.initial_params(model.n_anchors)
+    params = settings.physics.initial_params(model.n_anchors) if params is None else params
     integrator = Integrator(frame_dt=frame_dt, substeps=settings.substeps)
     opt = torch.optim.Adam([v0], lr=settings.lr)
     cams = frames.cameras
