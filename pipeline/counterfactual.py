@@ -63,10 +63,16 @@ KEYS = ("cd", "emd", "psnr", "ssim")
 
 
 def is_other_recording(asset: Asset, data) -> bool:
-    """Whether ``data`` is not the dataset the asset was fitted on (by resolved path; an asset
-    that does not record its dataset is evaluated plainly)."""
+    """Whether ``data`` is another recording than the one the asset was fitted on: another path
+    whose scene.json differs (a copy of the fitted dataset is evaluated plainly, and so is an asset
+    that does not record its dataset)."""
     fitted = asset.info.get("data")
-    return bool(fitted) and Path(data).resolve() != Path(fitted).resolve()
+    if not fitted or Path(data).resolve() == Path(fitted).resolve():
+        return False
+    mine = read_scene(fitted) if (Path(fitted) / "scene.json").is_file() else None
+    theirs = read_scene(data) if (Path(data) / "scene.json").is_file() else None
+    # a copy of the fitted recording (same scene.json) is the fitted recording
+    return not (mine is not None and theirs is not None and mine.raw == theirs.raw)
 
 
 # ------------------------------------------------------------------ conditions
