@@ -65,7 +65,8 @@ def main() -> None:
 
         def fresh(name: str) -> Path:
             out = tmp / name
-            shutil.copytree(cache / "data", out / "data")
+            shutil.copytree(cache / "data", out / "data")  # the scenes, generated once: a suite directory
+            (out / "suite.json").write_text(json.dumps({"format": "sgaus-suite/1", "name": "bench"}))
             return out
 
         rows = []
