@@ -270,10 +270,10 @@ def placed(asset: Asset, shift: np.ndarray, gravity, ground_point, ground_normal
                                integrator=dataclasses.replace(asset.integrator, frame_dt=float(frame_dt)))
 
 
-def refit_velocity(asset: Asset, run_dir: RunDir, frames: FrameCache, scene: SceneInfo | None, n_frames: int,
+def refit_velocity(asset: Asset, fit, frames: FrameCache, scene: SceneInfo | None, n_frames: int,
                    progress: bool, log) -> tuple[torch.Tensor, int, str]:
     """v0 of the placed asset refitted on OTHER's frames before the first ground contact with the
-    run's velocity-stage settings and the asset's own physics: (v0 for the asset's substeps, the
+    run's velocity-stage settings (``fit``, its FitSettings) and the asset's own physics: (v0 for the asset's substeps, the
     frames used, where the contact frame came from)."""
     from pipeline.fit import velocity as velocity_stage
     from pipeline.fit.geometry import detect_contact_frame
@@ -287,7 +287,7 @@ def refit_velocity(asset: Asset, run_dir: RunDir, frames: FrameCache, scene: Sce
                                        asset.gaussians)
         source = "detected from the visual hull"
     n_vel = int(max(2, min(contact, n_frames)))
-    settings = dataclasses.replace(fit_settings(run_dir).velocity(n_vel), target_substeps=asset.integrator.substeps)
+    settings = dataclasses.replace(fit.velocity(n_vel), target_substeps=asset.integrator.substeps)
     log(f"refitting the initial velocity on frames 0..{n_vel - 1} (first contact at frame {contact}, {source})")
     r = velocity_stage.run(asset.gaussians, asset.model, asset.binding, frames, asset.integrator.frame_dt, settings,
                            progress, params=asset.params)
@@ -355,7 +355,7 @@ def evaluate(run_dir: RunDir, asset: Asset, data, scale: float | None = None, ba
     if n < 2:
         raise SgausError(f"{ds.root}: a counterfactual evaluation needs at least 2 frames, the recording has {n}")
     gt = load_ground_truth(ds, n)
-    fit_settings(run_dir)  # read and checked before any work (the velocity stage's settings)
+    fit = fit_settings(run_dir)  # read and checked before any work
     cam_index = ds.cameras.index(camera) if camera else 0
     # OTHER's conditions; the fitted ones where its scene.json says nothing
     kept = [name for name, there in (("gravity", "gravity" in other), ("ground plane", "ground_height" in other))
@@ -376,7 +376,7 @@ def evaluate(run_dir: RunDir, asset: Asset, data, scale: float | None = None, ba
     log(f"counterfactual evaluation on {label}: changed {', '.join(changed) or 'nothing the scene files state'}; "
         f"the asset shifted by {pose['shift']:+.4f} m along the ground normal onto frame 0")
 
-    v0, n_vel, contact_source = refit_velocity(cf, run_dir, frames, ds.scene, n, progress, log)
+    v0, n_vel, contact_source = refit_velocity(cf, fit, frames, ds.scene, n, progress, log)
     cf = dataclasses.replace(cf, v0=v0)
     log(f"simulating the asset over {n} frames under {label}'s conditions")
     _p, means, substeps = simulate_asset(cf, n - 1)
@@ -385,10 +385,10 @@ def evaluate(run_dir: RunDir, asset: Asset, data, scale: float | None = None, ba
     if baselines:
         hold = means[:1].expand_as(means)
         per_frame["hold"] = frame_metrics(cf, hold, ds, range(n), scale, progress, "hold", gt)
-        single = single_k_asset(run_dir, asset, None, progress, cached_only=True)
+        single = single_k_asset(run_dir, fit, asset, None, progress, cached_only=True)
         if single is None:
             result["skipped"]["single_k"] = (
-                "the run itself is single k" if fit_settings(run_dir).single_k else
+                "the run itself is single k" if fit.single_k else
                 "the run has no single-k refit (run `sgaus eval RUN` with its baselines first)")
         else:
             single = dataclasses.replace(placed(single, shift, gravity, ground_point, normal, frame_dt), v0=v0)

@@ -139,8 +139,7 @@ def evaluate(run, data=None, scale: float | None = None, baselines: bool = True,
         raise SgausError(f"--scale must lie in (0, 1], got {scale}")
     n = ds.n_frames
     gt = load_ground_truth(ds, n)
-    if baselines:
-        fit_settings(run_dir)  # read and checked before any work
+    settings = fit_settings(run_dir) if baselines else None  # read and checked before any work
     log(f"simulating the asset over {n} frames ({fit_frames} fitted, {n - fit_frames} future)")
     _pos, means, _ = simulate_asset(asset, n - 1)
     per_frame = {"spring_gaus": frame_metrics(asset, means, ds, range(n), scale, progress, "eval", gt)}
@@ -154,7 +153,7 @@ def evaluate(run, data=None, scale: float | None = None, baselines: bool = True,
         hold_rows += frame_metrics(asset, hold, ds, range(fit_frames, n), scale, progress, "eval hold", gt)
         per_frame["hold"] = hold_rows
         result["baselines"]["hold"] = summarise(hold_rows, fit_frames)
-        single = single_k_asset(run_dir, asset, ds, progress)
+        single = single_k_asset(run_dir, settings, asset, ds, progress)
         if single is not None:
             _p, means_k, _ = simulate_asset(single, n - 1)
             per_frame["single_k"] = frame_metrics(single, means_k, ds, range(n), scale, progress, "eval single-k", gt)
@@ -199,17 +198,17 @@ def fit_settings(run_dir: RunDir):
     return load_settings(run_dir.root / "settings.yaml")
 
 
-def single_k_asset(run_dir: RunDir, asset: Asset, ds: VideoDataset | None, progress: bool,
+def single_k_asset(run_dir: RunDir, settings, asset: Asset, ds: VideoDataset | None, progress: bool,
                    cached_only: bool = False) -> Asset | None:
     """The Table 3 baseline: the dynamic stage refitted with one global stiffness, on the asset's
     own Gaussians, anchors, springs and initial velocity (cached in RUN/stages/dynamic_single_k,
     keyed by those and the whole dynamic-stage settings). It calls the dynamic stage itself; the
-    run's metadata is left as it is. None when the run itself is single k, or with ``cached_only``
+    run's metadata is left as it is. ``settings``: the run's FitSettings (:func:`fit_settings`).
+    None when the run itself is single k, or with ``cached_only``
     when no matching refit is cached (``ds``, the fitted dataset, is then not read)."""
     from pipeline.fit import dynamic as dynamic_stage
     from pipeline.fit import global_search
 
-    settings = fit_settings(run_dir)
     if settings.single_k:
         return None  # the run itself is the single-k ablation
     stage = settings.dynamic(single_k=True)
