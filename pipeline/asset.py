@@ -89,7 +89,9 @@ def _model_constants(doc: dict, path: Path) -> dict:
            "ground_normal": vector3(m.get("ground_normal"), "'model.ground_normal'", path, nonzero=True),
            "p_k": number(m, "p_k", path, "model", low=0), "zeta0": number(m, "zeta0", path, "model", low=0),
            "n_c": integer(m.get("n_c"), "'model.n_c'", path, low=0),
-           "dead_zone": number(m, "dead_zone", path, "model", low=0)}
+           "dead_zone": number(m, "dead_zone", path, "model", low=0),
+           # assets written before the contact offset existed collide with the plane itself
+           "contact_offset": number(m, "contact_offset", path, "model", low=0) if "contact_offset" in m else 0.0}
     for key, allowed in (("force_law", FORCE_LAWS), ("friction_mode", FRICTION_MODES)):
         if m.get(key) not in allowed:
             raise SgausError(f"{path}: 'model.{key}' must be one of {', '.join(allowed)}, got {m.get(key)!r}")

@@ -215,9 +215,10 @@ def single_k_asset(run_dir: RunDir, settings, asset: Asset, ds: VideoDataset | N
     adir = run_dir.root / "asset"
     fit_frames = int(asset.info["fit_frames"] if "fit_frames" in asset.info else min(20, ds.n_frames))
     # the baseline starts where the fit's dense stage started: from the global search when there was one
-    start = None
+    start, min_substeps = None, 0
     if settings.global_search and (run_dir.stage_dir("global") / "global.json").exists():
-        start = global_search.load(run_dir.stage_dir("global")).params
+        found = global_search.load(run_dir.stage_dir("global"))
+        start, min_substeps = found.params, found.substeps
     key = hash_key("dynamic_single_k", hash_files([adir / "gaussians.ply", adir / "anchors.npz"]),
                    asset.v0.tolist(), asset.model.physics(), fit_frames, asset.integrator.frame_dt,
                    float(asset.info.get("image_scale", 1.0)), dataclasses.asdict(stage),
@@ -232,7 +233,8 @@ def single_k_asset(run_dir: RunDir, settings, asset: Asset, ds: VideoDataset | N
     else:
         frames = FrameCache(ds, float(asset.info.get("image_scale", 1.0)))
         r = dynamic_stage.run(asset.gaussians, asset.model, asset.binding, asset.v0, frames, fit_frames,
-                              asset.integrator.frame_dt, stage, progress, desc="single-k", start=start)
+                              asset.integrator.frame_dt, stage, progress, desc="single-k", start=start,
+                              min_substeps=min_substeps)
         with resumable.write_stage(name, key) as d:
             dynamic_stage.save(r, d)
     integrator = dataclasses.replace(asset.integrator, substeps=r.substeps)

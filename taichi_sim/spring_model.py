@@ -68,6 +68,10 @@ class SpringModel:
     friction_mode:  "per_substep"  the ground's tangential factor f (Eq. 14) every substep (the
                     authors' form); "per_time": f kept per FRICTION_REFERENCE_DT seconds of contact
                     (f^(dt/3e-4) per substep), the same slide at any substep count
+    contact_offset: 0.0   how far (scene units, along the normal) the anchors may sink below the
+                    ground plane: anchors volume-sampled from cameras above the object reach below
+                    its unseen underside, and the fit identifies this depth from the dynamics
+                    (pipeline/fit/global_search.py); the plane itself stays where it is declared
     """
 
     rest_positions: torch.Tensor
@@ -83,10 +87,11 @@ class SpringModel:
     n_c: int = 16
     dead_zone: float = 1e-6
     friction_mode: str = "per_substep"
+    contact_offset: float = 0.0
     tables: dict = field(default_factory=dict, repr=False, compare=False)
 
     PHYSICS = ("mass", "gravity", "ground_point", "ground_normal", "force_law", "p_k", "zeta0", "n_c",
-               "dead_zone", "friction_mode")
+               "dead_zone", "friction_mode", "contact_offset")
 
     def __post_init__(self) -> None:
         put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -104,7 +109,7 @@ class SpringModel:
             raise SgausError(f"force_law must be one of {', '.join(FORCE_LAWS)}, got {self.force_law!r}")
         if self.friction_mode not in FRICTION_MODES:
             raise SgausError(f"friction_mode must be one of {', '.join(FRICTION_MODES)}, got {self.friction_mode!r}")
-        for name in ("p_k", "zeta0", "dead_zone"):
+        for name in ("p_k", "zeta0", "dead_zone", "contact_offset"):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value >= 0):
                 raise SgausError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
@@ -141,6 +146,13 @@ class SpringModel:
     def unit_normal(self) -> np.ndarray:
         n = np.asarray(self.ground_normal, dtype=np.float64)
         return n / np.linalg.norm(n)
+
+    def contact_point(self) -> tuple | None:
+        """The point of the plane the anchors collide with: the ground point moved down the
+        normal by ``contact_offset`` (None without a ground)."""
+        if self.ground_point is None:
+            return None
+        return tuple(float(v) for v in np.asarray(self.ground_point) - self.contact_offset * self.unit_normal())
 
     def physics(self) -> dict:
         """The physical constants as plain values (what an asset saves beside the arrays)."""

@@ -192,7 +192,7 @@ def prepare_inputs(model: SpringModel, params: SpringParams, state0: SpringState
         raise SgausError(f"n_frames must be a non-negative integer, got {n_frames}")
     dt = integrator.dt
     if model.ground_point is not None:
-        ground = [*model.ground_point, *model.unit_normal(), 1.0]
+        ground = [*model.contact_point(), *model.unit_normal(), 1.0]
     else:
         ground = [0.0] * 6 + [0.0]
     prm = torch.tensor([dt, 1.0 / model.mass, model.zeta0, model.p_k, model.dead_zone, *model.gravity, *ground],

@@ -122,3 +122,25 @@ def test_eval_leaves_the_run_metadata_alone(tiny_run):
     assert (tiny_run / "run.json").stat().st_mtime_ns == mtime
     m = json.loads((tiny_run / "eval/metrics.json").read_text())
     assert set(m["provenance"]) >= {"asset", "data"}
+
+
+def test_splat_hull_bounds_the_underside_the_cameras_never_see():
+    """Points of a sphere's surface as the Gaussians: grid points inside the sphere are kept, points
+    in the wedge below it (inside every silhouette seen from above) and beside it are carved."""
+    import math
+
+    import torch
+
+    from pipeline.fit.geometry import grid_points, inside_splat_hull
+
+    gen = torch.Generator().manual_seed(0)
+    d = torch.randn(3000, 3, generator=gen)
+    surface = 0.1 * d / d.norm(dim=1, keepdim=True) + torch.tensor([0.0, 0.3, 0.0])
+    grid = grid_points(torch.tensor([-0.15, 0.12, -0.15]), torch.tensor([0.15, 0.45, 0.15]), 0.01)
+    keep = inside_splat_hull(grid, surface, 0.01)
+    r = (grid - torch.tensor([0.0, 0.3, 0.0])).norm(dim=1)
+    assert bool(keep[r < 0.085].all()), "the inside of the surface must survive (gaps closed)"
+    assert not bool(keep[r > 0.12].any()), "nothing a cell and more outside the surface survives"
+    below = (grid[:, 1] < 0.18) & (grid[:, [0, 2]].norm(dim=1) < 0.03)  # under the sphere's bottom (0.2)
+    assert below.any() and not bool(keep[below].any())
+    assert keep.sum() > 0.8 * (4 / 3 * math.pi * 0.1**3) / 0.01**3

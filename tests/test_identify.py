@@ -37,8 +37,40 @@ def test_global_search_finds_a_stiffness_100x_from_its_start():
     found = float(r.params.log_stiffness[0])
     assert abs(found - 2.0) < 0.2, f"found log10 k = {found:.2f}, the video was made with 2.0 (start 4.0)"
     assert torch.equal(r.params.log_stiffness, r.params.log_stiffness[:1].expand(n))
-    assert len(r.evaluations) == settings.grid_points + 4 * 6
+    assert len(r.evaluations) == settings.grid_points + settings.offset_points + 4 * 6
     assert r.best_per_round == sorted(r.best_per_round, reverse=True)  # the best only improves
+    # the video's anchors touch the plane itself: the contact offset found stays near 0
+    top = settings.contact_offset_max * global_search.object_height(model)
+    assert 0.0 <= r.contact_offset < 0.3 * top, f"contact offset {r.contact_offset:.4f} of at most {top:.4f}"
+
+
+def test_global_search_finds_the_depth_of_the_unseen_underside():
+    """A video whose anchors sink 2 cm into the ground (as the volume-sampled anchors of a real fit
+    reach below the object's unseen underside): with the stiffness about known, the search finds
+    that depth (the stiffness search itself is the test above)."""
+    model, binding, g, cams = cube_scene()
+    n = model.n_anchors
+    true = SpringParams(torch.full((n,), 2.5), torch.tensor(0.0), torch.tensor(friction_logit(0.5)))
+    _pos, video = render_video(model.with_physics(contact_offset=0.02), binding, g, cams, true, V0, N_FRAMES)
+    settings = _search_settings(search_friction=False, search_kappa=False, log_k_range=(2.4, 2.6), grid_points=2,
+                                cma_generations=3, cma_population=6, offset_points=5)
+    r = global_search.run(g, model, binding, V0, video, N_FRAMES, 0.03, settings, progress=False)
+    assert abs(r.contact_offset - 0.02) < 0.003, f"contact offset {r.contact_offset:.4f}, the video's 0.02"
+
+
+def test_stiff_candidates_get_more_substeps_instead_of_infinity():
+    """At 10 substeps per frame log10 k = 4.5 blows up; the search retries it with more substeps
+    (up to max_substeps), scores it, and hands its substep count to the dense stage."""
+    model, binding, g, cams = cube_scene(n_side=3, k_neighbors=8, size=24)
+    n = model.n_anchors
+    _pos, video = render_video(model, binding, g, cams, SpringParams.uniform(n, 4.5), V0, 4,
+                               substeps=120)
+    settings = _search_settings(log_k_range=(1.5, 4.5), grid_points=3, cma_generations=0, substeps=10,
+                                max_substeps=200, contact_offset_max=0.0)
+    r = global_search.run(g, model, binding, V0, video, 4, 0.03, settings, progress=False)
+    stiff = [e for e in r.evaluations if e["log_k"] == 4.5]
+    assert stiff and math.isfinite(stiff[0]["loss"]) and stiff[0]["substeps"] > 10
+    assert float(r.params.log_stiffness[0]) == 4.5 and r.substeps == stiff[0]["substeps"]
 
 
 def test_heterogeneous_halves_come_out_ordered():
@@ -56,6 +88,24 @@ def test_heterogeneous_halves_come_out_ordered():
     fitted = r.params.log_stiffness
     stiff, soft = float(fitted[x > 0].mean()), float(fitted[x < 0].mean())
     assert stiff > soft + 0.1, f"stiff half {stiff:.2f}, soft half {soft:.2f}"
+
+
+def test_global_regions_order_heterogeneous_halves():
+    """The global search's last, zero-order round over a few smooth regions already puts the stiffer
+    half of a two-material cube higher; global.json keeps the per-anchor values."""
+    model, binding, g, cams = cube_scene()
+    x = model.rest_positions[:, 0]
+    true = SpringParams(torch.where(x > 0, 2.5, 1.5), torch.tensor(0.0), torch.tensor(friction_logit(0.5)))
+    _pos, video = render_video(model, binding, g, cams, true, V0, N_FRAMES)
+    settings = _search_settings(search_friction=False, search_kappa=False, log_k_range=(1.9, 2.1), grid_points=2,
+                                cma_generations=0, contact_offset_max=0.0, regions=4, region_generations=4,
+                                cma_population=8)
+    r = global_search.run(g, model, binding, V0, video, N_FRAMES, 0.03, settings, progress=False)
+    fitted = r.params.log_stiffness
+    stiff, soft = float(fitted[x > 0].mean()), float(fitted[x < 0].mean())
+    assert len(r.regions) == 4 and stiff > soft + 0.15, f"stiff half {stiff:.2f}, soft half {soft:.2f}"
+    assert abs(float(fitted.mean()) - 2.0) < 0.11  # the regions move around the global value
+    assert r.loss < min(e["loss"] for e in r.evaluations if "regions" not in e)
 
 
 def test_bad_search_ranges_are_one_clear_error():

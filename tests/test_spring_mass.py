@@ -254,3 +254,42 @@ def test_non_finite_parameters_are_named_not_retried(name, bad):
         rollout_with_retry(m, SpringParams(**values), SpringState(m.rest_positions, torch.zeros(3, dtype=F64)), 2,
                            Integrator(substeps=10))
     assert not isinstance(err.value, SimulationUnstable)
+
+
+@pytest.mark.parametrize("backend", ["taichi", "torch"])
+def test_contact_offset_moves_the_collision_plane_not_the_ground(backend, tmp_path):
+    """Anchors of a model with contact_offset d collide with the plane d below the ground point
+    (in both twins); the ground point itself, which renders and edits use, stays where it was;
+    an asset saves and reloads the offset, and an asset written before it existed collides at 0."""
+    import json
+
+    from conftest import make_asset
+    from pipeline.asset import load_asset, save_asset
+
+    x0 = _lattice(3, 0.05, origin=(0.0, 0.02, 0.0))
+    plain = build_spring_model(x0, 12, n_c=12)
+    sunk = plain.with_physics(contact_offset=0.015)
+    assert sunk.ground_point == plain.ground_point and sunk.contact_point() == (0.0, -0.015, 0.0)
+    lows = []
+    for model in (plain, sunk):
+        pos, _v = run(model, Integrator(frame_dt=0.02, substeps=60), x0, torch.zeros(27, 3, dtype=F64),
+                      *_params(model, log_k=3.5), n_frames=15, backend=backend)
+        lows.append(float(pos[-1][:, 1].min()))
+    assert abs(lows[0]) < 2e-3 and abs(lows[1] + 0.015) < 2e-3, lows
+    with pytest.raises(ValueError, match="contact_offset"):
+        plain.with_physics(contact_offset=-0.01)
+
+    from pipeline.data.gaussians import Gaussians
+
+    pts = x0.float()
+    g = Gaussians(means=pts, log_scales=torch.full((27,), -4.0), colors=torch.rand(27, 3),
+                  opacity_logits=torch.zeros(27))
+    asset = make_asset(pts, g, 12, 12, 40)
+    asset = asset.with_physics(contact_offset=0.015)
+    save_asset(tmp_path / "a", asset)
+    assert load_asset(tmp_path / "a").model.contact_offset == pytest.approx(0.015)
+    doc_path = next(p for p in (tmp_path / "a").glob("*.json") if "contact_offset" in p.read_text())
+    doc = json.loads(doc_path.read_text())
+    del doc["model"]["contact_offset"]
+    doc_path.write_text(json.dumps(doc))
+    assert load_asset(tmp_path / "a").model.contact_offset == 0.0

@@ -15,17 +15,20 @@ from taichi_sim.spring_model import nearest_springs
 @dataclass(frozen=True)
 class AnchorSettings:
     """n_anchors: anchors N_A; k_neighbors: springs per anchor (n_k, Eq. 5); n_b, p_b: anchors per
-    Gaussian and the inverse-distance power of the binding (Eq. 15); seed."""
+    Gaussian and the inverse-distance power of the binding (Eq. 15); seed; splat_hull: carve the
+    masks' visual hull with the Gaussians' own silhouettes from all around, below included
+    (pipeline.fit.geometry.inside_splat_hull)."""
 
     n_anchors: int = 512
     k_neighbors: int = 64
     n_b: int = 8
     p_b: float = 0.5
     seed: int = 0
+    splat_hull: bool = True
 
 
 def run(g: Gaussians, frames: FrameCache, settings: AnchorSettings) -> Anchors:
-    anchors = sample_anchors(g, frames, settings.n_anchors, settings.seed)
+    anchors = sample_anchors(g, frames, settings.n_anchors, settings.seed, splat_hull=settings.splat_hull)
     neighbors, rest_length = nearest_springs(anchors, settings.k_neighbors)
     binding = compute_binding(g.means.detach(), anchors, settings.n_b, settings.p_b)
     return Anchors(anchors, neighbors, rest_length, binding)

@@ -87,9 +87,10 @@ def region_weights(points: torch.Tensor, n_regions: int, seed: int = 0) -> torch
 
 def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, frames: FrameCache, n_fit: int,
         frame_dt: float, settings: DynamicSettings, progress: bool, desc: str = "dynamic",
-        start: SpringParams | None = None) -> Dynamic:
+        start: SpringParams | None = None, min_substeps: int = 0) -> Dynamic:
     """Fit per-anchor log10 stiffness, kappa and friction on frames 0..n_fit-1 (Eq. 18 loss),
-    from ``start`` (the global search's result) or else the settings' starting values."""
+    from ``start`` (the global search's result) or else the settings' starting values, with at
+    least ``min_substeps`` substeps per frame (what the global search's best candidate needed)."""
     n = model.n_anchors
     if start is None:
         start = settings.physics.initial_params(n)
@@ -100,7 +101,10 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
     # deltas (both absent with single_k) then capture heterogeneity. Same model as one free value
     # per anchor, better conditioned.
     base = start.log_stiffness.float().mean().clone().requires_grad_(True)
-    delta = (start.log_stiffness.float() - base.detach()).clone().requires_grad_(not settings.single_k)
+    delta = start.log_stiffness.float() - base.detach()
+    if settings.single_k:  # one stiffness: a start with regions (global search) is flattened to its mean
+        delta = torch.zeros_like(delta)
+    delta = delta.clone().requires_grad_(not settings.single_k)
     regions = settings.stiffness_regions if not settings.single_k else 0
     weights = region_weights(model.rest_positions, min(regions, n), settings.seed) if regions else None
     z = torch.zeros(weights.shape[1] if regions else 0, dtype=torch.float32, requires_grad=bool(regions))
@@ -130,7 +134,8 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
 
     cams = frames.cameras
     gen = random.Random(settings.seed + 2)
-    integrator = Integrator(frame_dt=frame_dt, substeps=settings.substeps, max_substeps=settings.max_substeps)
+    integrator = Integrator(frame_dt=frame_dt, substeps=min(max(settings.substeps, min_substeps), settings.max_substeps),
+                            max_substeps=settings.max_substeps)
     losses: list[float] = []
     x_rest = model.rest_positions
 

@@ -52,10 +52,66 @@ def grid_points(lo: torch.Tensor, hi: torch.Tensor, step: float) -> torch.Tensor
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
 
 
-def sample_anchors(g: Gaussians, frames: FrameCache, n_anchors: int, seed: int = 0, resolution: int = 48) -> torch.Tensor:
+def hemisphere_directions(n: int) -> torch.Tensor:
+    """[n,3] unit directions spread evenly over a half sphere (a Fibonacci lattice), plus nothing
+    else: an orthographic silhouette along d is the same as along -d."""
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    z = i / n  # cos(polar angle) evenly in (0, 1]
+    phi = i * math.pi * (3.0 - math.sqrt(5.0))
+    r = (1 - z**2).sqrt()
+    return torch.stack([r * phi.cos(), r * phi.sin(), z], -1).float()
+
+
+def inside_splat_hull(points: torch.Tensor, centres: torch.Tensor, cell: float, n_directions: int = 24,
+                      close_cells: int = 2) -> torch.Tensor:
+    """Boolean mask [P]: points inside the orthographic silhouette of the Gaussian centres [G,3]
+    along every one of ``n_directions`` directions over the whole sphere (from below too).
+
+    The visual hull of the masks is only as tight as its cameras allow: cameras above the ground
+    never see the object's underside, so the hull reaches down to whatever bounds it (measured:
+    anchors 3 to 4 cm below the true bottom of a torus or a pawn), and the fitted object then lands
+    on phantom anchors early and comes to rest too high. The reconstructed surface (the Gaussian
+    centres) does bound the underside; its silhouettes along many directions are rasterised on a
+    grid of ``cell`` and closed by ``close_cells`` cells (so the gaps between surface Gaussians do
+    not carve the inside), and a point is kept only inside all of them."""
+    if len(centres) == 0:
+        return torch.ones(len(points), dtype=torch.bool)
+    import torch.nn.functional as F
+
+    keep = torch.ones(len(points), dtype=torch.bool)
+    pad = close_cells + 2
+    for d in hemisphere_directions(n_directions):
+        helper = torch.tensor([1.0, 0.0, 0.0]) if abs(float(d[0])) < 0.9 else torch.tensor([0.0, 1.0, 0.0])
+        e1 = torch.linalg.cross(d, helper)
+        e1 = e1 / e1.norm()
+        e2 = torch.linalg.cross(d, e1)
+        basis = torch.stack([e1, e2], 1)  # [3,2]
+        c2, p2 = centres.float() @ basis, points.float() @ basis
+        origin = c2.min(0).values - pad * cell
+        size = ((c2.max(0).values - origin) / cell).long() + pad + 1
+        occ = torch.zeros(int(size[0]), int(size[1]))
+        idx = ((c2 - origin) / cell).long()
+        occ[idx[:, 0], idx[:, 1]] = 1.0
+        if close_cells:
+            k = 2 * close_cells + 1
+            occ = F.max_pool2d(occ[None, None], k, 1, close_cells)  # dilate, then erode: a closing
+            occ = -F.max_pool2d(-occ, k, 1, close_cells)
+            occ = occ[0, 0]
+        ip = ((p2 - origin) / cell).floor().long()
+        inside = (ip >= 0).all(1) & (ip[:, 0] < occ.shape[0]) & (ip[:, 1] < occ.shape[1])
+        ip = ip.clamp_min(0)
+        ip[:, 0] = ip[:, 0].clamp_max(occ.shape[0] - 1)
+        ip[:, 1] = ip[:, 1].clamp_max(occ.shape[1] - 1)
+        keep &= inside & (occ[ip[:, 0], ip[:, 1]] > 0.5)
+    return keep
+
+
+def sample_anchors(g: Gaussians, frames: FrameCache, n_anchors: int, seed: int = 0, resolution: int = 48,
+                   splat_hull: bool = True) -> torch.Tensor:
     """N_A anchors through the object's volume (Eq. 4): the inside of the visual hull carved
-    from frame 0's masks, restricted to the Gaussians' bounding box, plus the Gaussian centres,
-    thinned by farthest-point sampling."""
+    from frame 0's masks and (``splat_hull``) by the silhouettes of the Gaussians themselves seen
+    from all around (:func:`inside_splat_hull`), restricted to the Gaussians' bounding box, plus
+    the Gaussian centres, thinned by farthest-point sampling."""
     keep = g.opacities() > 0.05
     centres = g.means[keep].detach() if keep.sum() > 0 else g.means.detach()
     lo, hi = centres.min(0).values, centres.max(0).values
@@ -65,7 +121,10 @@ def sample_anchors(g: Gaussians, frames: FrameCache, n_anchors: int, seed: int =
     grid = grid_points(lo, hi, step)
     gen = torch.Generator().manual_seed(seed)
     grid = grid + (torch.rand(grid.shape, generator=gen) - 0.5) * step * 0.5
-    interior = grid[inside_visual_hull(grid, frames.alpha(0), frames.cameras)]
+    inside = inside_visual_hull(grid, frames.alpha(0), frames.cameras)
+    if splat_hull:
+        inside &= inside_splat_hull(grid, centres, float(step))
+    interior = grid[inside]
     candidates = torch.cat([interior, centres], 0)
     if len(candidates) < n_anchors:
         raise SgausError(

@@ -11,14 +11,23 @@ the rendered alpha against the masks, which is smooth where the colours are flat
 
 1. a coarse bracket: one uniform log10 k per point of an even grid over ``log_k_range`` (the
    friction and kappa at their starting values), which finds the right decade whatever the start;
-2. CMA-ES (the ``cma`` package) over (log10 k, friction logit, kappa) from the best grid point,
-   in coordinates scaled to the unit cube, which refines all three together and copes with the
-   loss's jumps, where a gradient would not.
+2. a 1-D bracket of the contact offset at that stiffness: the depth the anchors may sink below the
+   ground plane. Cameras above the object never see its underside, so the anchors sampled in the
+   visual hull reach centimetres below the true bottom (measured: 3 cm on a torus, 4 cm on a pawn);
+   the object would land early and bounce from the wrong height. The depth is not visible in any
+   image, but it is in the motion (when the fall stops, how high the object rests): on a torus at
+   E = 1e5, a 2 cm offset took the future CD from 1.81 to 0.66 with everything else fixed;
+3. CMA-ES (the ``cma`` package) over (log10 k, friction logit, kappa, contact offset) from the
+   best point so far, in coordinates scaled to the unit cube, which refines them together and
+   copes with the loss's jumps, where a gradient would not.
 
-Each candidate is one forward rollout at the dynamic stage's substeps; a candidate whose simulation
-blows up, or whose loss is not finite, is scored worse than every finite one and skipped (the
-kernels have no batch dimension for kappa and friction, so candidates run one after another).
-The cameras are a fixed, evenly spread subset, so a candidate's score does not depend on a draw.
+Each candidate is one forward rollout, at the dynamic stage's substeps or more: a stiff candidate
+that blows up is retried with 1.5 times the substeps up to the max, and the count that worked
+carries over to stiffer candidates (so the whole range 0..7 is searchable; the dynamic stage then
+starts with the substeps of the best candidate). A candidate that still blows up, or whose loss is
+not finite, is scored worse than every finite one and skipped (the kernels have no batch dimension
+for kappa and friction, so candidates run one after another). The cameras are a fixed, evenly
+spread subset, so a candidate's score does not depend on a draw.
 """
 from __future__ import annotations
 
@@ -45,15 +54,23 @@ from taichi_sim.spring_rollout import Integrator, SimulationUnstable, SpringStat
 PHI_RANGE = (-6.0, 6.0)  # friction logit: factor 0 (sticky) .. 1 (smooth) lies well inside
 KAPPA_RANGE = (-4.0, 6.0)  # soft vector: all springs ~ 1 .. far springs cut off (Eq. 8)
 LOG_K_LIMITS = (-3.0, 10.0)  # what a search range may span at all
+REGION_SPAN = 1.5  # decades a region may lie above or below the global log10 k
+SUBSTEP_GROWTH = 1.5  # a candidate that blows up is retried with this many times the substeps
 
 
 @dataclass(frozen=True)
 class GlobalSearchSettings:
     """log_k_range: the searched log10 stiffness interval; grid_points: points of the coarse
     bracket; cma_generations, cma_population: the CMA-ES budget (0 generations: bracket only);
-    search_friction, search_kappa: whether CMA-ES also moves them; cameras: cameras scored per
-    frame (evenly spread); silhouette_weight: weight of the alpha-vs-mask L1 term; lambda_dssim:
-    D-SSIM weight of the image term; substeps, max_substeps: the dynamic stage's; seed; physics."""
+    search_friction, search_kappa: whether CMA-ES also moves them; contact_offset_max: the largest
+    contact offset searched, as a fraction of the anchors' height above their lowest point (0: not
+    searched; see taichi_sim.spring_model.SpringModel.contact_offset); offset_points: points of its
+    1-D bracket; regions, region_generations: R > 1 adds a last CMA-ES over R smooth region offsets
+    of log10 k around the global value (zero mean, within +-REGION_SPAN decades), for this many
+    generations of cma_population; cameras: cameras scored per frame (evenly spread); silhouette_weight: weight of the
+    alpha-vs-mask L1 term; lambda_dssim: D-SSIM weight of the image term; substeps, max_substeps:
+    the dynamic stage's (a stiff candidate that blows up is retried with more, up to the max); seed;
+    physics."""
 
     log_k_range: tuple = (0.0, 7.0)
     grid_points: int = 15
@@ -61,6 +78,10 @@ class GlobalSearchSettings:
     cma_population: int = 8
     search_friction: bool = True
     search_kappa: bool = True
+    contact_offset_max: float = 0.25
+    offset_points: int = 5
+    regions: int = 0
+    region_generations: int = 4
     cameras: int = 4
     silhouette_weight: float = 0.5
     lambda_dssim: float = 0.05
@@ -79,38 +100,68 @@ class GlobalSearchSettings:
         if self.grid_points < 2 or self.cma_generations < 0 or self.cma_population < 2 or self.cameras < 1:
             raise SgausError("global search: grid_points >= 2, cma_generations >= 0, cma_population >= 2 and "
                              "cameras >= 1 are needed")
+        if not (math.isfinite(self.contact_offset_max) and 0 <= self.contact_offset_max <= 1) or self.offset_points < 2:
+            raise SgausError(f"global search: contact_offset_max must lie in 0..1 (a fraction of the object's "
+                             f"height), got {self.contact_offset_max}, and offset_points must be >= 2")
 
 
 @dataclass
 class GlobalResult:
     """The best global parameters found, and every candidate tried (for the loss plot)."""
 
-    params: SpringParams  # uniform log10 stiffness, kappa, friction logit
+    params: SpringParams  # per-anchor log10 stiffness (uniform without regions), kappa, friction logit
     loss: float
-    evaluations: list  # [{"log_k", "friction_logit", "kappa", "loss"}], in the order tried
+    evaluations: list  # [{"log_k", "friction_logit", "kappa", "contact_offset", "loss", "substeps"[, "regions"]}]
     best_per_round: list  # best loss after the bracket and after each CMA-ES generation
+    contact_offset: float = 0.0  # scene units
+    substeps: int = 0  # substeps per frame the best candidate needed
+    regions: list = field(default_factory=list)  # the region offsets of log10 k (empty: uniform)
 
 
 class _Scorer:
-    """The image loss of one candidate (a uniform stiffness, a kappa and a friction logit)."""
+    """The image loss of one candidate (a uniform stiffness, a kappa, a friction logit and a
+    contact offset). Stiff candidates need more substeps: one that blows up is retried with
+    SUBSTEP_GROWTH times as many (up to the max), and the count that worked is remembered so a
+    stiffer candidate starts from it."""
 
     def __init__(self, g, model, binding, v0, frames: FrameCache, n_fit, frame_dt, settings: GlobalSearchSettings):
         self.g, self.model, self.binding, self.v0, self.frames = g, model, binding, v0, frames
-        self.n_fit, self.settings = n_fit, settings
-        self.integrator = Integrator(frame_dt=frame_dt, substeps=settings.substeps, max_substeps=settings.max_substeps)
+        self.n_fit, self.settings, self.frame_dt = n_fit, settings, frame_dt
         n_cams = len(frames.cameras)
         k = min(settings.cameras, n_cams)
         self.cams = sorted({int(round(i * n_cams / k)) % n_cams for i in range(k)})
         self.evaluations: list[dict] = []
+        self.stable: list[tuple[float, int]] = []  # (log10 k, substeps that worked)
 
-    def __call__(self, log_k: float, phi: float, kappa: float) -> float:
+    def _start_substeps(self, log_k: float) -> int:
+        known = [s for lk, s in self.stable if lk <= log_k]
+        return max([self.settings.substeps, *known])
+
+    def _rollout(self, params: SpringParams, model: SpringModel, log_k: float):
+        substeps = self._start_substeps(log_k)
+        while True:
+            integrator = Integrator(frame_dt=self.frame_dt, substeps=substeps, max_substeps=self.settings.max_substeps)
+            try:
+                pos = rollout(model, params, SpringState(model.rest_positions, self.v0), self.n_fit - 1,
+                              integrator).positions
+                self.stable.append((log_k, substeps))
+                return pos, substeps
+            except SimulationUnstable:
+                if substeps >= self.settings.max_substeps:
+                    raise
+                substeps = min(self.settings.max_substeps, int(math.ceil(substeps * SUBSTEP_GROWTH)))
+
+    def __call__(self, log_k: float, phi: float, kappa: float, offset: float, field=None, regions=None) -> float:
+        """The score of a uniform log10 k (plus ``field`` [N], a per-anchor offset made of the
+        region values ``regions``, when given)."""
         n = self.model.n_anchors
-        params = SpringParams(torch.full((n,), float(log_k)), torch.tensor(float(kappa)), torch.tensor(float(phi)))
-        loss = math.inf
+        log_stiffness = torch.full((n,), float(log_k)) + (0.0 if field is None else field)
+        params = SpringParams(log_stiffness, torch.tensor(float(kappa)), torch.tensor(float(phi)))
+        model = self.model.with_physics(contact_offset=float(offset)) if offset else self.model
+        loss, substeps = math.inf, None
         try:
             with torch.no_grad():
-                pos = rollout(self.model, params, SpringState(self.model.rest_positions, self.v0), self.n_fit - 1,
-                              self.integrator).positions
+                pos, substeps = self._rollout(params, model, float(log_stiffness.max()))
                 means = apply_binding(self.binding, pos)
                 cams = self.frames.cameras[self.cams]
                 total = 0.0
@@ -126,13 +177,22 @@ class _Scorer:
         if not math.isfinite(loss):
             loss = math.inf
         self.evaluations.append({"log_k": float(log_k), "friction_logit": float(phi), "kappa": float(kappa),
-                                 "loss": loss})
+                                 "contact_offset": float(offset), "loss": loss, "substeps": substeps,
+                                 **({} if regions is None else {"regions": [float(v) for v in regions]})})
         return loss
+
+
+def object_height(model: SpringModel) -> float:
+    """The anchors' extent along the ground normal (their extent along gravity without a ground)."""
+    n = torch.as_tensor(model.unit_normal(), dtype=torch.float64)
+    h = model.rest_positions.double() @ n
+    return float(h.max() - h.min())
 
 
 def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, frames: FrameCache, n_fit: int,
         frame_dt: float, settings: GlobalSearchSettings, progress: bool) -> GlobalResult:
-    """Search the global log10 stiffness, friction logit and kappa (see the module docstring)."""
+    """Search the global log10 stiffness, friction logit, kappa and contact offset (see the
+    module docstring)."""
     import cma
 
     settings.check()
@@ -141,33 +201,45 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
     phi0 = float(settings.physics.init_friction_logit)
     soft = settings.physics.soft_vector
     kappa0 = float(settings.physics.init_kappa) if soft else -40.0
-    total = settings.grid_points + settings.cma_generations * settings.cma_population
+    offset_max = settings.contact_offset_max * object_height(model) if model.ground_point is not None else 0.0
+    offset_points = settings.offset_points if offset_max > 0 else 0
+    n_regions = min(settings.regions, model.n_anchors) if settings.regions > 1 else 0
+    total = settings.grid_points + offset_points + settings.cma_population * (
+        settings.cma_generations + (settings.region_generations if n_regions else 0))
     bar = tqdm(total=total, desc="global", disable=not progress, leave=False)
     best = (math.inf, None)
     rounds = []
 
-    def consider(log_k, phi, kappa):
+    def consider(log_k, phi, kappa, offset):
         nonlocal best
-        value = score(log_k, phi, kappa)
+        value = score(log_k, phi, kappa, offset)
         if value < best[0]:
-            best = (value, (log_k, phi, kappa))
+            best = (value, (log_k, phi, kappa, offset))
         bar.update(1)
         if best[1] is not None:
             bar.set_postfix(loss=f"{best[0]:.4f}", log_k=f"{best[1][0]:.2f}",
-                            friction=f"{float(torch.sigmoid(torch.tensor(best[1][1]))):.2f}", kappa=f"{best[1][2]:.2f}")
+                            friction=f"{float(torch.sigmoid(torch.tensor(best[1][1]))):.2f}", kappa=f"{best[1][2]:.2f}",
+                            offset=f"{best[1][3]:.3f}")
         return value
 
+    # 1. the decade of the stiffness, at half the largest contact offset
     for log_k in np.linspace(lo, hi, settings.grid_points):
-        consider(float(log_k), phi0, kappa0)
+        consider(float(log_k), phi0, kappa0, 0.5 * offset_max)
     rounds.append(best[0])
     if best[1] is None:
         bar.close()
-        raise SgausError(f"global search: the simulation blew up for every stiffness in {lo:g}..{hi:g} at "
-                         f"{settings.substeps} substeps per frame; narrow log_k_range or raise substeps")
-    moving = [True, settings.search_friction, settings.search_kappa and soft]
-    ranges = [(lo, hi), PHI_RANGE, KAPPA_RANGE]
+        raise SgausError(f"global search: the simulation blew up for every stiffness in {lo:g}..{hi:g} up to "
+                         f"{settings.max_substeps} substeps per frame; narrow log_k_range or raise max_substeps")
+    # 2. the contact offset at that stiffness (it sets when the object lands and how high it rests)
+    if offset_points:
+        for offset in np.linspace(0.0, offset_max, offset_points):
+            consider(best[1][0], phi0, kappa0, float(offset))
+        rounds.append(best[0])
+    # 3. everything together
+    moving = [True, settings.search_friction, settings.search_kappa and soft, offset_max > 0]
+    ranges = [(lo, hi), PHI_RANGE, KAPPA_RANGE, (0.0, max(offset_max, 1e-12))]
     if settings.cma_generations and any(moving):
-        dims = [i for i in range(3) if moving[i]]
+        dims = [i for i in range(4) if moving[i]]
 
         def to_unit(values):
             return [float(np.clip((values[i] - ranges[i][0]) / (ranges[i][1] - ranges[i][0]), 0.0, 1.0))
@@ -192,18 +264,58 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
             worst = max(finite) if finite else best[0]
             es.tell(candidates, [v if math.isfinite(v) else 2.0 * worst + 1.0 for v in values])
             rounds.append(best[0])
-    bar.close()
-    log_k, phi, kappa = best[1]
+    log_k, phi, kappa, offset = best[1]
     n = model.n_anchors
-    params = SpringParams(torch.full((n,), float(log_k)), torch.tensor(float(kappa)), torch.tensor(float(phi)))
-    return GlobalResult(params, float(best[0]), score.evaluations, rounds)
+    field_, region_values = torch.zeros(n), []
+    # 4. coarse heterogeneity: a few smooth regions around the global value, still zero-order
+    if n_regions and settings.region_generations:
+        from pipeline.fit.dynamic import region_weights
+
+        weights = region_weights(model.rest_positions, n_regions, settings.seed)
+
+        def field_of(z):
+            f = weights @ torch.as_tensor(np.clip(z, -REGION_SPAN, REGION_SPAN), dtype=torch.float32)
+            return f - f.mean()
+
+        uniform = best[0]
+        best_z = (uniform, np.zeros(n_regions))
+        es = cma.CMAEvolutionStrategy([0.0] * n_regions, 0.3 * REGION_SPAN,
+                                      {"bounds": [-REGION_SPAN, REGION_SPAN], "popsize": settings.cma_population,
+                                       "seed": settings.seed + 2, "verbose": -9, "maxiter": settings.region_generations})
+        for _gen in range(settings.region_generations):
+            if es.stop():
+                break
+            candidates = es.ask()
+            values = []
+            for z in candidates:
+                value = score(log_k, phi, kappa, offset, field_of(z), z)
+                bar.update(1)
+                values.append(value)
+                if value < best_z[0]:
+                    best_z = (value, np.asarray(z, dtype=np.float64))
+                    bar.set_postfix(loss=f"{value:.4f}", regions=" ".join(f"{v:+.2f}" for v in best_z[1]))
+            finite = [v for v in values if math.isfinite(v)]
+            worst = max(finite) if finite else best_z[0]
+            es.tell(candidates, [v if math.isfinite(v) else 2.0 * worst + 1.0 for v in values])
+            rounds.append(min(best[0], best_z[0]))
+        if best_z[0] < uniform:
+            best = (best_z[0], best[1])
+            field_, region_values = field_of(best_z[1]), [float(v) for v in best_z[1]]
+    bar.close()
+    params = SpringParams(torch.full((n,), float(log_k)) + field_, torch.tensor(float(kappa)), torch.tensor(float(phi)))
+    substeps = next(e["substeps"] for e in score.evaluations if e["loss"] == best[0])
+    return GlobalResult(params, float(best[0]), score.evaluations, rounds, float(offset), int(substeps),
+                        region_values)
 
 
 def save(r: GlobalResult, directory: Path) -> None:
-    """global.json: the chosen log10 k, friction logit, kappa and loss, and every candidate."""
+    """global.json: the chosen global log10 k (the mean of the per-anchor values), friction logit,
+    kappa, contact offset, region offsets and per-anchor log10 k, the loss, and every candidate."""
     write_json(directory / "global.json", {
-        "log_k": float(r.params.log_stiffness[0]), "friction_logit": float(r.params.friction_logit),
-        "kappa": float(r.params.kappa), "n_anchors": int(r.params.log_stiffness.numel()), "loss": r.loss,
+        "log_k": float(r.params.log_stiffness.double().mean()), "friction_logit": float(r.params.friction_logit),
+        "kappa": float(r.params.kappa), "contact_offset": r.contact_offset, "substeps": r.substeps,
+        "regions": r.regions, "log_stiffness": [float(v) for v in r.params.log_stiffness],
+        "n_anchors": int(r.params.log_stiffness.numel()), "loss": r.loss,
         "evaluations": [{**e, "loss": e["loss"] if math.isfinite(e["loss"]) else None} for e in r.evaluations],
         "best_per_round": r.best_per_round})
 
@@ -213,9 +325,15 @@ def load(directory: Path) -> GlobalResult:
     d = read_json(path, dict)
     try:
         n = int(d["n_anchors"])
-        params = SpringParams(torch.full((n,), float(d["log_k"])), torch.tensor(float(d["kappa"])),
-                              torch.tensor(float(d["friction_logit"])))
+        # a global.json written before regions and contact offsets existed holds a uniform log_k
+        values = d["log_stiffness"] if "log_stiffness" in d else [float(d["log_k"])] * n
+        log_stiffness = torch.tensor([float(v) for v in values], dtype=torch.float32)
+        if log_stiffness.shape != (n,) or not bool(torch.isfinite(log_stiffness).all()):
+            raise ValueError(f"log_stiffness must be {n} finite numbers")
+        params = SpringParams(log_stiffness, torch.tensor(float(d["kappa"])), torch.tensor(float(d["friction_logit"])))
         evaluations = [{**e, "loss": math.inf if e["loss"] is None else e["loss"]} for e in d["evaluations"]]
-        return GlobalResult(params, float(d["loss"]), evaluations, list(d["best_per_round"]))
+        return GlobalResult(params, float(d["loss"]), evaluations, list(d["best_per_round"]),
+                            float(d.get("contact_offset", 0.0)), int(d.get("substeps", 0)),
+                            [float(v) for v in d.get("regions", [])])
     except (KeyError, TypeError, ValueError) as err:
         raise SgausError(f"{path}: not a global-search result ({err})") from None

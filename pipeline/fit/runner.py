@@ -181,7 +181,7 @@ class Fitter:
         self.ran.append("global")
         return r, key
 
-    def dynamic(self, g, model, a, v0, parent: str, start=None):
+    def dynamic(self, g, model, a, v0, parent: str, start=None, min_substeps: int = 0):
         settings = self.settings.dynamic()
         key = stage_key("dynamic", parent, settings)
         hit = self._cached("dynamic", key)
@@ -191,7 +191,7 @@ class Fitter:
         self.log(f"stage {6 if start is not None else 5}/{6 if start is not None else 5}: stiffness ({label}), "
                  f"soft vector and friction on frames 0..{self.facts.fit_frames - 1}")
         r = dynamic_stage.run(g, model, a.binding, v0, self.frames, self.facts.fit_frames, self.facts.frame_dt,
-                              settings, self.progress, start=start)
+                              settings, self.progress, start=start, min_substeps=min_substeps)
         with self.run.write_stage("dynamic", key) as d:
             dynamic_stage.save(r, d)
         self.ran.append("dynamic")
@@ -220,11 +220,12 @@ def fit(data, out, settings: FitSettings, resume: bool = False, gravity=None, gr
     g2, k3 = f.refine(g, a, k2)
     model = spring_model(a, f.facts, settings.physics())
     v0, k4 = f.velocity(g2, model, a, k3)
-    start = None
+    start, min_substeps = None, 0
     if settings.global_search:
         found, k4 = f.global_(g2, model, a, v0, k4)
-        start = found.params
-    r, _ = f.dynamic(g2, model, a, v0, k4, start)
+        start, min_substeps = found.params, found.substeps
+        model = model.with_physics(contact_offset=found.contact_offset)
+    r, _ = f.dynamic(g2, model, a, v0, k4, start, min_substeps)
     save_settings(f.run.root / "settings.yaml", settings, {"data": str(Path(data).resolve())})
     save_asset(f.run.root / "asset", f.make_asset(g2, model, a, v0, r))
     write_loss_plot(f.run)

@@ -42,6 +42,8 @@ class FitSettings:
       k_neighbors: springs per anchor (n_k).
       n_c: neighbours with soft-vector weight 1 (Eq. 8).
       n_b, p_b: anchors per Gaussian and the inverse-distance power of the binding (Eq. 15).
+      anchor_splat_hull: carve the anchors' visual hull with the Gaussians' own silhouettes seen
+        from all around, below included (cameras above never bound the underside).
       p_k: force-law exponent (Eq. 9); force_law: "smooth" (authors' code) or "paper" (Eq. 9 as printed).
       zeta0, mass: damping (Eq. 17) and mass per anchor.
       friction_mode: "per_time" (the ground's tangential factor per 0.3 ms of contact: the same
@@ -61,6 +63,12 @@ class FitSettings:
       global_grid_points: points of the coarse bracket over that interval.
       global_cma_generations, global_cma_population: the CMA-ES budget after the bracket.
       global_cameras: cameras scored per frame (an even spread).
+      global_contact_offset_max: the largest contact offset searched (how deep the anchors may
+        sink below the ground: the unseen underside), as a fraction of the object's height; 0 = none.
+      global_offset_points: points of the contact offset's 1-D bracket.
+      global_regions, global_region_generations: R > 1 ends the search with CMA-ES over R smooth
+        region offsets of log10 k (coarse heterogeneity, before the dense field), for this many
+        generations; 0 = a uniform global value.
       silhouette_weight: weight of the rendered-alpha-vs-mask L1 term of the search's score.
     Dynamic stage (per-anchor stiffness, soft vector kappa, ground friction)
       iterations: optimisation iterations over the fitted frames.
@@ -91,6 +99,7 @@ class FitSettings:
     n_c: int = 16
     n_b: int = 8
     p_b: float = 0.5
+    anchor_splat_hull: bool = True
     p_k: float = 0.5
     force_law: str = "smooth"
     zeta0: float = 0.1
@@ -125,6 +134,10 @@ class FitSettings:
     global_cma_generations: int = 6
     global_cma_population: int = 8
     global_cameras: int = 4
+    global_contact_offset_max: float = 0.25
+    global_offset_points: int = 5
+    global_regions: int = 4
+    global_region_generations: int = 4
     silhouette_weight: float = 0.5
     stiffness_regions: int = 16
     patience: int = 0
@@ -170,7 +183,7 @@ class FitSettings:
                               seed=self.seed, max_gaussians=self.static_max_gaussians)
 
     def anchors(self) -> AnchorSettings:
-        return AnchorSettings(self.n_anchors, self.k_neighbors, self.n_b, self.p_b, self.seed)
+        return AnchorSettings(self.n_anchors, self.k_neighbors, self.n_b, self.p_b, self.seed, self.anchor_splat_hull)
 
     def refine(self) -> RefineSettings:
         return RefineSettings(self.refine_iterations, self.refine_lr, self.seed)
@@ -188,6 +201,8 @@ class FitSettings:
         return GlobalSearchSettings(
             (self.global_log_k_min, self.global_log_k_max), self.global_grid_points, self.global_cma_generations,
             self.global_cma_population, search_friction=True, search_kappa=self.soft_vector,
+            contact_offset_max=self.global_contact_offset_max, offset_points=self.global_offset_points,
+            regions=self.global_regions, region_generations=self.global_region_generations,
             cameras=self.global_cameras, silhouette_weight=self.silhouette_weight, lambda_dssim=self.lambda_dssim,
             substeps=self.substeps, max_substeps=self.max_substeps, seed=self.seed, physics=self.physics())
 
@@ -214,6 +229,7 @@ PRESETS: dict[str, dict] = {
         image_size=48, static_iterations=150, static_max_gaussians=3000, n_anchors=96, k_neighbors=16,
         n_c=4, n_b=4, substeps=40, refine_iterations=20, velocity_iterations=10, iterations=3,
         global_grid_points=8, global_cma_generations=1, global_cma_population=4, global_cameras=2,
+        global_offset_points=3, global_regions=0,
         stiffness_regions=4,
     ),
 }
