@@ -246,7 +246,15 @@ def make_settings(preset: str = "fast", config: str | Path | None = None, overri
         raise SgausError(f"unknown preset {preset!r} (choose {', '.join(PRESETS)})")
     values = dict(PRESETS[preset])
     if config is not None:
-        values.update(read_yaml(Path(config)))
+        from_file = read_yaml(Path(config))
+        for k, v in from_file.items():  # a malformed or non-finite value is named with its file
+            try:
+                value = _coerce(k, v)
+            except SgausError as err:
+                raise SgausError(f"{config}: {err}") from None
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SgausError(f"{config}: setting {k} must be a finite number, got {v}")
+        values.update(from_file)
     values.update(overrides or {})
     return FitSettings(**{k: _coerce(k, v) for k, v in values.items()}).validate()
 
