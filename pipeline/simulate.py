@@ -251,7 +251,23 @@ def simulate(run, out, edits: Edits, n_frames: int | None = None, fps: float | N
              background: str = "black", ground_grid: bool | None = None) -> Path:
     """Simulate the edited asset and write video.mp4, frames/, ply/, anchors.npz, simulation.json.
     ``ground_grid`` None draws the ground when the (edited) scene has one. An ``out`` inside the run
-    is listed in RUN/simulations.json and shown in RUN/report.html."""
+    is listed in RUN/simulations.json and shown in RUN/report.html; the simulation then writes into
+    the run and holds its writer lock throughout (pipeline/data/runlock.py)."""
+    from pipeline.data.runlock import RunLock
+
+    run_root = Path(run).resolve()
+    inside = (run_root / "run.json").is_file() and run_root in Path(out).resolve().parents
+    lock = RunLock(run_root, "sgaus simulate").acquire() if inside else None
+    try:
+        return _simulate(run, out, edits, n_frames, fps, camera, orbit, size, progress, log, overwrite, yes,
+                         last_complete, background, ground_grid)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _simulate(run, out, edits: Edits, n_frames, fps, camera, orbit, size, progress, log, overwrite, yes,
+              last_complete, background, ground_grid) -> Path:
     import imageio.v2 as imageio
 
     asset = apply_edits(_readable_asset(run, last_complete), edits)
