@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from pipeline.data.files import write_json
 from pipeline.data.frames import FrameCache
 from pipeline.data.gaussians import Gaussians
-from pipeline.data.schema import read_json
+from pipeline.data.schema import number, read_json
+from pipeline.fit.checkpoint import Checkpoint
 from pipeline.fit.physics import PhysicsSettings
 from render import l1_dssim_loss
 from taichi_sim.binding import Binding, apply_binding
@@ -102,8 +103,17 @@ class _Scorer:
         k = min(settings.cameras, n_cams)
         self.cams = sorted({int(round(i * n_cams / k)) % n_cams for i in range(k)})
         self.evaluations: list[dict] = []
+        self.replay: list[dict] = []  # the evaluations of a checkpoint, answered without a rollout
 
     def __call__(self, log_k: float, phi: float, kappa: float) -> float:
+        i = len(self.evaluations)
+        if i < len(self.replay):
+            done = self.replay[i]
+            if (done["log_k"], done["friction_logit"], done["kappa"]) != (float(log_k), float(phi), float(kappa)):
+                raise RuntimeError(f"global search: candidate {i} differs from the checkpoint's: the search is not "
+                                   "deterministic")
+            self.evaluations.append(dict(done))
+            return done["loss"]
         n = self.model.n_anchors
         params = SpringParams(torch.full((n,), float(log_k)), torch.tensor(float(kappa)), torch.tensor(float(phi)))
         loss = math.inf
@@ -131,12 +141,20 @@ class _Scorer:
 
 
 def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, frames: FrameCache, n_fit: int,
-        frame_dt: float, settings: GlobalSearchSettings, progress: bool) -> GlobalResult:
-    """Search the global log10 stiffness, friction logit and kappa (see the module docstring)."""
+        frame_dt: float, settings: GlobalSearchSettings, progress: bool,
+        checkpoint: Checkpoint | None = None) -> GlobalResult:
+    """Search the global log10 stiffness, friction logit and kappa (see the module docstring).
+    ``checkpoint`` saves the candidates scored so far; on resume the search runs again from its
+    seed and takes their scores from the checkpoint instead of simulating them (the bracket and
+    CMA-ES are deterministic given the scores, so it continues exactly where it stopped)."""
     import cma
 
     settings.check()
+    checkpoint = checkpoint or Checkpoint.disabled("global")
     score = _Scorer(g, model, binding, v0, frames, n_fit, frame_dt, settings)
+    saved = checkpoint.restore()
+    if saved is not None:
+        score.replay = [{**e, "loss": math.inf if e["loss"] is None else e["loss"]} for e in saved["evaluations"]]
     lo, hi = (float(v) for v in settings.log_k_range)
     phi0 = float(settings.physics.init_friction_logit)
     soft = settings.physics.soft_vector
@@ -146,9 +164,15 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
     best = (math.inf, None)
     rounds = []
 
+    def state() -> dict:
+        return {"evaluations": [{**e, "loss": e["loss"] if math.isfinite(e["loss"]) else None}
+                                for e in score.evaluations]}
+
     def consider(log_k, phi, kappa):
         nonlocal best
         value = score(log_k, phi, kappa)
+        if len(score.evaluations) > len(score.replay):
+            checkpoint.step(len(score.evaluations), state)
         if value < best[0]:
             best = (value, (log_k, phi, kappa))
         bar.update(1)
@@ -213,9 +237,12 @@ def load(directory: Path) -> GlobalResult:
     d = read_json(path, dict)
     try:
         n = int(d["n_anchors"])
-        params = SpringParams(torch.full((n,), float(d["log_k"])), torch.tensor(float(d["kappa"])),
-                              torch.tensor(float(d["friction_logit"])))
+        params = SpringParams(torch.full((n,), number(d, "log_k", path, "stiffness")),
+                              torch.tensor(number(d, "kappa", path, "soft vector")),
+                              torch.tensor(number(d, "friction_logit", path, "friction")))
         evaluations = [{**e, "loss": math.inf if e["loss"] is None else e["loss"]} for e in d["evaluations"]]
         return GlobalResult(params, float(d["loss"]), evaluations, list(d["best_per_round"]))
     except (KeyError, TypeError, ValueError) as err:
+        if isinstance(err, SgausError):
+            raise
         raise SgausError(f"{path}: not a global-search result ({err})") from None
