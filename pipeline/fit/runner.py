@@ -99,16 +99,21 @@ class Fitter:
         self.facts = scene_facts(self.ds, settings, gravity, ground)
         self.run = RunDir(out, resume=resume, overwrite=overwrite, protect=[self.ds.root], writer=True,
                           lock="sgaus fit")
-        if self.run.lock.taken_over:
-            log(f"took over the lock of {self.run.lock.root}: its holder, {describe_lock(self.run.lock.taken_over)}, "
-                "is no longer running")
-        self.scale = image_scale(self.ds, settings)
-        self.frames = FrameCache(self.ds, self.scale)
-        self.progress, self.log = progress, log
-        self.ran: list[str] = []
-        self.run.update_meta(data=str(Path(data).resolve()), facts=dataclasses.asdict(self.facts), status="fitting")
-        data_key = hash_files(p for p in self.ds.root.rglob('*') if p.is_file() and not p.name.startswith('.'))
-        self.root_key = hash_key("data", data_key, dataclasses.asdict(self.facts))
+        try:
+            if self.run.lock.taken_over:
+                log(f"took over the lock of {self.run.lock.root}: its holder, "
+                    f"{describe_lock(self.run.lock.taken_over)}, is no longer running")
+            self.scale = image_scale(self.ds, settings)
+            self.frames = FrameCache(self.ds, self.scale)
+            self.progress, self.log = progress, log
+            self.ran: list[str] = []
+            self.run.update_meta(data=str(Path(data).resolve()), facts=dataclasses.asdict(self.facts),
+                                 status="fitting")
+            data_key = hash_files(p for p in self.ds.root.rglob('*') if p.is_file() and not p.name.startswith('.'))
+            self.root_key = hash_key("data", data_key, dataclasses.asdict(self.facts))
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         """Give back the run's writer lock (the end of the process does too)."""
