@@ -43,6 +43,46 @@ def _vec3(text, name: str) -> tuple[float, float, float]:
     return vec3(text, name)
 
 
+class Numbers(click.ParamType):
+    """Finite numbers: one (a float) or ``count`` of them separated by commas (a tuple), or one of
+    ``words``. NaN and infinities are refused here, once for every numeric option, with one line
+    naming the option and the value ("--velocity: nan is not a finite number"), before any file is
+    read or any simulation starts."""
+
+    def __init__(self, *counts: int, words: tuple[str, ...] = ()):
+        self.counts, self.words = counts or (1,), words
+        self.name = "number" if self.counts == (1,) else "numbers"
+
+    def convert(self, value, param, ctx):
+        opt = param.opts[0] if param is not None and param.opts else "value"
+        if isinstance(value, (int, float, tuple)) and not isinstance(value, bool):  # a default, not text
+            value = ",".join(map(repr, value)) if isinstance(value, tuple) else repr(float(value))
+        text = str(value).strip()
+        if text.lower() in self.words:
+            return text.lower()
+        parts = [p.strip() for p in text.split(",")]
+        values = []
+        for p in parts:
+            try:
+                values.append(float(p))
+            except ValueError:
+                raise SgausError(f"{opt}: {p!r} is not a number{self._expected()}") from None
+        for p, v in zip(parts, values):
+            if v != v or v in (float("inf"), float("-inf")):
+                raise SgausError(f"{opt}: {p} is not a finite number")
+        if len(values) not in self.counts:
+            raise SgausError(f"{opt}: {text!r} has {len(values)} number(s){self._expected()}")
+        return values[0] if len(values) == 1 and 1 in self.counts else tuple(values)
+
+    def _expected(self) -> str:
+        choices = [*self.words, *({1: "a number", 3: "three numbers x,y,z"}.get(n, f"{n} numbers") for n in self.counts)]
+        return "; expected " + (", ".join(choices[:-1]) + " or " if len(choices) > 1 else "") + choices[-1]
+
+
+FINITE = Numbers(1)
+VECTOR3 = Numbers(3)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--arch",
@@ -72,14 +112,14 @@ def cli(ctx: click.Context, arch: str) -> None:
 @click.argument("data", type=click.Path(file_okay=False, path_type=str))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Directory to write.")
 @click.option("--iterations", type=int, default=1500, show_default=True, help="Optimisation steps.")
-@click.option("--scale", type=float, default=0.003, show_default=True,
+@click.option("--scale", type=FINITE, default=0.003, show_default=True,
               help="The constant scale s0 of every Gaussian (scene units).")
 @click.option("--image-size", type=int, default=128, show_default=True,
               help="Longest image side used, in pixels (0 = full resolution).")
 @click.option("--n-init", type=int, default=2000, show_default=True, help="Initial Gaussians.")
 @click.option("--init", "init", type=click.Choice(["hull", "box"]), default="hull", show_default=True,
               help="hull: inside the visual hull of the masks; box: anywhere in the box the cameras see.")
-@click.option("--grad-threshold", type=float, default=0.0005, show_default=True,
+@click.option("--grad-threshold", type=FINITE, default=0.0005, show_default=True,
               help="Clone Gaussians whose mean view-space gradient (NDC) exceeds this.")
 @click.option("--max-gaussians", type=int, default=200000, show_default=True, help="Cap on densification.")
 @click.option("--views", "views_per_iteration", type=int, default=4, show_default=True,
@@ -113,26 +153,26 @@ def reconstruct_cmd(ctx, data, out, iterations, scale, image_size, n_init, init,
               help="Built-in shape: banana, box, cross, letter_l, letter_s, letter_t, pawn, sphere, torus "
                    "(default torus).")
 @click.option("--mesh", default=None, type=click.Path(dir_okay=False), help="A mesh file open3d reads, instead of --shape.")
-@click.option("--size", type=float, default=0.4, show_default=True, help="Largest extent of the object, metres.")
-@click.option("--rotate", default="0,0,0", show_default=True, help="Rotation of the object at rest, Euler x,y,z degrees.")
-@click.option("--drop-height", type=float, default=0.25, show_default=True,
+@click.option("--size", type=FINITE, default=0.4, show_default=True, help="Largest extent of the object, metres.")
+@click.option("--rotate", type=VECTOR3, default="0,0,0", show_default=True, help="Rotation of the object at rest, Euler x,y,z degrees.")
+@click.option("--drop-height", type=FINITE, default=0.25, show_default=True,
               help="Height of the object's lowest point at frame 0, metres.")
-@click.option("--youngs-modulus", type=float, default=5e4, show_default=True, help="Young's modulus E, Pa.")
-@click.option("--poisson-ratio", type=float, default=0.3, show_default=True, help="Poisson ratio, in (-1, 0.5).")
-@click.option("--density", type=float, default=1000.0, show_default=True, help="Density, kg/m^3.")
+@click.option("--youngs-modulus", type=FINITE, default=5e4, show_default=True, help="Young's modulus E, Pa.")
+@click.option("--poisson-ratio", type=FINITE, default=0.3, show_default=True, help="Poisson ratio, in (-1, 0.5).")
+@click.option("--density", type=FINITE, default=1000.0, show_default=True, help="Density, kg/m^3.")
 @click.option("--material", type=click.Choice(["neohookean", "corotated"]), default="neohookean", show_default=True,
               help="Elastic model.")
 @click.option("--heterogeneous", is_flag=True, help="Two halves along x; the +x half is --stiffness-factor times stiffer.")
-@click.option("--stiffness-factor", type=float, default=10.0, show_default=True, help="Stiffness ratio of the halves.")
-@click.option("--gravity", default="0,-9.8,0", show_default=True, help="Gravity x,y,z, m/s^2 (y is up).")
-@click.option("--velocity", default="0,0,0", show_default=True, help="Initial velocity x,y,z, m/s.")
-@click.option("--ground-height", type=float, default=0.0, show_default=True, help="Height of the ground plane (normal +y).")
+@click.option("--stiffness-factor", type=FINITE, default=10.0, show_default=True, help="Stiffness ratio of the halves.")
+@click.option("--gravity", type=VECTOR3, default="0,-9.8,0", show_default=True, help="Gravity x,y,z, m/s^2 (y is up).")
+@click.option("--velocity", type=VECTOR3, default="0,0,0", show_default=True, help="Initial velocity x,y,z, m/s.")
+@click.option("--ground-height", type=FINITE, default=0.0, show_default=True, help="Height of the ground plane (normal +y).")
 @click.option("--ground", type=click.Choice(["sticky", "slip", "friction"]), default="friction", show_default=True,
               help="Ground contact.")
-@click.option("--friction", type=float, default=0.5, show_default=True, help="Coulomb coefficient for --ground friction.")
+@click.option("--friction", type=FINITE, default=0.5, show_default=True, help="Coulomb coefficient for --ground friction.")
 @click.option("--views", type=int, default=10, show_default=True, help="Cameras around and above the object.")
 @click.option("--frames", type=int, default=30, show_default=True, help="Frames of video.")
-@click.option("--frame-dt", type=float, default=0.03, show_default=True, help="Seconds between frames.")
+@click.option("--frame-dt", type=FINITE, default=0.03, show_default=True, help="Seconds between frames.")
 @click.option("--resolution", type=int, default=512, show_default=True, help="Image width and height, pixels.")
 @click.option("--grid", type=int, default=64, show_default=True, help="MPM grid nodes per side of the 1 m box.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the particle jitter.")
@@ -203,8 +243,8 @@ def generate_mpm_cmd(ctx, shape, mesh, size, rotate, drop_height, youngs_modulus
               help="Override any setting, e.g. --set k_neighbors=128 (repeatable).")
 @click.option("--resume", is_flag=True, help="Reuse stages already saved in --out whose inputs and settings match.")
 @click.option("--overwrite", is_flag=True, help="Fit again into a previous run in --out, recomputing every stage.")
-@click.option("--gravity", default=None, help="Gravity x,y,z (default: the dataset's scene.json).")
-@click.option("--ground", default=None, metavar="X,Y,Z,NX,NY,NZ",
+@click.option("--gravity", type=VECTOR3, default=None, help="Gravity x,y,z (default: the dataset's scene.json).")
+@click.option("--ground", type=Numbers(6), default=None, metavar="X,Y,Z,NX,NY,NZ",
               help="Ground plane as a point and a normal (default: the dataset's scene.json).")
 @click.option("--iterations", type=int, default=None, help="Dynamic-stage iterations.")
 @click.option("--anchors", "n_anchors", type=int, default=None, help="Number of anchors N_A.")
@@ -231,15 +271,9 @@ def fit_cmd(ctx, data, out, preset, config, assignments, resume, overwrite, grav
     if no_soft_vector:
         overrides["soft_vector"] = False
     settings = make_settings(preset, config, overrides)
-    grav = _vec3(gravity, "--gravity") if gravity else None
-    grd = None
-    if ground:
-        vals = ground.split(",")
-        if len(vals) != 6:
-            raise click.BadParameter("--ground must be six numbers: a point x,y,z and a normal nx,ny,nz")
-        grd = (_vec3(vals[:3], "--ground point"), _vec3(vals[3:], "--ground normal"))
+    grd = (_vec3(ground[:3], "--ground point"), _vec3(ground[3:], "--ground normal")) if ground else None
     _taichi(ctx)
-    run = fit(data, out, settings, resume=resume, gravity=grav, ground=grd, progress=not quiet,
+    run = fit(data, out, settings, resume=resume, gravity=gravity, ground=grd, progress=not quiet,
               log=click.echo, overwrite=overwrite)
     click.echo(f"asset written to {run / 'asset'} (loss curves: {run / 'loss.png'})")
 
@@ -249,7 +283,7 @@ def fit_cmd(ctx, data, out, preset, config, assignments, resume, overwrite, grav
 @click.option("--data", default=None, type=click.Path(file_okay=False),
               help="Dataset (default: the one fitted); another recording of the same object makes the evaluation "
                    "counterfactual (RUN/eval_counterfactual/<name>/).")
-@click.option("--scale", type=float, default=None,
+@click.option("--scale", type=FINITE, default=None,
               help="Image scale for PSNR/SSIM (default: the scale used for fitting; 1 = full resolution).")
 @click.option("--camera", default=None, help="Camera of the side-by-side video (default: the first).")
 @click.option("--no-baselines", is_flag=True, help="Skip the hold and single-k baselines.")
@@ -328,15 +362,16 @@ def suite_cmd(ctx, spec, builtin, out, address, workers, resume, verbose):
 @cli.command("simulate")
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--gravity", default=None,
+@click.option("--gravity", type=Numbers(1, 3), default=None,
               help="One number: magnitude along the fitted gravity (0 = zero gravity, 19.6 = hypergravity); or x,y,z.")
-@click.option("--ground-height", type=float, default=None, help="Height of the ground plane along its normal.")
+@click.option("--ground-height", type=FINITE, default=None, help="Height of the ground plane along its normal.")
 @click.option("--no-ground", is_flag=True, help="Remove the ground plane.")
-@click.option("--friction", default=None, help="Ground friction: sticky, smooth or a value in [0, 1].")
-@click.option("--velocity", default=None, help="Initial velocity x,y,z.")
-@click.option("--stiffness-scale", type=float, default=1.0, show_default=True, help="Multiply every stiffness.")
+@click.option("--friction", type=Numbers(1, words=("sticky", "smooth")), default=None,
+              help="Ground friction: sticky, smooth or a value in [0, 1].")
+@click.option("--velocity", type=VECTOR3, default=None, help="Initial velocity x,y,z.")
+@click.option("--stiffness-scale", type=FINITE, default=1.0, show_default=True, help="Multiply every stiffness.")
 @click.option("--frames", type=int, default=None, help="Frames to simulate (default: the dataset's).")
-@click.option("--fps", type=float, default=None, help="Video frame rate (default: real time, at most 30).")
+@click.option("--fps", type=FINITE, default=None, help="Video frame rate (default: real time, at most 30).")
 @click.option("--camera", default=None, help="Dataset camera to render from (default: the first).")
 @click.option("--orbit", is_flag=True, help="Render from a camera orbiting the object instead.")
 @click.option("--size", type=int, default=384, show_default=True, help="Longest side of the rendered frames.")
@@ -353,18 +388,19 @@ def simulate_cmd(ctx, run, out, gravity, ground_height, no_ground, friction, vel
                  fps, camera, orbit, size, background, ground_grid, overwrite, yes, last_complete, quiet):
     """Re-simulate the fitted asset in RUN under edited gravity, ground, friction, initial
     velocity or stiffness; writes a video, PNG frames, one PLY per frame and anchor trajectories."""
-    from pipeline.simulate import Edits, parse_friction, parse_gravity, simulate
+    from pipeline.simulate import Edits, parse_friction, simulate
 
     if ground_height is not None and no_ground:
         raise click.BadParameter("--ground-height and --no-ground exclude each other")
     edits = Edits(
-        gravity=parse_gravity(gravity) if gravity is not None else None,
+        gravity=gravity,
         ground_height=ground_height,
         no_ground=no_ground,
         friction=parse_friction(friction) if friction is not None else None,
-        velocity=_vec3(velocity, "--velocity") if velocity else None,
+        velocity=velocity,
         stiffness_scale=stiffness_scale,
     )
+    edits.check()  # before the asset is read
     _taichi(ctx)
     path = simulate(run, out, edits, n_frames=frames, fps=fps, camera=camera, orbit=orbit, size=size,
                     progress=not quiet, log=click.echo, overwrite=overwrite, yes=yes, last_complete=last_complete,

@@ -117,10 +117,19 @@ def load_asset(run_or_asset: str | Path) -> Asset:
                             substeps=integer(integ.get("substeps"), "'integrator.substeps'", path, low=1),
                             max_substeps=integer(integ.get("max_substeps"), "'integrator.max_substeps'", path, low=1))
     params = SpringParams(
-        torch.from_numpy(matrix(phys.get("log_stiffness"), ((n,),), "'log_stiffness'", path)).float(),
+        torch.from_numpy(matrix(phys.get("log_stiffness"), ((n,),), "'log_stiffness'", path, "anchor")).float(),
         torch.tensor(number(phys, "kappa", path, "soft vector"), dtype=torch.float32),
         torch.tensor(number(phys, "friction_logit", path, "friction"), dtype=torch.float32))
+    try:
+        params.check_finite()  # finite in the file, yet a stiffness 10^k float32 cannot hold
+    except SgausError as err:
+        raise SgausError(f"{path}: {err}") from None
     v0 = torch.from_numpy(matrix(phys.get("v0"), ((3,),), "'v0'", path)).float()
     info = phys.get("info") if isinstance(phys.get("info"), dict) else {}
+    for key in ("n_frames", "fit_frames"):  # what simulate and eval read of the provenance
+        if info.get(key) is not None:
+            integer(info[key], f"'info.{key}'", path, low=1)
+    if info.get("image_scale") is not None:
+        number(info, "image_scale", path, "info", positive=True)
     return Asset(gaussians, model, Binding(a.binding.index, a.binding.weight.float()), params, v0, integrator, info)
 

@@ -320,16 +320,20 @@ def output_dir(run_dir: RunDir, data) -> Path:
 def evaluate_run(run, data, scale: float | None = None, baselines: bool = True, camera: str | None = None,
                  progress: bool = True, log=print, last_complete: bool = False) -> dict:
     """`sgaus eval RUN --data OTHER`: the counterfactual evaluation when OTHER is another recording
-    of the fitted object, else the plain evaluation (pipeline.evaluate.evaluate)."""
+    of the fitted object, else the plain evaluation (pipeline.evaluate.evaluate). Either writes
+    into RUN, so it holds the run's writer lock throughout (pipeline/data/runlock.py)."""
     from pipeline.asset import load_asset
     from pipeline.evaluate import evaluate as evaluate_fitted
 
-    run_dir = RunDir(run, create=False)
-    run_dir.require_complete(last_complete)
-    asset = load_asset(run)
-    if data is None or not is_other_recording(asset, data):
-        return evaluate_fitted(run, data, scale, baselines, camera, progress, log, last_complete)
-    return evaluate(run_dir, asset, data, scale, baselines, camera, progress, log)
+    run_dir = RunDir(run, create=False, lock="sgaus eval")
+    try:
+        run_dir.require_complete(last_complete)
+        asset = load_asset(run)
+        if data is None or not is_other_recording(asset, data):
+            return evaluate_fitted(run, data, scale, baselines, camera, progress, log, last_complete)
+        return evaluate(run_dir, asset, data, scale, baselines, camera, progress, log)
+    finally:
+        run_dir.release()
 
 
 def evaluate(run_dir: RunDir, asset: Asset, data, scale: float | None = None, baselines: bool = True,

@@ -96,6 +96,10 @@ class GenerateConfig:
         """Raise ValueError naming the first bad option (before anything is computed or written)."""
         if self.mesh is not None:
             self.shape = None
+        for f in dataclasses.fields(self):  # every number finite, named as the CLI option
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SgausError(f"--{f.name.replace('_', '-')}: {value} is not a finite number")
         if not isinstance(self.shading, (bool, np.bool_)):
             raise SgausError(f"--shading must be on or off (a bool), got {self.shading!r}")
         self.shading = bool(self.shading)

@@ -42,6 +42,37 @@ class Edits:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def check(self) -> "Edits":
+        """SgausError naming the option of the first impossible edit (a non-finite number, a
+        negative gravity magnitude or stiffness scale, a friction outside [0, 1]); the CLI calls it
+        before the asset is read, :func:`apply_edits` again."""
+        if isinstance(self.gravity, (int, float)):
+            _finite("--gravity", self.gravity)
+            if self.gravity < 0:
+                raise SgausError(f"--gravity: a magnitude must not be negative, got {self.gravity:g}")
+        elif self.gravity is not None:
+            vec3(self.gravity, "--gravity")
+        if self.ground_height is not None:
+            _finite("--ground-height", self.ground_height)
+        if self.friction is not None:
+            parse_friction(self.friction)
+        if self.velocity is not None:
+            vec3(self.velocity, "--velocity")
+        _finite("--stiffness-scale", self.stiffness_scale)
+        if not self.stiffness_scale > 0:
+            raise SgausError(f"--stiffness-scale must be a positive finite number, got {self.stiffness_scale:g}")
+        return self
+
+
+def _finite(option: str, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise SgausError(f"{option}: {value!r} is not a number") from None
+    if not math.isfinite(v):
+        raise SgausError(f"{option}: {v} is not a finite number")
+    return v
+
 
 def parse_gravity(text: str) -> float | tuple:
     """'9.8' -> 9.8 (a magnitude), '0,-9.8,0' -> a vector; anything else is an error."""
@@ -83,12 +114,11 @@ def simulate_asset(asset: Asset, n_frames: int, progress: bool = False) -> tuple
 
 def apply_edits(asset: Asset, edits: Edits) -> Asset:
     """A copy of the asset with the edits applied; raises SgausError for impossible edits."""
+    edits.check()
     cfg = asset.model
     changes: dict = {}
     if edits.gravity is not None:
         if isinstance(edits.gravity, (int, float)):
-            if edits.gravity < 0:
-                raise SgausError(f"a gravity magnitude must not be negative, got {edits.gravity}")
             g = np.asarray(cfg.gravity, dtype=np.float64)
             direction = g / np.linalg.norm(g) if np.linalg.norm(g) > 0 else -np.asarray(cfg.ground_normal, dtype=np.float64)
             changes["gravity"] = tuple(float(x) for x in direction * float(edits.gravity))
@@ -116,9 +146,11 @@ def apply_edits(asset: Asset, edits: Edits) -> Asset:
     if edits.velocity is not None:
         out = dataclasses.replace(out, v0=torch.tensor(vec3(edits.velocity, "--velocity"), dtype=torch.float32))
     if edits.stiffness_scale != 1.0:
-        if not (edits.stiffness_scale > 0 and math.isfinite(edits.stiffness_scale)):
-            raise SgausError(f"--stiffness-scale must be a positive finite number, got {edits.stiffness_scale}")
         params = dataclasses.replace(params, log_stiffness=params.log_stiffness + math.log10(edits.stiffness_scale))
+        try:
+            params.check_finite()
+        except SgausError as err:
+            raise SgausError(f"--stiffness-scale {edits.stiffness_scale:g}: {err}") from None
     return dataclasses.replace(out, params=params)
 
 
@@ -219,7 +251,23 @@ def simulate(run, out, edits: Edits, n_frames: int | None = None, fps: float | N
              background: str = "black", ground_grid: bool | None = None) -> Path:
     """Simulate the edited asset and write video.mp4, frames/, ply/, anchors.npz, simulation.json.
     ``ground_grid`` None draws the ground when the (edited) scene has one. An ``out`` inside the run
-    is listed in RUN/simulations.json and shown in RUN/report.html."""
+    is listed in RUN/simulations.json and shown in RUN/report.html; the simulation then writes into
+    the run and holds its writer lock throughout (pipeline/data/runlock.py)."""
+    from pipeline.data.runlock import RunLock
+
+    run_root = Path(run).resolve()
+    inside = (run_root / "run.json").is_file() and run_root in Path(out).resolve().parents
+    lock = RunLock(run_root, "sgaus simulate").acquire() if inside else None
+    try:
+        return _simulate(run, out, edits, n_frames, fps, camera, orbit, size, progress, log, overwrite, yes,
+                         last_complete, background, ground_grid)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _simulate(run, out, edits: Edits, n_frames, fps, camera, orbit, size, progress, log, overwrite, yes,
+              last_complete, background, ground_grid) -> Path:
     import imageio.v2 as imageio
 
     asset = apply_edits(_readable_asset(run, last_complete), edits)
@@ -239,8 +287,8 @@ def simulate(run, out, edits: Edits, n_frames: int | None = None, fps: float | N
         raise SgausError(f"{n_frames} frames would write about {gb:.1f} GB into {out}; pass --yes to go ahead, "
                          f"or ask for fewer --frames")
     fps = float(fps if fps is not None else min(30.0, 1.0 / asset.integrator.frame_dt))
-    if fps <= 0:
-        raise SgausError(f"--fps must be positive, got {fps}")
+    if not (fps > 0 and math.isfinite(fps)):
+        raise SgausError(f"--fps must be a positive finite number, got {fps}")
     cams = None if orbit else _dataset_camera(asset, camera, size)
     log(f"simulating {n_frames} frames ({asset.integrator.substeps} substeps per frame)")
     positions, means, substeps = simulate_asset(asset, n_frames - 1, progress=progress)

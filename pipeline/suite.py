@@ -179,7 +179,10 @@ class Suite:
 
 def task_key(scene: Scene, method: Method, seed: int, baselines: bool) -> str:
     """What a task computes: the scene's options (or dataset files), every fit setting, the seed."""
-    return _hash(SUITE_FORMAT, scene.key, {**method.settings, "seed": seed}, int(seed), bool(baselines))
+    from pipeline.fit.settings import NOT_IN_KEYS
+
+    settings = {k: v for k, v in method.settings.items() if k not in NOT_IN_KEYS}  # they change no result
+    return _hash(SUITE_FORMAT, scene.key, {**settings, "seed": seed}, int(seed), bool(baselines))
 
 
 def _check_name(value, where: str) -> str:

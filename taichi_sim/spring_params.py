@@ -14,6 +14,10 @@ import torch
 from taichi_sim.errors import SgausError
 
 
+# float32 holds up to 3.4e38: a larger stiffness 10^k is infinite in the simulation
+MAX_LOG_STIFFNESS = 38.0
+
+
 @dataclass
 class SpringParams:
     """log_stiffness [N] (log10 k_i, Eq. 16); kappa [] (Eq. 8); friction_logit [] (phi, Eq. 14)."""
@@ -39,12 +43,22 @@ class SpringParams:
         return SpringParams(*(torch.as_tensor(t).to(dtype) for t in self.tensors()))
 
     def check_finite(self) -> None:
-        """SgausError naming the first non-finite parameter (before any simulation runs)."""
+        """SgausError naming the first non-finite parameter (with its anchor), or a log10 stiffness
+        whose stiffness 10^k no float32 simulation can hold, before any simulation runs: a rollout
+        would otherwise retry with ever more substeps and only then report it unstable."""
         for name in ("log_stiffness", "kappa", "friction_logit"):
-            t = torch.as_tensor(getattr(self, name)).detach()
-            if not bool(torch.isfinite(t).all()):
-                bad = t.reshape(-1)[~torch.isfinite(t.reshape(-1))][0].item()
-                raise SgausError(f"{name} is not finite ({bad}): a physical parameter must be a finite number")
+            t = torch.as_tensor(getattr(self, name)).detach().reshape(-1)
+            bad = torch.nonzero(~torch.isfinite(t))
+            if len(bad):
+                where = f" at anchor {int(bad[0])}" if name == "log_stiffness" else ""
+                raise SgausError(f"{name} holds {t[int(bad[0])].item()}{where}: a physical parameter must be a finite "
+                                 "number")
+        k = torch.as_tensor(self.log_stiffness).detach().reshape(-1)
+        big = torch.nonzero(k > MAX_LOG_STIFFNESS)
+        if len(big):
+            i = int(big[0])
+            raise SgausError(f"log_stiffness holds {k[i].item():g} at anchor {i}: a stiffness of 10^{k[i].item():g} "
+                             f"is beyond any simulation (at most 10^{MAX_LOG_STIFFNESS:g})")
 
 
 def soft_vector(kappa: torch.Tensor, k_neighbors: int, n_c: int) -> torch.Tensor:

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -244,6 +245,86 @@ def test_settings_that_do_nothing_or_are_not_finite_are_refused(tmp_path, tiny_d
                              ("--gravity", "nan", "gravity")):
         one_line_error(invoke("simulate", small_run, "--out", tmp_path / "d", opt, value), word)
     assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+# ----------------------------------------------------------------------------- 8b: non-finite inputs named
+SIMULATE_OPTIONS = [
+    (["--velocity", "nan,0,0"], "--velocity: nan is not a finite number"),
+    (["--velocity", "0,inf,0"], "--velocity: inf is not a finite number"),
+    (["--gravity", "nan"], "--gravity: nan is not a finite number"),
+    (["--gravity", "0,-inf,0"], "--gravity: -inf is not a finite number"),
+    (["--stiffness-scale", "inf"], "--stiffness-scale: inf is not a finite number"),
+    (["--stiffness-scale", "nan"], "--stiffness-scale: nan is not a finite number"),
+    (["--stiffness-scale", "1e300"], "beyond any simulation"),  # finite, yet 10^303 overflows float32
+    (["--ground-height", "nan"], "--ground-height: nan is not a finite number"),
+    (["--friction", "nan"], "--friction: nan is not a finite number"),
+    (["--fps", "inf"], "--fps: inf is not a finite number"),
+]
+
+
+@pytest.mark.parametrize("args, message", SIMULATE_OPTIONS, ids=[" ".join(a) for a, _m in SIMULATE_OPTIONS])
+def test_non_finite_simulate_options_are_named_before_any_simulation(tmp_path, small_run, args, message):
+    out = tmp_path / "out"
+    invoke("simulate", small_run, "--out", out, "--velocity", "nan,0,0")  # imports warm
+    start = time.process_time()
+    r = invoke("simulate", small_run, "--frames", 3, "--size", 32, "--quiet", "--out", out, *args)
+    assert time.process_time() - start < 1.0  # found before any simulation (none retries to 490 substeps)
+    line = one_line_error(r, message, alone=True)
+    assert "unstable" not in line
+    assert not out.exists()
+
+
+ASSET_CASES = {
+    "nan_stiffness": (lambda d: d["log_stiffness"].__setitem__(3, float("nan")), "'log_stiffness' holds NaN at anchor 3"),
+    "huge_stiffness": (lambda d: d["log_stiffness"].__setitem__(3, 50.0), "holds 50 at anchor 3"),
+    "inf_kappa": (lambda d: d.update(kappa=float("inf")), "'kappa' must be finite"),
+    "nan_v0": (lambda d: d["v0"].__setitem__(1, float("nan")), "'v0' holds NaN at index 1"),
+    "nan_gravity": (lambda d: d["model"]["gravity"].__setitem__(0, float("nan")), "'model.gravity' holds NaN"),
+    "nan_frames": (lambda d: d["info"].update(n_frames=float("nan")), "'info.n_frames' must be an integer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ASSET_CASES))
+def test_non_finite_asset_values_are_named_with_their_file(tmp_path, small_run, case):
+    change, message = ASSET_CASES[case]
+    _edit_json(small_run / "asset" / "physics.json", change)
+    out = tmp_path / "out"
+    start = time.process_time()
+    r = invoke("simulate", small_run, "--frames", 3, "--size", 32, "--quiet", "--out", out)
+    assert time.process_time() - start < 1.0
+    line = one_line_error(r, "physics.json", message)
+    assert "unstable" not in line
+    assert not out.exists()
+
+
+GENERATE_OPTIONS = [["--size", "nan"], ["--drop-height", "inf"], ["--friction", "inf"], ["--frame-dt", "inf"],
+                    ["--youngs-modulus", "nan"], ["--velocity", "nan,0,0"], ["--rotate", "0,nan,0"]]
+
+
+@pytest.mark.parametrize("args", GENERATE_OPTIONS, ids=[" ".join(a) for a in GENERATE_OPTIONS])
+def test_non_finite_generate_options_are_named(tmp_path, args):
+    out = tmp_path / "data"
+    r = invoke("generate-mpm", "--views", 2, "--frames", 3, "--resolution", 32, "--grid", 16, "--quiet",
+               "--out", out, *args)
+    one_line_error(r, f"{args[0]}: ", "is not a finite number")
+    assert not out.exists()
+
+
+def test_non_finite_fit_and_eval_options_and_files_are_named(tmp_path, tiny_data, small_run):
+    fit = ["fit", tiny_data, "--out", tmp_path / "r", *TINY]
+    one_line_error(invoke(*fit, "--gravity", "nan,0,0"), "--gravity: nan is not a finite number")
+    one_line_error(invoke(*fit, "--ground", "0,0,0,0,inf,0"), "--ground: inf is not a finite number")
+    one_line_error(invoke(*fit, "--set", "lr_kappa=nan"), "lr_kappa", "finite")
+    config = tmp_path / "cfg.yaml"
+    config.write_text("lr_kappa: .nan\n")
+    one_line_error(invoke(*fit, "--config", config), str(config), "lr_kappa", "finite")
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    _edit_json(data / "scene.json", lambda doc: doc["gravity"].__setitem__(1, float("nan")))
+    one_line_error(invoke("fit", data, "--out", tmp_path / "r", *TINY), "scene.json", "'gravity' holds NaN at index 1")
+    assert not (tmp_path / "r").exists()
+    one_line_error(invoke("eval", small_run, "--scale", "nan", "--quiet"), "--scale: nan is not a finite number")
+    assert not (small_run / "eval").exists()
 
 
 # ----------------------------------------------------------------------------- 9: modes

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from pipeline.fit.runner import stage_key
-from pipeline.fit.settings import FitSettings, make_settings
+from pipeline.fit.settings import NOT_IN_KEYS, FitSettings, make_settings
 
 
 def _other(value):
@@ -62,10 +62,20 @@ def test_every_fit_setting_reaches_a_stage():
     base = make_settings("fast")
     stages = _stages(base)
     for f in dataclasses.fields(FitSettings):
-        if f.name in ROOT_SETTINGS:
+        if f.name in ROOT_SETTINGS or f.name in NOT_IN_KEYS:
             continue
         value = getattr(base, f.name)
         choices = {"force_law": ("smooth", "paper"), "friction_mode": ("per_time", "per_substep")}
         other = next(c for c in choices[f.name] if c != value) if f.name in choices else _other(value)
         changed = _stages(dataclasses.replace(base, **{f.name: other}))
         assert changed != stages, f"the setting {f.name} changes no stage's settings (and so no cache key)"
+
+
+def test_checkpoint_settings_change_no_stage_key():
+    """When a stage saves its state changes nothing it computes: a run checkpointed every
+    iteration, or never, reuses the stages and checkpoints of one checkpointed every 2 minutes."""
+    assert set(NOT_IN_KEYS) == {"checkpoint_s", "checkpoint_every"}
+    base = _stages(make_settings("fast"))
+    changed = _stages(make_settings("fast", overrides={"checkpoint_s": 0.5, "checkpoint_every": 3}))
+    for name in base:
+        assert stage_key(name, "parent", changed[name]) == stage_key(name, "parent", base[name]), name

@@ -33,6 +33,8 @@ OUTPUT_KINDS = {
     "suite": ("suite.json", "sgaus-suite/"),
 }
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.(tmp|old)(\.[A-Za-z0-9]+)?$")
+# a run's writer lock and its record (pipeline/data/runlock.py): no content of the directory
+LOCK_FILES = (".sgaus.lock", ".sgaus.lock.json")
 
 
 def _umask() -> int:
@@ -193,7 +195,7 @@ def check_output_dir(out: str | os.PathLike, kind: str, overwrite: bool = False,
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise SgausError(f"{option} {out}: {parent} is not writable")
             break
-    if resolved.is_dir() and any(p for p in resolved.iterdir() if not _TMP.match(p.name)):
+    if resolved.is_dir() and any(p for p in resolved.iterdir() if not _TMP.match(p.name) and p.name not in LOCK_FILES):
         found = output_kind(resolved)
         if found != kind:
             held = f"holds an sgaus {found}" if found else "is not empty"

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from pipeline.data.files import write_bytes
+from pipeline.data.schema import non_finite
 from taichi_sim.errors import SgausError
 
 SH_C0 = 0.28209479177387814
@@ -231,7 +232,8 @@ def load_ply(path) -> Gaussians:
                 raise SgausError(f"{path}: rotated anisotropic Gaussians are not supported (rot is not the identity)")
     else:
         log_s = col("scale_0")[:, 0]
-    values = torch.cat([means, log_s.reshape(n, -1), colors, opacity[:, None]], dim=1)
-    if not torch.isfinite(values).all():
-        raise SgausError(f"{path}: PLY file holds non-finite values")
+    for name, t in (("position", means), ("scale", log_s), ("colour", colors), ("opacity", opacity)):
+        bad = non_finite(t.numpy(), "Gaussian")
+        if bad:
+            raise SgausError(f"{path}: the {name} holds {bad}")
     return Gaussians(means=means, log_scales=log_s, colors=colors, opacity_logits=opacity)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.data.files import atomic_dir, check_output_dir, write_json
+from pipeline.data.runlock import RunLock
 from pipeline.data.schema import read_json
 from taichi_sim.errors import SgausError
 
@@ -39,31 +40,53 @@ class RunDir:
     once the asset is written (so readers can refuse the asset of a fit that did not finish)."""
 
     def __init__(self, root: str | os.PathLike, resume: bool = False, create: bool = True, overwrite: bool = False,
-                 protect=(), writer: bool = False):
+                 protect=(), writer: bool = False, lock: str | None = None):
         """Open the run at ``root`` (``create``: make it when absent). A ``writer`` (a new fit) may
-        use an existing run only with ``resume`` or ``overwrite``; ``protect`` lists what it reads."""
+        use an existing run only with ``resume`` or ``overwrite``; ``protect`` lists what it reads.
+        ``lock`` (the operation, e.g. "sgaus fit"): take the run's writer lock first, so that a
+        second writer is refused before anything else (pipeline/data/runlock.py); :meth:`release`
+        gives it back."""
         self.root = Path(root)
         self.resume = resume
+        self.lock: RunLock | None = None
         meta_path = self.root / "run.json"
         if meta_path.exists():
-            meta = read_json(meta_path, dict)
-            if meta.get("format") != RUN_FORMAT:
-                raise SgausError(
-                    f"{self.root} was written by another version of sgaus "
-                    f"(format {meta.get('format')!r}, this is {RUN_FORMAT!r}); fit again into a new directory"
-                )
-            self.meta = meta
-            if writer:  # a new fit into an existing run: allowed with --resume or --overwrite
-                check_output_dir(self.root, "run", overwrite=overwrite, protect=protect, allow_existing=resume)
+            if lock:
+                self.lock = RunLock(self.root, lock).acquire()
+            try:
+                meta = read_json(meta_path, dict)
+                if meta.get("format") != RUN_FORMAT:
+                    raise SgausError(
+                        f"{self.root} was written by another version of sgaus "
+                        f"(format {meta.get('format')!r}, this is {RUN_FORMAT!r}); fit again into a new directory"
+                    )
+                self.meta = meta
+                if writer:  # a new fit into an existing run: allowed with --resume or --overwrite
+                    check_output_dir(self.root, "run", overwrite=overwrite, protect=protect, allow_existing=resume)
+            except BaseException:
+                self.release()
+                raise
         elif create:
             check_output_dir(self.root, "run", overwrite=overwrite, protect=protect)
             self.root.mkdir(parents=True, exist_ok=True)
+            if lock:
+                self.lock = RunLock(self.root, lock).acquire()
             self.meta = {"format": RUN_FORMAT}
-            write_json(meta_path, self.meta)
+            try:
+                write_json(meta_path, self.meta)
+            except BaseException:
+                self.release()
+                raise
         else:
             if not self.root.exists():
                 raise SgausError(f"no such run directory: {self.root}")
             raise SgausError(f"{self.root} is not an sgaus run (no run.json)")
+
+    def release(self) -> None:
+        """Give back the writer lock (when this object took it)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     @property
     def complete(self) -> bool:

@@ -48,8 +48,26 @@ def read_yaml(path: Path, kind: type | None = dict):
     return doc
 
 
-def matrix(value, shapes: tuple[tuple[int, ...], ...], what: str, path: Path) -> np.ndarray:
-    """A finite float64 array of one of ``shapes``."""
+def non_finite(values, item: str = "index") -> str | None:
+    """Where ``values`` is not finite, for a message: 'NaN at anchor 3' (``item`` names what an
+    index counts), 'inf at index (2, 0)', or 'NaN' for a scalar; None when every value is finite."""
+    a = np.asarray(values)
+    if a.dtype.kind not in "fc":
+        return None
+    bad = np.argwhere(~np.isfinite(a))
+    if len(bad) == 0:
+        return None
+    v = a[tuple(bad[0])]
+    text = "NaN" if np.isnan(v) else ("inf" if v > 0 else "-inf")
+    if a.ndim == 0:
+        return text
+    where = str(int(bad[0][0])) if a.ndim == 1 else "(" + ", ".join(str(int(i)) for i in bad[0]) + ")"
+    return f"{text} at {item} {where}"
+
+
+def matrix(value, shapes: tuple[tuple[int, ...], ...], what: str, path: Path, item: str = "index") -> np.ndarray:
+    """A finite float64 array of one of ``shapes``; a non-finite entry is named with its index
+    (``item``: what the first index counts, e.g. "anchor")."""
     try:
         m = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
@@ -57,8 +75,9 @@ def matrix(value, shapes: tuple[tuple[int, ...], ...], what: str, path: Path) ->
     if m.shape not in shapes:
         wanted = " or ".join("x".join(map(str, s)) or "a number" for s in shapes)
         raise SgausError(f"{path}: {what} must be {wanted}, got shape {m.shape}")
-    if not np.all(np.isfinite(m)):
-        raise SgausError(f"{path}: {what} holds non-finite values")
+    bad = non_finite(m, item)
+    if bad:
+        raise SgausError(f"{path}: {what} holds {bad}")
     return m
 
 
@@ -84,7 +103,7 @@ def vector3(value, what: str, path: Path, nonzero: bool = False) -> tuple[float,
 
 
 def integer(value, what: str, path: Path, low: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or int(value) != value:
         raise SgausError(f"{path}: {what} must be an integer, got {value!r}")
     if low is not None and value < low:
         raise SgausError(f"{path}: {what} must be >= {low}, got {value}")
@@ -107,8 +126,10 @@ def load_npz(path: Path, arrays: dict[str, tuple]) -> dict[str, np.ndarray]:
                 a = z[name]
                 if a.ndim != ndim:
                     raise SgausError(f"{path}: '{name}' must have {ndim} dimensions, got shape {a.shape}")
-                if kind == "f" and (a.dtype.kind not in "fiu" or not np.all(np.isfinite(a))):
-                    raise SgausError(f"{path}: '{name}' holds non-finite or non-numeric values")
+                if kind == "f" and a.dtype.kind not in "fiu":
+                    raise SgausError(f"{path}: '{name}' holds non-numeric values ({a.dtype})")
+                if kind == "f" and non_finite(a):
+                    raise SgausError(f"{path}: '{name}' holds {non_finite(a)}")
                 if kind == "i" and a.dtype.kind not in "iu":
                     raise SgausError(f"{path}: '{name}' must hold integers, got {a.dtype}")
                 out[name] = a

@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 from pipeline.data.files import write_json
 from pipeline.data.frames import FrameCache
 from pipeline.data.gaussians import Gaussians
-from pipeline.data.schema import read_json
+from pipeline.data.schema import matrix, number, read_json
+from pipeline.fit.checkpoint import Checkpoint, rng_state, set_rng_state
 from pipeline.fit.physics import PhysicsSettings
 from render import l1_dssim_loss
 from taichi_sim.binding import Binding, apply_binding
@@ -87,10 +88,12 @@ def region_weights(points: torch.Tensor, n_regions: int, seed: int = 0) -> torch
 
 def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, frames: FrameCache, n_fit: int,
         frame_dt: float, settings: DynamicSettings, progress: bool, desc: str = "dynamic",
-        start: SpringParams | None = None, min_substeps: int = 0) -> Dynamic:
+        start: SpringParams | None = None, checkpoint: Checkpoint | None = None, min_substeps: int = 0) -> Dynamic:
     """Fit per-anchor log10 stiffness, kappa and friction on frames 0..n_fit-1 (Eq. 18 loss),
     from ``start`` (the global search's result) or else the settings' starting values, with at
-    least ``min_substeps`` substeps per frame (what the global search's best candidate needed)."""
+    least ``min_substeps`` substeps per frame (what the global search's best candidate needed);
+    ``checkpoint`` saves the loop's state and restores it on resume (pipeline/fit/checkpoint.py)."""
+    checkpoint = checkpoint or Checkpoint.disabled(desc)
     n = model.n_anchors
     if start is None:
         start = settings.physics.initial_params(n)
@@ -148,8 +151,24 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
         opt.step()
         opt.zero_grad()
 
-    bar = tqdm(range(settings.iterations), desc=desc, disable=not progress, leave=False)
     it = 0
+    saved = checkpoint.restore()
+    if saved is not None:  # the learned tensors, Adam, the schedule, the camera draws, the substeps
+        it, losses = saved["iteration"], list(saved["losses"])
+        with torch.no_grad():
+            for t, value in zip((base, delta, z, kappa, phi), saved["tensors"]):
+                t.copy_(value)
+        opt.load_state_dict(saved["adam"])
+        sched.load_state_dict(saved["schedule"])
+        set_rng_state(gen, saved["rng"])
+        integrator = integrator.with_substeps(saved["substeps"])
+
+    def state() -> dict:
+        return {"iteration": it, "losses": list(losses),
+                "tensors": [t.detach().clone() for t in (base, delta, z, kappa, phi)], "adam": opt.state_dict(), "schedule": sched.state_dict(), "rng": rng_state(gen),
+                "substeps": integrator.substeps}
+
+    bar = tqdm(total=settings.iterations, initial=it, desc=desc, disable=not progress, leave=False)
     while it < settings.iterations:
         try:
             total = 0.0
@@ -194,6 +213,7 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
         if settings.patience and len(losses) > settings.patience:
             if min(losses[-settings.patience:]) > 0.995 * min(losses[:-settings.patience]):
                 break  # flat: no 0.5 % improvement over the last `patience` iterations
+        checkpoint.step(it, state)
     bar.close()
     final = params().detach()
     return Dynamic(final, integrator.substeps, losses)
@@ -207,10 +227,17 @@ def save(r: Dynamic, directory: Path) -> None:
 
 
 def load(directory: Path) -> Dynamic:
-    d = read_json(directory / "fitted.json", dict)
+    """fitted.json, checked: every parameter a finite number (a NaN is named with its anchor)."""
+    path = directory / "fitted.json"
+    d = read_json(path, dict)
     try:
-        params = SpringParams(torch.tensor(d["log_stiffness"]), torch.tensor(d["kappa"]),
-                              torch.tensor(d["friction_logit"]))
+        stiffness = d["log_stiffness"]
+        n = len(stiffness) if isinstance(stiffness, list) else -1
+        params = SpringParams(torch.from_numpy(matrix(stiffness, ((n,),), "'log_stiffness'", path, "anchor")).float(),
+                              torch.tensor(number(d, "kappa", path, "soft vector"), dtype=torch.float32),
+                              torch.tensor(number(d, "friction_logit", path, "friction"), dtype=torch.float32))
         return Dynamic(params, int(d["substeps"]), list(d["losses"]))
     except (KeyError, TypeError, ValueError) as err:
-        raise SgausError(f"{directory / 'fitted.json'}: not a dynamic-stage result ({err})") from None
+        if isinstance(err, SgausError):
+            raise
+        raise SgausError(f"{path}: not a dynamic-stage result ({err})") from None

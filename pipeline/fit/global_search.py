@@ -42,7 +42,8 @@ from tqdm.auto import tqdm
 from pipeline.data.files import write_json
 from pipeline.data.frames import FrameCache
 from pipeline.data.gaussians import Gaussians
-from pipeline.data.schema import read_json
+from pipeline.data.schema import number, read_json
+from pipeline.fit.checkpoint import Checkpoint
 from pipeline.fit.physics import PhysicsSettings
 from render import l1_dssim_loss
 from taichi_sim.binding import Binding, apply_binding
@@ -132,6 +133,7 @@ class _Scorer:
         self.cams = sorted({int(round(i * n_cams / k)) % n_cams for i in range(k)})
         self.evaluations: list[dict] = []
         self.stable: list[tuple[float, int]] = []  # (log10 k, substeps that worked)
+        self.replay: list[dict] = []  # the evaluations of a checkpoint, answered without a rollout
 
     def _start_substeps(self, log_k: float) -> int:
         known = [s for lk, s in self.stable if lk <= log_k]
@@ -156,6 +158,19 @@ class _Scorer:
         region values ``regions``, when given)."""
         n = self.model.n_anchors
         log_stiffness = torch.full((n,), float(log_k)) + (0.0 if field is None else field)
+        i = len(self.evaluations)
+        if i < len(self.replay):
+            done = self.replay[i]
+            asked = (float(log_k), float(phi), float(kappa), float(offset),
+                     None if regions is None else [float(v) for v in regions])
+            if (done["log_k"], done["friction_logit"], done["kappa"], done["contact_offset"],
+                    done.get("regions")) != asked:
+                raise RuntimeError(f"global search: candidate {i} differs from the checkpoint's: the search is not "
+                                   "deterministic")
+            self.evaluations.append(dict(done))
+            if done["substeps"] is not None:  # what the rollout that scored it learnt about the substeps
+                self.stable.append((float(log_stiffness.max()), int(done["substeps"])))
+            return done["loss"]
         params = SpringParams(log_stiffness, torch.tensor(float(kappa)), torch.tensor(float(phi)))
         model = self.model.with_physics(contact_offset=float(offset)) if offset else self.model
         loss, substeps = math.inf, None
@@ -190,13 +205,21 @@ def object_height(model: SpringModel) -> float:
 
 
 def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, frames: FrameCache, n_fit: int,
-        frame_dt: float, settings: GlobalSearchSettings, progress: bool) -> GlobalResult:
-    """Search the global log10 stiffness, friction logit, kappa and contact offset (see the
-    module docstring)."""
+        frame_dt: float, settings: GlobalSearchSettings, progress: bool,
+        checkpoint: Checkpoint | None = None) -> GlobalResult:
+    """Search the global log10 stiffness, friction logit, kappa and contact offset, then the
+    region offsets (see the module docstring). ``checkpoint`` saves the candidates scored so far;
+    on resume the search runs again from its seed and takes their scores from the checkpoint
+    instead of simulating them (the brackets and CMA-ES are deterministic given the scores, so it
+    continues exactly where it stopped)."""
     import cma
 
     settings.check()
+    checkpoint = checkpoint or Checkpoint.disabled("global")
     score = _Scorer(g, model, binding, v0, frames, n_fit, frame_dt, settings)
+    saved = checkpoint.restore()
+    if saved is not None:
+        score.replay = [{**e, "loss": math.inf if e["loss"] is None else e["loss"]} for e in saved["evaluations"]]
     lo, hi = (float(v) for v in settings.log_k_range)
     phi0 = float(settings.physics.init_friction_logit)
     soft = settings.physics.soft_vector
@@ -210,9 +233,19 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
     best = (math.inf, None)
     rounds = []
 
+    def state() -> dict:
+        return {"evaluations": [{**e, "loss": e["loss"] if math.isfinite(e["loss"]) else None}
+                                for e in score.evaluations]}
+
+    def scored(*candidate, **region):
+        value = score(*candidate, **region)
+        if len(score.evaluations) > len(score.replay):
+            checkpoint.step(len(score.evaluations), state)
+        return value
+
     def consider(log_k, phi, kappa, offset):
         nonlocal best
-        value = score(log_k, phi, kappa, offset)
+        value = scored(log_k, phi, kappa, offset)
         if value < best[0]:
             best = (value, (log_k, phi, kappa, offset))
         bar.update(1)
@@ -288,7 +321,7 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
             candidates = es.ask()
             values = []
             for z in candidates:
-                value = score(log_k, phi, kappa, offset, field_of(z), z)
+                value = scored(log_k, phi, kappa, offset, field=field_of(z), regions=z)
                 bar.update(1)
                 values.append(value)
                 if value < best_z[0]:
@@ -326,14 +359,22 @@ def load(directory: Path) -> GlobalResult:
     try:
         n = int(d["n_anchors"])
         # a global.json written before regions and contact offsets existed holds a uniform log_k
-        values = d["log_stiffness"] if "log_stiffness" in d else [float(d["log_k"])] * n
-        log_stiffness = torch.tensor([float(v) for v in values], dtype=torch.float32)
-        if log_stiffness.shape != (n,) or not bool(torch.isfinite(log_stiffness).all()):
-            raise ValueError(f"log_stiffness must be {n} finite numbers")
-        params = SpringParams(log_stiffness, torch.tensor(float(d["kappa"])), torch.tensor(float(d["friction_logit"])))
+        if "log_stiffness" in d:
+            log_stiffness = torch.tensor([float(v) for v in d["log_stiffness"]], dtype=torch.float32)
+            bad = (~torch.isfinite(log_stiffness)).nonzero().flatten().tolist()
+            if bad:
+                raise SgausError(f"{path}: 'log_stiffness' holds {float(log_stiffness[bad[0]])} at anchor {bad[0]}")
+            if log_stiffness.shape != (n,):
+                raise ValueError(f"log_stiffness must hold {n} values, one per anchor")
+        else:
+            log_stiffness = torch.full((n,), number(d, "log_k", path, "stiffness"))
+        params = SpringParams(log_stiffness, torch.tensor(number(d, "kappa", path, "soft vector")),
+                              torch.tensor(number(d, "friction_logit", path, "friction")))
         evaluations = [{**e, "loss": math.inf if e["loss"] is None else e["loss"]} for e in d["evaluations"]]
         return GlobalResult(params, float(d["loss"]), evaluations, list(d["best_per_round"]),
                             float(d.get("contact_offset", 0.0)), int(d.get("substeps", 0)),
                             [float(v) for v in d.get("regions", [])])
     except (KeyError, TypeError, ValueError) as err:
+        if isinstance(err, SgausError):
+            raise
         raise SgausError(f"{path}: not a global-search result ({err})") from None

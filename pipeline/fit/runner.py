@@ -2,7 +2,12 @@
 
 Stages, each saved under RUN/stages/<name>/ and keyed by a hash of its parent's key and of the
 whole stage-settings dataclass (so a setting cannot be forgotten in a key), so ``resume=True``
-continues an interrupted fit and never reuses stale work:
+continues an interrupted fit and never reuses stale work. A running stage also saves its state
+every ``checkpoint_s`` seconds (RUN/stages/<name>.checkpoint, keyed like the stage, removed once
+the stage's output is written; pipeline/fit/checkpoint.py), which ``resume=True`` continues from.
+Every stage hands the next one what it saved, read back from disk, whether it ran now or was
+reused, and the fit runs PyTorch's deterministic kernels: a fit killed at any point and resumed
+ends bitwise where an uninterrupted one does (on the CPU):
 
 1. static    3D Gaussians fitted to frame 0 of every view (Sec. 4.1; pipeline/fit/static.py)
 2. anchors   N_A anchors through the object's volume, k-nearest springs, binding (Eq. 4-6, 15)
@@ -15,6 +20,7 @@ The result is assembled into RUN/asset/ (pipeline/asset.py), with RUN/settings.y
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -30,11 +36,13 @@ from pipeline.data.files import atomic_file, write_json
 from pipeline.data.frames import FrameCache
 from pipeline.data.gaussians import load_ply, save_ply
 from pipeline.data.rundir import RunDir, hash_files, hash_key
+from pipeline.data.runlock import describe as describe_lock
 from pipeline.fit import anchors as anchors_stage
 from pipeline.fit import dynamic as dynamic_stage
 from pipeline.fit import global_search as global_stage
 from pipeline.fit import refine as refine_stage
 from pipeline.fit import velocity as velocity_stage
+from pipeline.fit.checkpoint import Checkpoint
 from pipeline.fit.geometry import detect_contact_frame
 from pipeline.fit.physics import SceneFacts, spring_model
 from pipeline.fit.static import reconstruct_static
@@ -89,57 +97,84 @@ class Fitter:
         self.ds = load_dataset(data)
         self.settings = settings
         self.facts = scene_facts(self.ds, settings, gravity, ground)
-        self.run = RunDir(out, resume=resume, overwrite=overwrite, protect=[self.ds.root], writer=True)
-        self.scale = image_scale(self.ds, settings)
-        self.frames = FrameCache(self.ds, self.scale)
-        self.progress, self.log = progress, log
-        self.ran: list[str] = []
-        self.run.update_meta(data=str(Path(data).resolve()), facts=dataclasses.asdict(self.facts), status="fitting")
-        data_key = hash_files(p for p in self.ds.root.rglob('*') if p.is_file() and not p.name.startswith('.'))
-        self.root_key = hash_key("data", data_key, dataclasses.asdict(self.facts))
+        self.run = RunDir(out, resume=resume, overwrite=overwrite, protect=[self.ds.root], writer=True,
+                          lock="sgaus fit")
+        try:
+            if self.run.lock.taken_over:
+                log(f"took over the lock of {self.run.lock.root}: its holder, "
+                    f"{describe_lock(self.run.lock.taken_over)}, is no longer running")
+            self.scale = image_scale(self.ds, settings)
+            self.frames = FrameCache(self.ds, self.scale)
+            self.progress, self.log = progress, log
+            self.ran: list[str] = []
+            self.run.update_meta(data=str(Path(data).resolve()), facts=dataclasses.asdict(self.facts),
+                                 status="fitting")
+            data_key = hash_files(p for p in self.ds.root.rglob('*') if p.is_file() and not p.name.startswith('.'))
+            self.root_key = hash_key("data", data_key, dataclasses.asdict(self.facts))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Give back the run's writer lock (the end of the process does too)."""
+        self.run.release()
 
     def _cached(self, name: str, key: str) -> Path | None:
         return self.run.cached(name, key)
 
+    def checkpoint(self, name: str, key: str) -> Checkpoint:
+        """The checkpoint of stage ``name`` run with ``key`` (beside its output directory)."""
+        c = Checkpoint(self.run.root / "stages" / f"{name}.checkpoint", name, key, self.settings.checkpoints(),
+                       resume=self.run.resume, log=self.log)
+        if not self.run.resume:  # a fit from scratch: no state of an earlier fit survives
+            c.discard()
+        return c
+
+    def _written(self, name: str, c: Checkpoint) -> None:
+        c.discard()
+        self.ran.append(name)
+
+    # Each stage returns what it saved, read back, also when it has just computed it: the next stage
+    # must start from the same values whether this one ran now or in an earlier (killed) process, and
+    # a saved file need not hold the last bits of what was in memory (a PLY stores the colours as
+    # float32 spherical-harmonic coefficients).
     def static(self):
         settings = self.settings.static(self.scale)
         key = stage_key("static", self.root_key, settings)
-        hit = self._cached("static", key)
-        if hit:
-            return load_ply(hit / "gaussians.ply"), key
-        self.log("stage 1/5: static reconstruction of frame 0")
-        g = reconstruct_static(self.ds, settings, progress=self.progress)
-        with self.run.write_stage("static", key, {"gaussians": len(g)}) as d:
-            save_ply(d / "gaussians.ply", g)
-        self.ran.append("static")
-        return g, key
+        if not self._cached("static", key):
+            self.log("stage 1/5: static reconstruction of frame 0")
+            c = self.checkpoint("static", key)
+            g = reconstruct_static(self.ds, settings, progress=self.progress, checkpoint=c)
+            with self.run.write_stage("static", key, {"gaussians": len(g)}) as d:
+                save_ply(d / "gaussians.ply", g)
+            self._written("static", c)
+        return load_ply(self.run.stage_dir("static") / "gaussians.ply"), key
 
     def anchors(self, g, parent: str):
         settings = self.settings.anchors()
         key = stage_key("anchors", parent, settings)
-        hit = self._cached("anchors", key)
-        if hit:
-            return load_anchors(hit / "anchors.npz", len(g)), key
-        self.log(f"stage 2/5: {settings.n_anchors} anchors through the volume, {settings.k_neighbors} springs each")
-        a = anchors_stage.run(g, self.frames, settings)
-        with self.run.write_stage("anchors", key, {"anchors": len(a.rest_positions)}) as d:
-            save_anchors(a, d / "anchors.npz")
-        self.ran.append("anchors")
-        return a, key
+        if not self._cached("anchors", key):
+            self.log(f"stage 2/5: {settings.n_anchors} anchors through the volume, {settings.k_neighbors} springs each")
+            a = anchors_stage.run(g, self.frames, settings)
+            with self.run.write_stage("anchors", key, {"anchors": len(a.rest_positions)}) as d:
+                save_anchors(a, d / "anchors.npz")
+            self.ran.append("anchors")
+        return load_anchors(self.run.stage_dir("anchors") / "anchors.npz", len(g)), key
 
     def refine(self, g, a, parent: str):
         settings = self.settings.refine()
         key = stage_key("refine", parent, settings)
-        hit = self._cached("refine", key)
-        if hit:
-            return load_ply(hit / "gaussians.ply"), key
-        self.log("stage 3/5: refining the Gaussians at their bound positions" if settings.iterations else
-                 "stage 3/5: refine skipped (refine_iterations=0): the Gaussians only move to their bound positions")
-        r = refine_stage.run(g, apply_binding(a.binding, a.rest_positions), self.frames, settings, self.progress)
-        with self.run.write_stage("refine", key, {"losses": r.losses}) as d:
-            save_ply(d / "gaussians.ply", r.gaussians)
-        self.ran.append("refine")
-        return r.gaussians, key
+        if not self._cached("refine", key):
+            self.log("stage 3/5: refining the Gaussians at their bound positions" if settings.iterations else
+                     "stage 3/5: refine skipped (refine_iterations=0): the Gaussians only move to their bound "
+                     "positions")
+            c = self.checkpoint("refine", key)
+            r = refine_stage.run(g, apply_binding(a.binding, a.rest_positions), self.frames, settings, self.progress,
+                                 checkpoint=c)
+            with self.run.write_stage("refine", key, {"losses": r.losses}) as d:
+                save_ply(d / "gaussians.ply", r.gaussians)
+            self._written("refine", c)
+        return load_ply(self.run.stage_dir("refine") / "gaussians.ply"), key
 
     def velocity_frames(self, g) -> int:
         if self.settings.velocity_frames:
@@ -155,47 +190,46 @@ class Fitter:
     def velocity(self, g, model, a, parent: str):
         settings = self.settings.velocity(self.velocity_frames(g))
         key = stage_key("velocity", parent, settings)
-        hit = self._cached("velocity", key)
-        if hit:
-            return torch.tensor(json.loads((hit / "velocity.json").read_text())["v0"]), key
-        self.log(f"stage 4/5: initial velocity from frames 0..{settings.frames - 1}")
-        r = velocity_stage.run(g, model, a.binding, self.frames, self.facts.frame_dt, settings, self.progress)
-        with self.run.write_stage("velocity", key) as d:
-            write_json(d / "velocity.json", {"v0": r.v0.tolist(), "frames": r.frames, "losses": r.losses})
-        self.ran.append("velocity")
-        return r.v0, key
+        if not self._cached("velocity", key):
+            self.log(f"stage 4/5: initial velocity from frames 0..{settings.frames - 1}")
+            c = self.checkpoint("velocity", key)
+            r = velocity_stage.run(g, model, a.binding, self.frames, self.facts.frame_dt, settings, self.progress,
+                                   checkpoint=c)
+            with self.run.write_stage("velocity", key) as d:
+                write_json(d / "velocity.json", {"v0": r.v0.tolist(), "frames": r.frames, "losses": r.losses})
+            self._written("velocity", c)
+        return velocity_stage.load_v0(self.run.stage_dir("velocity") / "velocity.json"), key
 
     def global_(self, g, model, a, v0, parent: str):
         settings = self.settings.global_search_settings()
         key = stage_key("global", parent, settings)
-        hit = self._cached("global", key)
-        if hit:
-            return global_stage.load(hit), key
-        lo, hi = settings.log_k_range
-        self.log(f"stage 5/6: global search of log10 k in {lo:g}..{hi:g}, friction and kappa "
-                 f"({settings.grid_points} + {settings.cma_generations} x {settings.cma_population} rollouts)")
-        r = global_stage.run(g, model, a.binding, v0, self.frames, self.facts.fit_frames, self.facts.frame_dt,
-                             settings, self.progress)
-        with self.run.write_stage("global", key) as d:
-            global_stage.save(r, d)
-        self.ran.append("global")
-        return r, key
+        if not self._cached("global", key):
+            lo, hi = settings.log_k_range
+            self.log(f"stage 5/6: global search of log10 k in {lo:g}..{hi:g}, friction and kappa "
+                     f"({settings.grid_points} + {settings.cma_generations} x {settings.cma_population} rollouts)")
+            c = self.checkpoint("global", key)
+            r = global_stage.run(g, model, a.binding, v0, self.frames, self.facts.fit_frames, self.facts.frame_dt,
+                                 settings, self.progress, checkpoint=c)
+            with self.run.write_stage("global", key) as d:
+                global_stage.save(r, d)
+            self._written("global", c)
+        return global_stage.load(self.run.stage_dir("global")), key
 
     def dynamic(self, g, model, a, v0, parent: str, start=None, min_substeps: int = 0):
         settings = self.settings.dynamic()
         key = stage_key("dynamic", parent, settings)
-        hit = self._cached("dynamic", key)
-        if hit:
-            return dynamic_stage.load(hit), key
-        label = "single k" if settings.single_k else "per-anchor k"
-        self.log(f"stage {6 if start is not None else 5}/{6 if start is not None else 5}: stiffness ({label}), "
-                 f"soft vector and friction on frames 0..{self.facts.fit_frames - 1}")
-        r = dynamic_stage.run(g, model, a.binding, v0, self.frames, self.facts.fit_frames, self.facts.frame_dt,
-                              settings, self.progress, start=start, min_substeps=min_substeps)
-        with self.run.write_stage("dynamic", key) as d:
-            dynamic_stage.save(r, d)
-        self.ran.append("dynamic")
-        return r, key
+        if not self._cached("dynamic", key):
+            label = "single k" if settings.single_k else "per-anchor k"
+            self.log(f"stage {6 if start is not None else 5}/{6 if start is not None else 5}: stiffness ({label}), "
+                     f"soft vector and friction on frames 0..{self.facts.fit_frames - 1}")
+            c = self.checkpoint("dynamic", key)
+            r = dynamic_stage.run(g, model, a.binding, v0, self.frames, self.facts.fit_frames, self.facts.frame_dt,
+                                  settings, self.progress, start=start, checkpoint=c,
+                                  min_substeps=min_substeps)
+            with self.run.write_stage("dynamic", key) as d:
+                dynamic_stage.save(r, d)
+            self._written("dynamic", c)
+        return dynamic_stage.load(self.run.stage_dir("dynamic")), key
 
     def make_asset(self, g, model, a, v0, r: dynamic_stage.Dynamic) -> Asset:
         s = self.settings
@@ -208,13 +242,39 @@ class Fitter:
         )
 
 
+@contextlib.contextmanager
+def deterministic():
+    """PyTorch's deterministic kernels while the block runs. On the CPU the gradient of a gather
+    (``positions[index]``, as the binding does) is otherwise summed with parallel atomic adds, so
+    its last bits, and after a few Adam steps the fitted v0 and stiffness (by up to 1e-4), varied
+    from run to run. ``warn_only``: an op without a deterministic kernel (on a GPU) warns instead
+    of failing the fit."""
+    was = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)
+
+
 def fit(data, out, settings: FitSettings, resume: bool = False, gravity=None, ground=None,
         progress: bool = True, log=print, overwrite: bool = False) -> Path:
-    """Run every stage (reusing matching ones with ``resume``) and write RUN/asset. The run is
-    marked "fitting" until the asset is written, then "complete"; the evaluations of an earlier
-    asset (RUN/eval, RUN/eval_counterfactual) are removed when a new asset replaces it. Last, RUN/report.html
-    (pipeline.report) is written for the finished run."""
-    f = Fitter(data, out, settings, resume, gravity, ground, progress, log, overwrite)
+    """Run every stage (reusing matching ones with ``resume``, continuing a stage from its
+    checkpoint) and write RUN/asset. The run is marked "fitting" until the asset is written, then
+    "complete"; the evaluations of an earlier asset (RUN/eval, RUN/eval_counterfactual) are removed
+    when a new asset replaces it. Last, RUN/report.html (pipeline.report) is written for the
+    finished run. The fit holds the run's lock (pipeline/data/runlock.py) throughout: a second
+    writer of the run is refused."""
+    with deterministic():
+        f = Fitter(data, out, settings, resume, gravity, ground, progress, log, overwrite)
+        try:
+            return _stages(f, data, settings, log)
+        finally:
+            f.close()
+
+
+def _stages(f: Fitter, data, settings: FitSettings, log) -> Path:
     g, k1 = f.static()
     a, k2 = f.anchors(g, k1)
     g2, k3 = f.refine(g, a, k2)

@@ -15,6 +15,7 @@ import yaml
 
 from pipeline.data.schema import read_yaml
 from pipeline.fit.anchors import AnchorSettings
+from pipeline.fit.checkpoint import CheckpointPolicy
 from pipeline.fit.dynamic import DynamicSettings
 from pipeline.fit.global_search import GlobalSearchSettings
 from pipeline.fit.physics import PhysicsSettings
@@ -86,6 +87,10 @@ class FitSettings:
         per-anchor deltas (0 = per-anchor deltas alone).
       patience: stop the dynamic stage once its loss has not improved by 0.5 % for this many
         iterations (0 = run every iteration).
+    Checkpoints (pipeline/fit/checkpoint.py; they never change a result, so they are in no stage key)
+      checkpoint_s: the longest time, in seconds, between two checkpoints of a running stage
+        (0 = after every iteration).
+      checkpoint_every: also a checkpoint every this many iterations (0 = by time only; for tests).
     """
 
     image_size: int = 128
@@ -141,6 +146,8 @@ class FitSettings:
     silhouette_weight: float = 0.5
     stiffness_regions: int = 16
     patience: int = 0
+    checkpoint_s: float = 120.0
+    checkpoint_every: int = 0
 
     def validate(self) -> "FitSettings":
         # a dynamic or velocity stage of 0 iterations would write the starting values as if fitted
@@ -149,7 +156,8 @@ class FitSettings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SgausError(f"setting {name} must be positive, got {getattr(self, name)}")
-        for name in ["image_size", "fit_frames", "refine_iterations", "velocity_frames"]:
+        for name in ["image_size", "fit_frames", "refine_iterations", "velocity_frames", "checkpoint_s",
+                     "checkpoint_every"]:
             if getattr(self, name) < 0:
                 raise SgausError(f"setting {name} must not be negative, got {getattr(self, name)}")
         if self.k_neighbors >= self.n_anchors:
@@ -176,6 +184,11 @@ class FitSettings:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def checkpoints(self) -> CheckpointPolicy:
+        """When a running stage saves its state; not part of any stage's settings (or key):
+        checkpoints change when work is saved, never what is computed."""
+        return CheckpointPolicy(self.checkpoint_s, self.checkpoint_every)
 
     # -- each stage's own settings (the stage's cache key is the hash of the whole dataclass)
     def static(self, image_scale: float) -> StaticSettings:
@@ -235,6 +248,9 @@ PRESETS: dict[str, dict] = {
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(FitSettings)}
+# settings that decide when work is saved, never what is computed: part of no stage's key (nor of a
+# suite task's), so changing them never discards a stage or a checkpoint
+NOT_IN_KEYS = ("checkpoint_s", "checkpoint_every")
 
 
 def _coerce(name: str, value):
@@ -262,7 +278,15 @@ def make_settings(preset: str = "fast", config: str | Path | None = None, overri
         raise SgausError(f"unknown preset {preset!r} (choose {', '.join(PRESETS)})")
     values = dict(PRESETS[preset])
     if config is not None:
-        values.update(read_yaml(Path(config)))
+        from_file = read_yaml(Path(config))
+        for k, v in from_file.items():  # a malformed or non-finite value is named with its file
+            try:
+                value = _coerce(k, v)
+            except SgausError as err:
+                raise SgausError(f"{config}: {err}") from None
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SgausError(f"{config}: setting {k} must be a finite number, got {v}")
+        values.update(from_file)
     values.update(overrides or {})
     return FitSettings(**{k: _coerce(k, v) for k, v in values.items()}).validate()
 

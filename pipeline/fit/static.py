@@ -34,6 +34,7 @@ from tqdm import tqdm
 from pipeline.data.cameras import Cameras
 from pipeline.data.datasets import VideoDataset
 from pipeline.data.gaussians import Gaussians
+from pipeline.fit.checkpoint import Checkpoint, rng_state, set_rng_state
 from pipeline.fit.geometry import inside_visual_hull, lookup_pixels
 from taichi_sim.errors import SgausError
 
@@ -215,11 +216,14 @@ class _Optimiser:
 
 
 def reconstruct_static(dataset: VideoDataset, settings: StaticSettings, progress: bool = True,
-                       callback=None) -> Gaussians:
+                       callback=None, checkpoint: Checkpoint | None = None) -> Gaussians:
     """Fit isotropic Gaussians of constant scale ``settings.scale`` to frame 0 of every view of
     ``dataset`` (Taichi must be initialised: the renderer uses it). ``callback(iteration, loss,
-    gaussians)``, when given, is called after every step. Returns detached Gaussians."""
+    gaussians)``, when given, is called after every step. ``checkpoint`` saves the loop's state
+    (pipeline/fit/checkpoint.py) and restores it on resume. Returns detached Gaussians."""
     from render import l1_dssim_loss
+
+    checkpoint = checkpoint or Checkpoint.disabled("static")
 
     settings.validate()
     cams = dataset.cameras_at(settings.image_scale)
@@ -238,7 +242,25 @@ def reconstruct_static(dataset: VideoDataset, settings: StaticSettings, progress
     grad_count = torch.zeros(len(g), dtype=torch.float64)
     R = cams.viewmats[:, :3, :3]
     focal = 0.5 * (cams.Ks[:, 0, 0] + cams.Ks[:, 1, 1])
-    bar = tqdm(range(settings.iterations), desc="static", unit="it", disable=not progress, leave=False)
+    first = 0
+    saved = checkpoint.restore()
+    if saved is not None:  # the Gaussians (their number changes), Adam's moments and every random state
+        first = saved["iteration"]
+        g = Gaussians(*(t.clone() for t in saved["gaussians"]))
+        opt = _Optimiser(g, {"means": lr_means0, "colors": settings.lr_colors, "opacity_logits": settings.lr_opacity})
+        opt.adam.load_state_dict(saved["adam"])
+        order = list(saved["order"])
+        set_rng_state(rng, saved["rng"])
+        gen.set_state(saved["gen"])
+        grad_sum, grad_count = saved["grad_sum"].clone(), saved["grad_count"].clone()
+
+    def state() -> dict:
+        return {"iteration": it + 1, "gaussians": [t.detach().clone() for t in g.tensors()],
+                "adam": opt.adam.state_dict(), "order": list(order), "rng": rng_state(rng), "gen": gen.get_state(),
+                "grad_sum": grad_sum.clone(), "grad_count": grad_count.clone()}
+
+    bar = tqdm(range(first, settings.iterations), desc="static", unit="it", disable=not progress, leave=False,
+               initial=first, total=settings.iterations)
     for it in bar:
         t = it / max(1, settings.iterations - 1)
         opt.set_lr("means", lr_means0 * 0.01 ** t)
@@ -280,6 +302,7 @@ def reconstruct_static(dataset: VideoDataset, settings: StaticSettings, progress
             bar.set_postfix(loss=f"{value:.4f}", n=len(g), refresh=False)
         if callback is not None:
             callback(it, value, g)
+        checkpoint.step(it + 1, state)
     out = g.detach_clone()
     keep = out.opacities() >= settings.prune_opacity
     if bool(keep.any()):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from pipeline.data.frames import FrameCache
 from pipeline.data.gaussians import Gaussians
+from pipeline.data.schema import matrix, read_json
+from pipeline.fit.checkpoint import Checkpoint, rng_state, set_rng_state
 from pipeline.fit.physics import PhysicsSettings
 from render import l1_dssim_loss
 from taichi_sim.binding import Binding, apply_binding
@@ -42,9 +45,12 @@ class Velocity:
 
 
 def run(g: Gaussians, model: SpringModel, binding: Binding, frames: FrameCache, frame_dt: float,
-        settings: VelocitySettings, progress: bool, params: SpringParams | None = None) -> Velocity:
+        settings: VelocitySettings, progress: bool, params: SpringParams | None = None,
+        checkpoint: Checkpoint | None = None) -> Velocity:
     """v0 fitted on frames 0..settings.frames-1 with the physics ``params`` (default: the settings'
-    starting values; a fitted asset's own when its v0 is refitted on another recording)."""
+    starting values; a fitted asset's own when its v0 is refitted on another recording);
+    ``checkpoint`` saves the loop's state and restores it on resume (pipeline/fit/checkpoint.py)."""
+    checkpoint = checkpoint or Checkpoint.disabled("velocity")
     n_vel = settings.frames
     v0 = torch.zeros(3, requires_grad=True)
     params = settings.physics.initial_params(model.n_anchors) if params is None else params
@@ -54,8 +60,22 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, frames: FrameCache, 
     ncam = min(len(cams), 2)
     gen = random.Random(settings.seed + 1)
     losses = []
-    bar = tqdm(range(settings.iterations), desc="velocity", disable=not progress, leave=False)
-    for _ in bar:
+    first = 0
+    saved = checkpoint.restore()
+    if saved is not None:
+        first, losses = saved["iteration"], list(saved["losses"])
+        with torch.no_grad():
+            v0.copy_(saved["v0"])
+        opt.load_state_dict(saved["adam"])
+        set_rng_state(gen, saved["rng"])
+
+    def state() -> dict:
+        return {"iteration": len(losses), "v0": v0.detach().clone(), "adam": opt.state_dict(), "rng": rng_state(gen),
+                "losses": list(losses)}
+
+    bar = tqdm(range(first, settings.iterations), desc="velocity", disable=not progress, leave=False, initial=first,
+               total=settings.iterations)
+    for it in bar:
         positions = rollout(model, params, SpringState(model.rest_positions, v0), n_vel - 1, integrator).positions
         means = apply_binding(binding, positions)
         loss = 0.0
@@ -68,8 +88,14 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, frames: FrameCache, 
         opt.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}", v0=",".join(f"{x:.2f}" for x in v0.tolist()))
+        checkpoint.step(it + 1, state)
     return Velocity(for_substeps(v0.detach(), model.gravity, frame_dt, settings.substeps, settings.target_substeps),
                     n_vel, losses)
+
+
+def load_v0(path: Path) -> torch.Tensor:
+    """The initial velocity [3] saved in velocity.json, checked (three finite numbers)."""
+    return torch.from_numpy(matrix(read_json(path, dict).get("v0"), ((3,),), "'v0'", path)).float()
 
 
 def for_substeps(v0: torch.Tensor, gravity, frame_dt: float, fitted: int, target: int) -> torch.Tensor:
