@@ -8,11 +8,17 @@ Stages (one kernel launch per stage, no per-tile Python loop):
    16x16 tile its 3-sigma ellipse's bounding box touches (the box is exact: +-3 sqrt(Sigma'_xx)
    by +-3 sqrt(Sigma'_yy)); one int64 sort on (tile, depth rank) yields each tile's
    near-to-far list, never a pixels x Gaussians matrix;
-3. compositing (Taichi): one task per tile; each pixel walks its tile's list front to back.
-   The backward walks the same lists front to back too, getting the colour of everything
-   behind a Gaussian as (final colour - colour in front - own share), so it never divides
-   the transmittance back up; gradients of each list entry are accumulated by the tile's own
-   task (no atomics) and summed per Gaussian with one index_add_.
+3. compositing (Taichi): one task per tile, walking the tile's list near to far once; each list
+   entry visits only the pixels of its own ellipse (row by row, the chord of each row solved from
+   the conic, cut at q <= min(9, 2 ln(255 opacity)): beyond that neither the 3-sigma cut nor
+   alpha >= 1/255 lets it count), so the work is the Gaussians' footprints, not tile list length
+   times tile area. The pixels' running sums (T, colour, depth, where compositing stopped) live
+   in the output arrays; every pixel still sees the same Gaussians in the same order with the
+   same tests as the reference (render.reference). The backward walks the same lists near to far
+   too, getting the colour of everything behind a Gaussian as (final colour - colour in front -
+   own share), so it never divides the transmittance back up; each list entry's gradient is summed
+   over its pixels in registers by the tile's own task (no atomics), then per Gaussian with one
+   index_add_.
 
 Taichi must have been initialised (taichi_sim.runtime.init_taichi); the kernels take torch
 tensors as ndarrays, so they run in the tensors' precision (f32 or f64).
@@ -25,17 +31,37 @@ from render.projection import (ALPHA_MAX, ALPHA_MIN, CUTOFF_MAHALANOBIS2, T_MIN,
                                project_gaussians)
 
 TILE = 16  # tile side in pixels
-SPREAD = 256  # loop slots per tile in the backward kernel (see there)
+# padding of an entry's reach (see _reach): relative and absolute in q, and per unit of the terms of q
+REACH_REL = 1e-3
+REACH_TERMS = 1e-5
+SPAN_PAD = 1e-3  # pixels per pixel of half-chord added to each row's span
+STATE = 10  # floats of per-pixel state in the backward kernel
 # packed per-(camera, Gaussian) parameters, 10 a row: mean2d x, y | conic a, b, c | opacity | r, g, b | z
 N_PARAMS = 10
 
 
 @ti.func
-def _mahalanobis2(params: ti.template(), j, fx, fy):
-    """d^T Sigma'^-1 d of pixel centre (fx, fy) from list entry j (its conic a, b, c)."""
-    dx = fx - params[j, 0]
-    dy = fy - params[j, 1]
-    return params[j, 2] * dx * dx + 2.0 * params[j, 3] * dx * dy + params[j, 4] * dy * dy
+def _reach(op, ca, cb, cc, det):
+    """The q = d^T Sigma'^-1 d below which list entry (opacity op, conic a, b, c, det = ac - b^2)
+    can count at a pixel: q <= 9 and op exp(-q/2) >= 1/255, i.e. q <= min(9, 2 ln(255 op)),
+    padded so that no pixel the exact per-pixel tests accept falls outside (relative and absolute
+    rounding of q, which grows with the terms a dx^2, c dy^2 over the ellipse). Negative when the
+    entry can count nowhere (op < 1/255 or a degenerate conic)."""
+    reach = -1.0
+    if op >= ALPHA_MIN and det > 0.0 and ca > 0.0 and cc > 0.0:
+        q = ti.min(CUTOFF_MAHALANOBIS2, 2.0 * ti.log(op / ALPHA_MIN))
+        extent2 = q * (ca + cc) / det + 1.0  # >= the squared radius in pixels, + 1
+        reach = q * (1.0 + REACH_REL) + REACH_REL + REACH_TERMS * (ca + 2.0 * ti.abs(cb) + cc) * extent2
+    return reach
+
+
+@ti.func
+def _clamped_range(lo_f, hi_f, lo, hi):
+    """Integers i in [lo, hi) with lo_f <= i + 0.5 <= hi_f, as (first, last + 1): the pixels whose
+    centres lie in [lo_f, hi_f], clipped to the tile. Clamped in floating point before the cast."""
+    first = ti.cast(ti.ceil(ti.max(lo_f - 0.5, lo - 1.0)), ti.i32)
+    last = ti.cast(ti.floor(ti.min(hi_f - 0.5, hi + 0.0)), ti.i32)
+    return ti.Vector([ti.max(first, lo), ti.min(last + 1, hi)])
 
 
 @ti.kernel
@@ -46,54 +72,78 @@ def _composite_forward(
     tiles_y: ti.i32,
     width: ti.i32,
     height: ti.i32,
-    out_rgb: ti.types.ndarray(),  # [C, H, W, 3] foreground colour (no background)
-    out_alpha: ti.types.ndarray(),  # [C, H, W]
-    out_depth: ti.types.ndarray(),  # [C, H, W] sum T_i alpha_i z_i
-    out_end: ti.types.ndarray(),  # [C, H, W] int32: list index after the last one composited
+    out_rgb: ti.types.ndarray(),  # [C*H*W*3] foreground colour (no background)
+    out_alpha: ti.types.ndarray(),  # [C*H*W]
+    out_depth: ti.types.ndarray(),  # [C*H*W] sum T_i alpha_i z_i
+    out_end: ti.types.ndarray(),  # [C*H*W] int32: list index after the last one composited
 ):
     n_tiles = tile_offsets.shape[0] - 1
-    per_cam = tiles_x * tiles_y
-    for k in range(n_tiles * TILE * TILE):  # one task per pixel, tile-major order
-        tile = k // (TILE * TILE)
+    ti.loop_config(block_dim=1)
+    for tile in range(n_tiles):  # one task per tile; its pixels' running sums live in the outputs
+        w_img = width
+        per_cam = tiles_x * tiles_y
         cam = tile // per_cam
-        ty = (tile % per_cam) // tiles_x
-        tx = tile % tiles_x
+        y0 = ((tile % per_cam) // tiles_x) * TILE
+        x0 = (tile % tiles_x) * TILE
+        y1 = ti.min(y0 + TILE, height)
+        x1 = ti.min(x0 + TILE, w_img)
         start = tile_offsets[tile]
         stop = tile_offsets[tile + 1]
-        py = ty * TILE + (k % (TILE * TILE)) // TILE
-        px = tx * TILE + k % TILE
-        if py < height and px < width:
-            fx = px + 0.5
-            fy = py + 0.5
-            T = 1.0
-            r = 0.0
-            g = 0.0
-            b = 0.0
-            dep = 0.0
-            end = stop
-            for j in range(start, stop):
-                q = _mahalanobis2(params, j, fx, fy)
-                if q > CUTOFF_MAHALANOBIS2:
-                    continue
-                a = ti.min(ALPHA_MAX, params[j, 5] * ti.exp(-0.5 * q))
-                if a < ALPHA_MIN:
-                    continue
-                t_next = T * (1.0 - a)
-                if t_next < T_MIN:
-                    end = j
-                    break
-                w = a * T
-                r += w * params[j, 6]
-                g += w * params[j, 7]
-                b += w * params[j, 8]
-                dep += w * params[j, 9]
-                T = t_next
-            out_rgb[cam, py, px, 0] = r
-            out_rgb[cam, py, px, 1] = g
-            out_rgb[cam, py, px, 2] = b
-            out_alpha[cam, py, px] = 1.0 - T
-            out_depth[cam, py, px] = dep
-            out_end[cam, py, px] = end
+        cam_base = cam * height
+        for py, px in ti.ndrange((y0, y1), (x0, x1)):
+            pix = (cam_base + py) * w_img + px
+            out_rgb[3 * pix] = 0.0
+            out_rgb[3 * pix + 1] = 0.0
+            out_rgb[3 * pix + 2] = 0.0
+            out_alpha[pix] = 1.0  # the transmittance T until the tile is done
+            out_depth[pix] = 0.0
+            out_end[pix] = stop
+        active = (y1 - y0) * (x1 - x0)  # pixels still compositing
+        for j in range(start, stop):
+            if active == 0:
+                break
+            mx, my = params[j, 0], params[j, 1]
+            ca, cb, cc = params[j, 2], params[j, 3], params[j, 4]
+            op = params[j, 5]
+            cr, cg, cbl, cz = params[j, 6], params[j, 7], params[j, 8], params[j, 9]
+            det = ca * cc - cb * cb
+            reach = _reach(op, ca, cb, cc, det)
+            if reach >= 0.0:
+                inv_ca = 1.0 / ca
+                ry = ti.sqrt(reach * ca / det)
+                rows = _clamped_range(my - ry, my + ry, y0, y1)
+                for py in range(rows[0], rows[1]):
+                    dy = (py + 0.5) - my
+                    disc = ca * reach - det * dy * dy  # the row's chord of the q = reach ellipse
+                    if disc >= 0.0:
+                        half = ti.sqrt(disc) * inv_ca
+                        centre = mx - cb * dy * inv_ca
+                        pad = SPAN_PAD * (1.0 + half)
+                        cols = _clamped_range(centre - half - pad, centre + half + pad, x0, x1)
+                        row = (cam_base + py) * w_img
+                        for px in range(cols[0], cols[1]):
+                            pix = row + px
+                            if out_end[pix] == stop:  # still compositing
+                                dx = (px + 0.5) - mx
+                                q = ca * dx * dx + 2.0 * cb * dx * dy + cc * dy * dy
+                                if q <= CUTOFF_MAHALANOBIS2:
+                                    a = ti.min(ALPHA_MAX, op * ti.exp(-0.5 * q))
+                                    if a >= ALPHA_MIN:
+                                        T = out_alpha[pix]
+                                        t_next = T * (1.0 - a)
+                                        if t_next < T_MIN:
+                                            out_end[pix] = j
+                                            active = active - 1
+                                        else:
+                                            w = a * T  # (x = x + ..., as += would be atomic)
+                                            out_rgb[3 * pix] = out_rgb[3 * pix] + w * cr
+                                            out_rgb[3 * pix + 1] = out_rgb[3 * pix + 1] + w * cg
+                                            out_rgb[3 * pix + 2] = out_rgb[3 * pix + 2] + w * cbl
+                                            out_depth[pix] = out_depth[pix] + w * cz
+                                            out_alpha[pix] = t_next
+        for py, px in ti.ndrange((y0, y1), (x0, x1)):
+            pix = (cam_base + py) * w_img + px
+            out_alpha[pix] = 1.0 - out_alpha[pix]
 
 
 @ti.kernel
@@ -104,83 +154,121 @@ def _composite_backward(
     tiles_y: ti.i32,
     width: ti.i32,
     height: ti.i32,
-    rgb: ti.types.ndarray(),  # [C, H, W, 3] forward outputs
-    alpha: ti.types.ndarray(),  # [C, H, W]
-    depth: ti.types.ndarray(),  # [C, H, W]
-    ends: ti.types.ndarray(),  # [C, H, W]
-    g_rgb: ti.types.ndarray(),  # [C, H, W, 3] upstream gradients
-    g_alpha: ti.types.ndarray(),  # [C, H, W]
-    g_depth: ti.types.ndarray(),  # [C, H, W]
+    rgb: ti.types.ndarray(),  # [C*H*W*3] forward outputs
+    alpha: ti.types.ndarray(),  # [C*H*W]
+    depth: ti.types.ndarray(),  # [C*H*W]
+    ends: ti.types.ndarray(),  # [C*H*W]
+    g_rgb: ti.types.ndarray(),  # [C*H*W*3] upstream gradients
+    g_alpha: ti.types.ndarray(),  # [C*H*W]
+    g_depth: ti.types.ndarray(),  # [C*H*W]
+    state: ti.types.ndarray(),  # [C*H*W*STATE] scratch: per-pixel walk state (see below)
     g_params: ti.types.ndarray(),  # [M, 10] out: gradient per list entry (zero-initialised)
 ):
     n_tiles = tile_offsets.shape[0] - 1
-    per_cam = tiles_x * tiles_y
-    # One task per tile (its pixels in turn), so the tile's list entries are accumulated by a
-    # single thread and need no atomics. Taichi's CPU backend hands out a parallel loop in
-    # chunks of at least 512 iterations, so a loop over just the tiles would run on one core:
-    # the loop runs over SPREAD slots per tile and only the first slot of each tile works.
-    for k in range(n_tiles * SPREAD):
-        if k % SPREAD != 0:
-            continue
-        tile = k // SPREAD
+    ti.loop_config(block_dim=1)
+    for tile in range(n_tiles):  # one task per tile: its entries' gradients need no atomics
+        w_img = width
+        per_cam = tiles_x * tiles_y
         cam = tile // per_cam
-        ty = (tile % per_cam) // tiles_x
-        tx = tile % tiles_x
+        y0 = ((tile % per_cam) // tiles_x) * TILE
+        x0 = (tile % tiles_x) * TILE
+        y1 = ti.min(y0 + TILE, height)
+        x1 = ti.min(x0 + TILE, w_img)
         start = tile_offsets[tile]
-        for ly, lx in ti.ndrange(TILE, TILE):
-            py = ty * TILE + ly
-            px = tx * TILE + lx
-            if py < height and px < width:
-                fx = px + 0.5
-                fy = py + 0.5
-                end = ends[cam, py, px]
-                gr = g_rgb[cam, py, px, 0]
-                gg = g_rgb[cam, py, px, 1]
-                gb = g_rgb[cam, py, px, 2]
-                gd = g_depth[cam, py, px]
-                t_final = 1.0 - alpha[cam, py, px]
-                ga_final = g_alpha[cam, py, px] * t_final  # dL/dA * T_final
-                # colour of what lies behind the current Gaussian, updated as we walk forward
-                rest_r = rgb[cam, py, px, 0] * 1.0
-                rest_g = rgb[cam, py, px, 1] * 1.0
-                rest_b = rgb[cam, py, px, 2] * 1.0
-                rest_d = depth[cam, py, px] * 1.0
-                T = 1.0
-                for j in range(start, end):
-                    dx = fx - params[j, 0]
-                    dy = fy - params[j, 1]
-                    q = params[j, 2] * dx * dx + 2.0 * params[j, 3] * dx * dy + params[j, 4] * dy * dy
-                    if q > CUTOFF_MAHALANOBIS2:
-                        continue
-                    G = ti.exp(-0.5 * q)
-                    op = params[j, 5]
-                    raw = op * G
-                    a = ti.min(ALPHA_MAX, raw)
-                    if a < ALPHA_MIN:
-                        continue
-                    w = a * T
-                    cr, cg, cb, cz = params[j, 6], params[j, 7], params[j, 8], params[j, 9]
-                    rest_r -= w * cr
-                    rest_g -= w * cg
-                    rest_b -= w * cb
-                    rest_d -= w * cz
-                    g_params[j, 6] = g_params[j, 6] + gr * w
-                    g_params[j, 7] = g_params[j, 7] + gg * w
-                    g_params[j, 8] = g_params[j, 8] + gb * w
-                    g_params[j, 9] = g_params[j, 9] + gd * w
-                    if raw < ALPHA_MAX:
-                        inv = 1.0 / (1.0 - a)
-                        g_a = (gr * (cr * T - rest_r * inv) + gg * (cg * T - rest_g * inv)
-                               + gb * (cb * T - rest_b * inv) + gd * (cz * T - rest_d * inv) + ga_final * inv)
-                        g_params[j, 5] = g_params[j, 5] + g_a * G
-                        g_q = -0.5 * g_a * raw  # dL/dq = dL/da * op * dG/dq
-                        g_params[j, 2] = g_params[j, 2] + g_q * dx * dx
-                        g_params[j, 3] = g_params[j, 3] + g_q * 2.0 * dx * dy
-                        g_params[j, 4] = g_params[j, 4] + g_q * dy * dy
-                        # d = pixel - mean, so dq/dmean = -dq/dd
-                        g_params[j, 0] = g_params[j, 0] - g_q * 2.0 * (params[j, 2] * dx + params[j, 3] * dy)
-                        g_params[j, 1] = g_params[j, 1] - g_q * 2.0 * (params[j, 3] * dx + params[j, 4] * dy)
-                    T = T * (1.0 - a)
+        cam_base = cam * height
+        last = start  # entries at or past every pixel's end contribute nothing
+        # per pixel: T, the colour and depth of what lies behind the current entry (final colour
+        # minus what is in front, updated as the walk goes forward: T is never divided back up),
+        # then the upstream gradients, dL/dA * T_final and the end of the pixel's list
+        for py, px in ti.ndrange((y0, y1), (x0, x1)):
+            pix = (cam_base + py) * w_img + px
+            s = STATE * pix
+            last = ti.max(last, ends[pix])
+            state[s] = 1.0
+            state[s + 1] = rgb[3 * pix] * 1.0
+            state[s + 2] = rgb[3 * pix + 1] * 1.0
+            state[s + 3] = rgb[3 * pix + 2] * 1.0
+            state[s + 4] = depth[pix] * 1.0
+            state[s + 5] = g_rgb[3 * pix] * 1.0
+            state[s + 6] = g_rgb[3 * pix + 1] * 1.0
+            state[s + 7] = g_rgb[3 * pix + 2] * 1.0
+            state[s + 8] = g_depth[pix] * 1.0
+            state[s + 9] = g_alpha[pix] * (1.0 - alpha[pix])
+        for j in range(start, last):
+            mx, my = params[j, 0], params[j, 1]
+            ca, cb, cc = params[j, 2], params[j, 3], params[j, 4]
+            op = params[j, 5]
+            cr, cg, cbl, cz = params[j, 6], params[j, 7], params[j, 8], params[j, 9]
+            det = ca * cc - cb * cb
+            reach = _reach(op, ca, cb, cc, det)
+            g_mx, g_my, g_a, g_b, g_c, g_op = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+            g_r, g_g, g_bl, g_z = 0.0, 0.0, 0.0, 0.0
+            if reach >= 0.0:
+                inv_ca = 1.0 / ca
+                ry = ti.sqrt(reach * ca / det)
+                rows = _clamped_range(my - ry, my + ry, y0, y1)
+                for py in range(rows[0], rows[1]):
+                    dy = (py + 0.5) - my
+                    disc = ca * reach - det * dy * dy
+                    if disc >= 0.0:
+                        half = ti.sqrt(disc) * inv_ca
+                        centre = mx - cb * dy * inv_ca
+                        pad = SPAN_PAD * (1.0 + half)
+                        cols = _clamped_range(centre - half - pad, centre + half + pad, x0, x1)
+                        row = (cam_base + py) * w_img
+                        for px in range(cols[0], cols[1]):
+                            pix = row + px
+                            if j < ends[pix]:
+                                dx = (px + 0.5) - mx
+                                q = ca * dx * dx + 2.0 * cb * dx * dy + cc * dy * dy
+                                if q <= CUTOFF_MAHALANOBIS2:
+                                    G = ti.exp(-0.5 * q)
+                                    raw = op * G
+                                    a = ti.min(ALPHA_MAX, raw)
+                                    if a >= ALPHA_MIN:
+                                        s = STATE * pix
+                                        T = state[s]
+                                        w = a * T
+                                        rest_r = state[s + 1] - w * cr
+                                        rest_g = state[s + 2] - w * cg
+                                        rest_b = state[s + 3] - w * cbl
+                                        rest_d = state[s + 4] - w * cz
+                                        state[s + 1] = rest_r
+                                        state[s + 2] = rest_g
+                                        state[s + 3] = rest_b
+                                        state[s + 4] = rest_d
+                                        gr = state[s + 5]
+                                        gg = state[s + 6]
+                                        gb = state[s + 7]
+                                        gd = state[s + 8]
+                                        g_r += gr * w
+                                        g_g += gg * w
+                                        g_bl += gb * w
+                                        g_z += gd * w
+                                        if raw < ALPHA_MAX:
+                                            inv = 1.0 / (1.0 - a)
+                                            g_alpha_j = (gr * (cr * T - rest_r * inv) + gg * (cg * T - rest_g * inv)
+                                                         + gb * (cbl * T - rest_b * inv) + gd * (cz * T - rest_d * inv)
+                                                         + state[s + 9] * inv)
+                                            g_op += g_alpha_j * G
+                                            g_q = -0.5 * g_alpha_j * raw  # dL/dq = dL/da * op * dG/dq
+                                            g_a += g_q * dx * dx
+                                            g_b += g_q * 2.0 * dx * dy
+                                            g_c += g_q * dy * dy
+                                            # d = pixel - mean, so dq/dmean = -dq/dd
+                                            g_mx -= g_q * 2.0 * (ca * dx + cb * dy)
+                                            g_my -= g_q * 2.0 * (cb * dx + cc * dy)
+                                        state[s] = T * (1.0 - a)
+            g_params[j, 0] = g_mx
+            g_params[j, 1] = g_my
+            g_params[j, 2] = g_a
+            g_params[j, 3] = g_b
+            g_params[j, 4] = g_c
+            g_params[j, 5] = g_op
+            g_params[j, 6] = g_r
+            g_params[j, 7] = g_g
+            g_params[j, 8] = g_bl
+            g_params[j, 9] = g_z
 
 
 class _Composite(torch.autograd.Function):
@@ -196,7 +284,8 @@ class _Composite(torch.autograd.Function):
         depth = torch.zeros(n_cams, height, width, dtype=dtype, device=device)
         ends = torch.zeros(n_cams, height, width, dtype=torch.int32, device=device)
         if params.shape[0] > 0:
-            _composite_forward(params, tile_offsets, tiles_x, tiles_y, width, height, rgb, alpha, depth, ends)
+            _composite_forward(params, tile_offsets, tiles_x, tiles_y, width, height, rgb.view(-1), alpha.view(-1),
+                               depth.view(-1), ends.view(-1))
         ctx.save_for_backward(params, entry_ids, tile_offsets, rgb, alpha, depth, ends)
         ctx.dims = (tiles_x, tiles_y, width, height, packed.shape[0])
         return rgb, alpha[..., None], depth[..., None]
@@ -208,9 +297,11 @@ class _Composite(torch.autograd.Function):
         g_packed = torch.zeros(n_packed, N_PARAMS, dtype=params.dtype, device=params.device)
         if params.shape[0] > 0:
             g_params = torch.zeros_like(params)
+            state = torch.empty(alpha.numel() * STATE, dtype=params.dtype, device=params.device)
             _composite_backward(
-                params, tile_offsets, tiles_x, tiles_y, width, height, rgb, alpha, depth, ends,
-                g_rgb.contiguous(), g_alpha[..., 0].contiguous(), g_depth[..., 0].contiguous(), g_params,
+                params, tile_offsets, tiles_x, tiles_y, width, height, rgb.view(-1), alpha.view(-1), depth.view(-1),
+                ends.view(-1), g_rgb.contiguous().view(-1), g_alpha.contiguous().view(-1),
+                g_depth.contiguous().view(-1), state, g_params,
             )
             g_packed.index_add_(0, entry_ids, g_params)
         return g_packed, None, None, None, None, None
