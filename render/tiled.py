@@ -1,13 +1,15 @@
-"""The fast path: tile binning in PyTorch, per-pixel compositing in Taichi.
+"""The fast path: tile binning and per-pixel compositing in Taichi, projection in PyTorch.
 
 Stages (one kernel launch per stage, no per-tile Python loop):
 
 1. projection (render.projection, PyTorch autograd) -> per (camera, Gaussian): 2D centre,
    conic, opacity, colour, depth, packed in one [C*N, 10] tensor;
-2. tile binning (PyTorch, not differentiated): each visible Gaussian is listed in every
-   16x16 tile its 3-sigma ellipse's bounding box touches (the box is exact: +-3 sqrt(Sigma'_xx)
-   by +-3 sqrt(Sigma'_yy)); one int64 sort on (tile, depth rank) yields each tile's
-   near-to-far list, never a pixels x Gaussians matrix;
+2. tile binning (not differentiated): each visible Gaussian is listed in every 16x16 tile that
+   the bounding box of its reach ellipse touches (q <= min(9, 2 ln(255 opacity)): the 3-sigma
+   cut, tighter for faint Gaussians, none for opacity < 1/255; entry_reach); the entries are put
+   in depth order by one int64 sort (depth bits and index, depth_order), then counted per tile
+   and appended to their tiles' lists by two small Taichi kernels (the append in one serial
+   pass, so the lists are deterministic), never a pixels x Gaussians matrix;
 3. compositing (Taichi): one task per tile, walking the tile's list near to far once; each list
    entry visits only the pixels of its own ellipse (row by row, the chord of each row solved from
    the conic, cut at q <= min(9, 2 ln(255 opacity)): beyond that neither the 3-sigma cut nor
@@ -66,7 +68,8 @@ def _clamped_range(lo_f, hi_f, lo, hi):
 
 @ti.kernel
 def _composite_forward(
-    params: ti.types.ndarray(),  # [M, 10] list entries (gathered per tile, near to far)
+    packed: ti.types.ndarray(),  # [C*N, 10] per (camera, Gaussian) parameters
+    entry_ids: ti.types.ndarray(),  # [M] int32: the tiles' lists (rows of packed), near to far
     tile_offsets: ti.types.ndarray(),  # [n_tiles + 1] int32
     tiles_x: ti.i32,
     tiles_y: ti.i32,
@@ -102,10 +105,11 @@ def _composite_forward(
         for j in range(start, stop):
             if active == 0:
                 break
-            mx, my = params[j, 0], params[j, 1]
-            ca, cb, cc = params[j, 2], params[j, 3], params[j, 4]
-            op = params[j, 5]
-            cr, cg, cbl, cz = params[j, 6], params[j, 7], params[j, 8], params[j, 9]
+            e = entry_ids[j]
+            mx, my = packed[e, 0], packed[e, 1]
+            ca, cb, cc = packed[e, 2], packed[e, 3], packed[e, 4]
+            op = packed[e, 5]
+            cr, cg, cbl, cz = packed[e, 6], packed[e, 7], packed[e, 8], packed[e, 9]
             det = ca * cc - cb * cb
             reach = _reach(op, ca, cb, cc, det)
             if reach >= 0.0:
@@ -148,7 +152,8 @@ def _composite_forward(
 
 @ti.kernel
 def _composite_backward(
-    params: ti.types.ndarray(),  # [M, 10]
+    packed: ti.types.ndarray(),  # [C*N, 10]
+    entry_ids: ti.types.ndarray(),  # [M] int32
     tile_offsets: ti.types.ndarray(),  # [n_tiles + 1]
     tiles_x: ti.i32,
     tiles_y: ti.i32,
@@ -195,10 +200,11 @@ def _composite_backward(
             state[s + 8] = g_depth[pix] * 1.0
             state[s + 9] = g_alpha[pix] * (1.0 - alpha[pix])
         for j in range(start, last):
-            mx, my = params[j, 0], params[j, 1]
-            ca, cb, cc = params[j, 2], params[j, 3], params[j, 4]
-            op = params[j, 5]
-            cr, cg, cbl, cz = params[j, 6], params[j, 7], params[j, 8], params[j, 9]
+            e = entry_ids[j]
+            mx, my = packed[e, 0], packed[e, 1]
+            ca, cb, cc = packed[e, 2], packed[e, 3], packed[e, 4]
+            op = packed[e, 5]
+            cr, cg, cbl, cz = packed[e, 6], packed[e, 7], packed[e, 8], packed[e, 9]
             det = ca * cc - cb * cb
             reach = _reach(op, ca, cb, cc, det)
             g_mx, g_my, g_a, g_b, g_c, g_op = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
@@ -277,71 +283,123 @@ class _Composite(torch.autograd.Function):
     @staticmethod
     def forward(ctx, packed, entry_ids, tile_offsets, n_cams, width, height):
         tiles_x, tiles_y = -(-width // TILE), -(-height // TILE)
-        params = packed.detach().index_select(0, entry_ids).contiguous()
+        values = packed.detach().contiguous()
         dtype, device = packed.dtype, packed.device
-        rgb = torch.zeros(n_cams, height, width, 3, dtype=dtype, device=device)
-        alpha = torch.zeros(n_cams, height, width, dtype=dtype, device=device)
-        depth = torch.zeros(n_cams, height, width, dtype=dtype, device=device)
+        empty = torch.zeros if entry_ids.numel() == 0 else torch.empty  # the kernel writes every pixel
+        rgb = empty(n_cams, height, width, 3, dtype=dtype, device=device)
+        alpha = empty(n_cams, height, width, dtype=dtype, device=device)
+        depth = empty(n_cams, height, width, dtype=dtype, device=device)
         ends = torch.zeros(n_cams, height, width, dtype=torch.int32, device=device)
-        if params.shape[0] > 0:
-            _composite_forward(params, tile_offsets, tiles_x, tiles_y, width, height, rgb.view(-1), alpha.view(-1),
-                               depth.view(-1), ends.view(-1))
-        ctx.save_for_backward(params, entry_ids, tile_offsets, rgb, alpha, depth, ends)
-        ctx.dims = (tiles_x, tiles_y, width, height, packed.shape[0])
+        if entry_ids.numel() > 0:
+            _composite_forward(values, entry_ids, tile_offsets, tiles_x, tiles_y, width, height, rgb.view(-1),
+                               alpha.view(-1), depth.view(-1), ends.view(-1))
+        ctx.save_for_backward(values, entry_ids, tile_offsets, rgb, alpha, depth, ends)
+        ctx.dims = (tiles_x, tiles_y, width, height)
         return rgb, alpha[..., None], depth[..., None]
 
     @staticmethod
     def backward(ctx, g_rgb, g_alpha, g_depth):
-        params, entry_ids, tile_offsets, rgb, alpha, depth, ends = (t.detach() for t in ctx.saved_tensors)
-        tiles_x, tiles_y, width, height, n_packed = ctx.dims
-        g_packed = torch.zeros(n_packed, N_PARAMS, dtype=params.dtype, device=params.device)
-        if params.shape[0] > 0:
-            g_params = torch.zeros_like(params)
-            state = torch.empty(alpha.numel() * STATE, dtype=params.dtype, device=params.device)
+        values, entry_ids, tile_offsets, rgb, alpha, depth, ends = (t.detach() for t in ctx.saved_tensors)
+        tiles_x, tiles_y, width, height = ctx.dims
+        g_packed = torch.zeros_like(values)
+        if entry_ids.numel() > 0:
+            g_entries = torch.zeros(entry_ids.numel(), N_PARAMS, dtype=values.dtype, device=values.device)
+            state = torch.empty(alpha.numel() * STATE, dtype=values.dtype, device=values.device)
             _composite_backward(
-                params, tile_offsets, tiles_x, tiles_y, width, height, rgb.view(-1), alpha.view(-1), depth.view(-1),
-                ends.view(-1), g_rgb.contiguous().view(-1), g_alpha.contiguous().view(-1),
-                g_depth.contiguous().view(-1), state, g_params,
+                values, entry_ids, tile_offsets, tiles_x, tiles_y, width, height, rgb.view(-1), alpha.view(-1),
+                depth.view(-1), ends.view(-1), g_rgb.contiguous().view(-1), g_alpha.contiguous().view(-1),
+                g_depth.contiguous().view(-1), state, g_entries,
             )
-            g_packed.index_add_(0, entry_ids, g_params)
+            g_packed.index_add_(0, entry_ids, g_entries)
         return g_packed, None, None, None, None, None
 
 
-def bin_tiles(means2d, cov2d, depths, valid, width, height):
-    """Tile lists for the flattened (camera, Gaussian) entries. Returns ``entry_ids`` [M]
-    (index into C*N, sorted by tile then depth) and ``tile_offsets`` [C*tiles + 1] int32."""
+@ti.kernel
+def _count_tiles(x0: ti.types.ndarray(), x1: ti.types.ndarray(), y0: ti.types.ndarray(), y1: ti.types.ndarray(),
+                 n: ti.i32, tiles_x: ti.i32, tiles_y: ti.i32, per_tile: ti.types.ndarray()):
+    """per_tile[t] = number of entries whose tile box [x0, x1] x [y0, y1] (of camera entry // n) holds t."""
+    for e in range(x0.shape[0]):
+        base = (e // n) * tiles_y
+        for ty in range(y0[e], y1[e] + 1):
+            for tx in range(x0[e], x1[e] + 1):
+                ti.atomic_add(per_tile[(base + ty) * tiles_x + tx], 1)
+
+
+@ti.kernel
+def _fill_tiles(order: ti.types.ndarray(), x0: ti.types.ndarray(), x1: ti.types.ndarray(), y0: ti.types.ndarray(),
+                y1: ti.types.ndarray(), n: ti.i32, tiles_x: ti.i32, tiles_y: ti.i32, cursor: ti.types.ndarray(),
+                entry_ids: ti.types.ndarray()):
+    """Append every entry, taken in ``order`` (near to far), to the lists of the tiles of its box;
+    ``cursor`` [n_tiles] starts at each list's offset. One serial pass: deterministic lists."""
+    ti.loop_config(serialize=True)
+    for i in range(order.shape[0]):
+        e = order[i]
+        base = (e // n) * tiles_y
+        for ty in range(y0[e], y1[e] + 1):
+            for tx in range(x0[e], x1[e] + 1):
+                t = (base + ty) * tiles_x + tx
+                entry_ids[cursor[t]] = e
+                cursor[t] = cursor[t] + 1
+
+
+def entry_reach(conics: torch.Tensor, opacities: torch.Tensor) -> torch.Tensor:
+    """The kernels' _reach in PyTorch: [...] q below which an entry can count (negative: nowhere)."""
+    a, b, c = conics.unbind(-1)
+    det = a * c - b * b
+    ok = (opacities >= ALPHA_MIN) & (det > 0) & (a > 0) & (c > 0)
+    q = torch.clamp(2.0 * torch.log(opacities.clamp_min(ALPHA_MIN) / ALPHA_MIN), max=CUTOFF_MAHALANOBIS2)
+    safe_det = torch.where(ok, det, torch.ones_like(det))
+    extent2 = q * (a + c) / safe_det + 1.0
+    reach = q * (1.0 + REACH_REL) + REACH_REL + REACH_TERMS * (a + 2.0 * b.abs() + c) * extent2
+    return torch.where(ok, reach, torch.full_like(reach, -1.0))
+
+
+def depth_order(depths: torch.Tensor) -> torch.Tensor:
+    """Indices [K] sorting positive ``depths`` [K] near to far, ties by index (a stable argsort).
+    In float32 the depth's bits (monotone for positive floats) and the index make one unique int64
+    key, whose plain sort is four times faster than a stable float sort."""
+    if depths.dtype == torch.float32 and depths.numel() < 2**31:
+        index = torch.arange(depths.numel(), device=depths.device)
+        keys = (depths.contiguous().view(torch.int32).to(torch.int64) << 32) | index
+        return torch.sort(keys).values & 0xFFFFFFFF
+    return torch.argsort(depths, stable=True)
+
+
+def bin_tiles(means2d, conics, opacities, depths, valid, width, height):
+    """Tile lists for the flattened (camera, Gaussian) entries. ``means2d`` [C,N,2], ``conics``
+    [C,N,3], ``opacities`` [N], ``depths`` [C,N], ``valid`` [C,N]. Each entry goes to every tile
+    that the bounding box of its reach ellipse (q <= entry_reach, padded a hair) touches, in
+    order of depth (ties by index). Returns ``entry_ids`` [M] int32 (rows of the flattened
+    [C*N] entries, tile after tile, near to far) and ``tile_offsets`` [C*tiles + 1] int32."""
     n_cams, n = depths.shape
     tiles_x, tiles_y = -(-width // TILE), -(-height // TILE)
+    device = depths.device
     with torch.no_grad():
+        reach = entry_reach(conics, opacities[None].expand(n_cams, n)).reshape(-1)
+        a, b, c = (t.reshape(-1) for t in conics.unbind(-1))
         mx, my = means2d[..., 0].reshape(-1), means2d[..., 1].reshape(-1)
-        # exact bounding box of the 3-sigma ellipse, padded a hair against rounding
-        rx = 3.0 * cov2d[..., 0, 0].reshape(-1).sqrt() * 1.001 + 1e-3
-        ry = 3.0 * cov2d[..., 1, 1].reshape(-1).sqrt() * 1.001 + 1e-3
-        x0 = torch.floor((mx - rx) / TILE).clamp(-1, tiles_x).long().clamp_min(0)
-        x1 = torch.floor((mx + rx) / TILE).clamp(-1, tiles_x).long().clamp_max(tiles_x - 1)
-        y0 = torch.floor((my - ry) / TILE).clamp(-1, tiles_y).long().clamp_min(0)
-        y1 = torch.floor((my + ry) / TILE).clamp(-1, tiles_y).long().clamp_max(tiles_y - 1)
-        span_x = (x1 - x0 + 1).clamp_min(0)
-        counts = span_x * (y1 - y0 + 1).clamp_min(0)
-        counts = torch.where(valid.reshape(-1) & torch.isfinite(rx) & torch.isfinite(ry) & torch.isfinite(mx)
-                             & torch.isfinite(my), counts, torch.zeros_like(counts))
-        total = int(counts.sum())
-        entry = torch.repeat_interleave(torch.arange(n_cams * n, device=depths.device), counts)
-        first = torch.cumsum(counts, 0) - counts
-        k = torch.arange(total, device=depths.device) - first[entry]
-        sx = span_x[entry].clamp_min(1)
-        tile_x = x0[entry] + k % sx
-        tile_y = y0[entry] + k // sx
-        cam = entry // n
-        tile = (cam * tiles_y + tile_y) * tiles_x + tile_x
-        rank = torch.empty(n_cams * n, dtype=torch.long, device=depths.device)
-        rank[torch.argsort(depths.reshape(-1), stable=True)] = torch.arange(n_cams * n, device=depths.device)
-        keys = tile * (n_cams * n) + rank[entry]
-        keys, order = torch.sort(keys)
-        entry_ids = entry[order]
-        per_tile = torch.bincount(tile[order], minlength=n_cams * tiles_x * tiles_y)
-        tile_offsets = torch.zeros(per_tile.numel() + 1, dtype=torch.int32, device=depths.device)
+        det = (a * c - b * b).clamp_min(1e-30)
+        rx = (reach.clamp_min(0) * c / det).sqrt() * 1.001 + 1e-3  # half-widths of the ellipse's box
+        ry = (reach.clamp_min(0) * a / det).sqrt() * 1.001 + 1e-3
+        ok = valid.reshape(-1) & (reach >= 0) & torch.isfinite(rx) & torch.isfinite(ry) & torch.isfinite(mx) \
+            & torch.isfinite(my)
+        x0 = torch.floor((mx - rx) / TILE).clamp(-1, tiles_x).to(torch.int32).clamp_min(0)
+        x1 = torch.floor((mx + rx) / TILE).clamp(-1, tiles_x).to(torch.int32).clamp_max(tiles_x - 1)
+        y0 = torch.floor((my - ry) / TILE).clamp(-1, tiles_y).to(torch.int32).clamp_min(0)
+        y1 = torch.floor((my + ry) / TILE).clamp(-1, tiles_y).to(torch.int32).clamp_max(tiles_y - 1)
+        x1 = torch.where(ok, x1, x0 - 1)  # an empty box
+        n_tiles = n_cams * tiles_x * tiles_y
+        per_tile = torch.zeros(n_tiles, dtype=torch.int32, device=device)
+        _count_tiles(x0, x1, y0, y1, n, tiles_x, tiles_y, per_tile)
+        tile_offsets = torch.zeros(n_tiles + 1, dtype=torch.int32, device=device)
         tile_offsets[1:] = torch.cumsum(per_tile, 0)
+        total = int(tile_offsets[-1])
+        entry_ids = torch.empty(total, dtype=torch.int32, device=device)
+        if total:
+            order = depth_order(depths.reshape(-1))
+            order = order[ok[order]].to(torch.int32)
+            cursor = tile_offsets[:-1].clone()
+            _fill_tiles(order, x0, x1, y0, y1, n, tiles_x, tiles_y, cursor, entry_ids)
     return entry_ids, tile_offsets
 
 
@@ -352,9 +410,10 @@ def rasterize_tiled(means, scales, opacities, colors, viewmats, Ks, width, heigh
     require_taichi()
     n_cams, n = viewmats.shape[0], means.shape[0]
     means2d, cov2d, depths, valid = project_gaussians(means, scales, quats, viewmats, Ks, width, height, near_plane)
-    entry_ids, tile_offsets = bin_tiles(means2d, cov2d, depths, valid, width, height)
+    conics = conic_of(cov2d)
+    entry_ids, tile_offsets = bin_tiles(means2d, conics, opacities, depths, valid, width, height)
     packed = torch.cat(
-        [means2d, conic_of(cov2d), opacities[None, :, None].expand(n_cams, n, 1),
+        [means2d, conics, opacities[None, :, None].expand(n_cams, n, 1),
          colors[None].expand(n_cams, n, 3), depths[..., None]],
         dim=-1,
     ).reshape(n_cams * n, N_PARAMS)
