@@ -340,3 +340,28 @@ def test_depth_order_is_a_stable_argsort():
     z = torch.cat([z, torch.rand(1000, generator=torch.Generator().manual_seed(0)) * 5 + 0.01, z])
     for dtype in (torch.float32, torch.float64):
         assert torch.equal(depth_order(z.to(dtype)), torch.argsort(z.to(dtype), stable=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_ssim_and_its_gradient_match_pytorch_msssim(rng, dtype):
+    """render.losses' SSIM (hand-written gradient) against pytorch-msssim's autograd: per-image
+    values, the loss, and gradients for both images."""
+    from pytorch_msssim import ssim as msssim
+
+    pred = torch.rand(3, 40, 33, 3, generator=rng, dtype=F64).to(dtype)
+    target = (pred + 0.2 * torch.randn(pred.shape, generator=rng, dtype=F64).to(dtype)).clamp(0, 1)
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == F64 else dict(rtol=2e-5, atol=1e-6)
+    p, t = pred.clone().requires_grad_(), target.clone().requires_grad_()
+    ours = ssim(p, t)
+    g_ours = torch.autograd.grad((ours * torch.tensor([1.0, -2.0, 0.5], dtype=dtype)).sum(), (p, t))
+    p2, t2 = pred.clone().requires_grad_(), target.clone().requires_grad_()
+    theirs = msssim(p2.permute(0, 3, 1, 2), t2.permute(0, 3, 1, 2), data_range=1.0, size_average=False)
+    g_theirs = torch.autograd.grad((theirs * torch.tensor([1.0, -2.0, 0.5], dtype=dtype)).sum(), (p2, t2))
+    torch.testing.assert_close(ours, theirs, **tol)
+    for a, b in zip(g_ours, g_theirs):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=tol["atol"] * 10)
+    loss = l1_dssim_loss(pred.requires_grad_(), target, 0.2)
+    expected = 0.8 * (pred - target).abs().mean() + 0.2 * (1 - msssim(pred.permute(0, 3, 1, 2),
+                                                                       target.permute(0, 3, 1, 2), data_range=1.0))
+    torch.testing.assert_close(loss, expected, **tol)
