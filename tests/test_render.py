@@ -239,3 +239,129 @@ def test_losses(rng):
         psnr(img[0], img[1, :20])
     with pytest.raises(ValueError, match="lambda_dssim"):
         l1_dssim_loss(img, img, 1.5)
+
+
+def test_isotropic_projection_matches_general_path(rng):
+    """The isotropic branch (s^2 J W W^T J^T written out) against the general matrix path with the
+    same scale on all three axes: values and gradients (means, scales, viewmats) agree."""
+    means, scales, _q, _o, _c = _scene(rng, 50, False)
+    viewmats, Ks = _cameras()
+    outs = []
+    for expand in (False, True):
+        m, s, v = means.clone().requires_grad_(), scales.clone().requires_grad_(), viewmats.clone().requires_grad_()
+        m2d, cov, z, valid = project_gaussians(m, s[:, None].expand(-1, 3) if expand else s, None, v, Ks, W, H, 0.01)
+        w = torch.randn(cov.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
+        loss = (cov * w).sum() + m2d.sum() + z.sum()
+        outs.append((m2d, cov, z) + torch.autograd.grad(loss, (m, s, v)))
+    for name, a, b in zip(["means2d", "cov2d", "depth", "g_means", "g_scales", "g_viewmats"], *outs):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12 * max(b.abs().max().item(), 1.0), msg=name)
+
+
+def _tile_edge_scene():
+    """One camera looking down +z at a 56 x 40 image (tiles of 16: edges at x = 16, 32, 48 and
+    y = 16, 32): Gaussians centred on tile edges and corners, from sub-pixel to several tiles wide,
+    round and thin ones crossing edges, and opacities around the 1/255 cut."""
+    f, z = 40.0, 2.0
+    K = torch.tensor([[f, 0, 0], [0, f, 0], [0, 0, 1]], dtype=F64)[None]  # principal point at the corner
+    pix = [(16, 16), (32, 16), (16, 32), (48, 8.5), (8.5, 16), (32, 32), (31.5, 24), (40, 16.25), (16, 0.5),
+           (55.5, 39.5), (24, 24), (32, 8)]
+    sizes = [0.2, 1.0, 3.0, 6.0, 12.0, 25.0]  # screen std-dev in pixels
+    means, scales, opac = [], [], []
+    for i, (u, v) in enumerate(pix):
+        for j, sd in enumerate(sizes):
+            means.append([u * z / f, v * z / f, z + 0.01 * (i * len(sizes) + j)])
+            scales.append([sd * z / f, sd * z / f * (0.08 if (i + j) % 3 == 0 else 1.0), sd * z / f])
+            opac.append([0.9, 0.3, 0.05, 0.0045, 0.0039, 0.6][(i + j) % 6])  # 0.0039 < 1/255 < 0.0045
+    n = len(means)
+    quats = torch.tensor([[math.cos(0.3 * k), 0.0, 0.0, math.sin(0.3 * k)] for k in range(n)], dtype=F64)
+    colors = torch.rand(n, 3, generator=torch.Generator().manual_seed(5), dtype=F64)
+    return (torch.tensor(means, dtype=F64), torch.tensor(scales, dtype=F64), quats, torch.tensor(opac, dtype=F64),
+            colors, torch.eye(4, dtype=F64)[None], K)
+
+
+def test_tile_edge_gaussians_match_reference():
+    """Culling (each entry visits only its reach ellipse's rows and chords, tiles from its box)
+    loses nothing at tile edges and corners: images and gradients equal the dense reference."""
+    means, scales, quats, opacities, colors, viewmats, K = _tile_edge_scene()
+    w, h = 56, 40
+    out, grads, ref_out, ref_grads = None, None, None, None
+    for fn in (rasterization_reference, _taichi):
+        leaves = [t.clone().requires_grad_() for t in (means, scales, opacities, colors, quats)]
+        rgb, alpha, depth = fn(leaves[0], leaves[1], leaves[2], leaves[3], viewmats, K, w, h, quats=leaves[4])
+        g = torch.Generator().manual_seed(2)
+        loss = sum((o * torch.randn(o.shape, generator=g, dtype=F64)).sum() for o in (rgb, alpha, depth))
+        result = ((rgb, alpha, depth), torch.autograd.grad(loss, leaves))
+        if fn is _taichi:
+            out, grads = result
+        else:
+            ref_out, ref_grads = result
+    assert (ref_out[1] > 0).float().mean() > 0.5
+    for a, b in zip(out, ref_out):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    for name, a, b in zip(["means", "scales", "opacities", "colors", "quats"], grads, ref_grads):
+        assert b.abs().max() > 0, name
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-9 * b.abs().max().item(), msg=name)
+
+
+def test_tile_lists_hold_every_contributing_gaussian():
+    """Every (pixel, Gaussian) pair that passes the reference's tests (q <= 9, alpha >= 1/255) has
+    the Gaussian in that pixel's tile list; Gaussians below alpha 1/255 everywhere are in no list;
+    each list runs near to far."""
+    from render.projection import ALPHA_MAX, ALPHA_MIN, CUTOFF_MAHALANOBIS2, conic_of
+    from render.tiled import TILE, bin_tiles
+
+    means, scales, quats, opacities, colors, viewmats, K = _tile_edge_scene()
+    w, h = 56, 40
+    m2d, cov, z, valid = project_gaussians(means, scales, quats, viewmats, K, w, h, 0.01)
+    conics = conic_of(cov)
+    ids, offsets = bin_tiles(m2d, conics, opacities, z, valid, w, h)
+    tiles_x = -(-w // TILE)
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=F64) + 0.5, torch.arange(w, dtype=F64) + 0.5, indexing="ij")
+    dx, dy = xs[..., None] - m2d[0, :, 0], ys[..., None] - m2d[0, :, 1]  # [H,W,N]
+    a, b, c = conics[0].unbind(-1)
+    q = a * dx * dx + 2 * b * dx * dy + c * dy * dy
+    counts = (q <= CUTOFF_MAHALANOBIS2) & (torch.clamp(opacities * torch.exp(-0.5 * q), max=ALPHA_MAX) >= ALPHA_MIN)
+    assert counts.any(-1).float().mean() > 0.5
+    for py, px in counts.any(-1).nonzero().tolist():
+        t = (py // TILE) * tiles_x + px // TILE
+        listed = set(ids[offsets[t]:offsets[t + 1]].tolist())
+        assert set(counts[py, px].nonzero()[:, 0].tolist()) <= listed, (py, px)
+    faint = (opacities < ALPHA_MIN).nonzero()[:, 0]
+    assert len(faint) > 0 and not set(faint.tolist()) & set(ids.tolist())
+    for t in range(len(offsets) - 1):
+        zs = z[0, ids[offsets[t]:offsets[t + 1]].long()]
+        assert bool((zs[1:] >= zs[:-1]).all())
+
+
+def test_depth_order_is_a_stable_argsort():
+    from render.tiled import depth_order
+
+    z = torch.tensor([3.0, 2.0, 3.0, 0.5, 2.0, 1e-3, 7.0, 2.0], dtype=torch.float32)
+    z = torch.cat([z, torch.rand(1000, generator=torch.Generator().manual_seed(0)) * 5 + 0.01, z])
+    for dtype in (torch.float32, torch.float64):
+        assert torch.equal(depth_order(z.to(dtype)), torch.argsort(z.to(dtype), stable=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_ssim_and_its_gradient_match_pytorch_msssim(rng, dtype):
+    """render.losses' SSIM (hand-written gradient) against pytorch-msssim's autograd: per-image
+    values, the loss, and gradients for both images."""
+    from pytorch_msssim import ssim as msssim
+
+    pred = torch.rand(3, 40, 33, 3, generator=rng, dtype=F64).to(dtype)
+    target = (pred + 0.2 * torch.randn(pred.shape, generator=rng, dtype=F64).to(dtype)).clamp(0, 1)
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == F64 else dict(rtol=2e-5, atol=1e-6)
+    p, t = pred.clone().requires_grad_(), target.clone().requires_grad_()
+    ours = ssim(p, t)
+    g_ours = torch.autograd.grad((ours * torch.tensor([1.0, -2.0, 0.5], dtype=dtype)).sum(), (p, t))
+    p2, t2 = pred.clone().requires_grad_(), target.clone().requires_grad_()
+    theirs = msssim(p2.permute(0, 3, 1, 2), t2.permute(0, 3, 1, 2), data_range=1.0, size_average=False)
+    g_theirs = torch.autograd.grad((theirs * torch.tensor([1.0, -2.0, 0.5], dtype=dtype)).sum(), (p2, t2))
+    torch.testing.assert_close(ours, theirs, **tol)
+    for a, b in zip(g_ours, g_theirs):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=tol["atol"] * 10)
+    loss = l1_dssim_loss(pred.requires_grad_(), target, 0.2)
+    expected = 0.8 * (pred - target).abs().mean() + 0.2 * (1 - msssim(pred.permute(0, 3, 1, 2),
+                                                                       target.permute(0, 3, 1, 2), data_range=1.0))
+    torch.testing.assert_close(loss, expected, **tol)
