@@ -117,7 +117,10 @@ def test_bad_search_ranges_are_one_clear_error():
             global_search.run(g, model, binding, V0, video, 4, 0.03, _search_settings(log_k_range=rng), False)
 
 
-def test_exploding_candidates_are_skipped_and_all_exploding_is_an_error():
+def test_exploding_candidates_are_skipped_and_all_exploding_is_an_error(monkeypatch):
+    calls = []
+    real = global_search.rollout
+    monkeypatch.setattr(global_search, "rollout", lambda *a, **k: calls.append(1) or real(*a, **k))
     model, binding, g, cams = cube_scene(n_side=3, k_neighbors=8, size=24)
     n = model.n_anchors
     _pos, video = render_video(model, binding, g, cams, SpringParams.uniform(n, 2.0), V0, 4)
@@ -128,6 +131,10 @@ def test_exploding_candidates_are_skipped_and_all_exploding_is_an_error():
     assert any(math.isinf(v) for v in losses), "the test needs candidates that blow up"
     assert math.isfinite(r.loss) and r.loss == min(losses)
     assert float(r.params.log_stiffness[0]) < 6.0
+    # a stiffness that blew up at max_substeps makes every stiffer candidate infinite without a rollout
+    first = min(e["log_k"] for e in r.evaluations if e["hopeless"])
+    assert all(e["hopeless"] and math.isinf(e["loss"]) for e in r.evaluations if e["log_k"] >= first)
+    assert len(calls) == sum(e["log_k"] <= first for e in r.evaluations)
     with pytest.raises(SgausError, match="blew up for every stiffness"):
         global_search.run(g, model, binding, V0, video, 4, 0.03,
                           dataclasses.replace(settings, log_k_range=(8.5, 9.5), grid_points=3), progress=False)

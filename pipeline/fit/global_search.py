@@ -22,8 +22,9 @@ the rendered alpha against the masks, which is smooth where the colours are flat
    copes with the loss's jumps, where a gradient would not.
 
 Each candidate is one forward rollout, at the dynamic stage's substeps or more: a stiff candidate
-that blows up is retried with 1.5 times the substeps up to the max, and the count that worked
-carries over to stiffer candidates (so the whole range 0..7 is searchable; the dynamic stage then
+that blows up is retried with 1.5 times the substeps up to the max, the count that worked
+carries over to stiffer candidates, and one that blows up even at the max makes every stiffer one
+score infinity without a rollout (so the whole range 0..7 is searchable; the dynamic stage then
 starts with the substeps of the best candidate). A candidate that still blows up, or whose loss is
 not finite, is scored worse than every finite one and skipped (the kernels have no batch dimension
 for kappa and friction, so candidates run one after another). The cameras are a fixed, evenly
@@ -133,6 +134,7 @@ class _Scorer:
         self.cams = sorted({int(round(i * n_cams / k)) % n_cams for i in range(k)})
         self.evaluations: list[dict] = []
         self.stable: list[tuple[float, int]] = []  # (log10 k, substeps that worked)
+        self.hopeless = math.inf  # the lowest log10 k that blew up even at max_substeps
         self.replay: list[dict] = []  # the evaluations of a checkpoint, answered without a rollout
 
     def _start_substeps(self, log_k: float) -> int:
@@ -140,6 +142,9 @@ class _Scorer:
         return max([self.settings.substeps, *known])
 
     def _rollout(self, params: SpringParams, model: SpringModel, log_k: float):
+        if log_k >= self.hopeless:  # stiffer than a candidate that blew up at the most substeps allowed
+            raise SimulationUnstable(0, self.settings.max_substeps, f"log10 k {log_k:.2f} >= {self.hopeless:.2f}, "
+                                     "which blew up at max_substeps")
         substeps = self._start_substeps(log_k)
         while True:
             integrator = Integrator(frame_dt=self.frame_dt, substeps=substeps, max_substeps=self.settings.max_substeps)
@@ -150,6 +155,7 @@ class _Scorer:
                 return pos, substeps
             except SimulationUnstable:
                 if substeps >= self.settings.max_substeps:
+                    self.hopeless = min(self.hopeless, log_k)
                     raise
                 substeps = min(self.settings.max_substeps, int(math.ceil(substeps * SUBSTEP_GROWTH)))
 
@@ -170,10 +176,12 @@ class _Scorer:
             self.evaluations.append(dict(done))
             if done["substeps"] is not None:  # what the rollout that scored it learnt about the substeps
                 self.stable.append((float(log_stiffness.max()), int(done["substeps"])))
+            elif done.get("hopeless"):
+                self.hopeless = min(self.hopeless, float(log_stiffness.max()))
             return done["loss"]
         params = SpringParams(log_stiffness, torch.tensor(float(kappa)), torch.tensor(float(phi)))
         model = self.model.with_physics(contact_offset=float(offset)) if offset else self.model
-        loss, substeps = math.inf, None
+        loss, substeps, hopeless = math.inf, None, False
         try:
             with torch.no_grad():
                 pos, substeps = self._rollout(params, model, float(log_stiffness.max()))
@@ -188,11 +196,12 @@ class _Scorer:
                     total += self.settings.silhouette_weight * float((alpha - target[..., 3:4]).abs().mean())
                 loss = total / (self.n_fit - 1)
         except SimulationUnstable:
-            loss = math.inf
+            loss, hopeless = math.inf, True
         if not math.isfinite(loss):
             loss = math.inf
         self.evaluations.append({"log_k": float(log_k), "friction_logit": float(phi), "kappa": float(kappa),
                                  "contact_offset": float(offset), "loss": loss, "substeps": substeps,
+                                 "hopeless": hopeless,
                                  **({} if regions is None else {"regions": [float(v) for v in regions]})})
         return loss
 
