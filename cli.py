@@ -144,13 +144,21 @@ def reconstruct_cmd(ctx, data, out, iterations, scale, image_size, n_init, init,
               help="A dataset of generate-mpm: record the same object (shape, size, material, particles, seed, "
                    "cameras, frames) under other --velocity, --gravity, --drop-height, --ground-height or --friction; "
                    "those not given are DATA's.")
+@click.option("--capture", "capture", type=click.Choice(["real"]), default=None,
+              help="real: write a synthetic real capture instead (a COLMAP static capture in an unknown similarity "
+                   "frame, --views calibrated 16:9 videos --resolution wide, both capture layouts, ground truth "
+                   "aside; pipeline/capture_gen.py).")
+@click.option("--static-views", type=int, default=60, show_default=True, help="With --capture: static photos.")
+@click.option("--static-resolution", type=int, default=160, show_default=True,
+              help="With --capture: width of the static photos (4:3).")
 @click.option("--out", required=True, type=click.Path(), help="Dataset directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace a previous generated dataset in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def generate_mpm_cmd(ctx, shape, mesh, size, rotate, drop_height, youngs_modulus, poisson_ratio, density, material,
                      heterogeneous, stiffness_factor, gravity, velocity, ground_height, ground, friction, views, frames,
-                     frame_dt, resolution, grid, seed, fit_frames, shading, variant_of, out, overwrite, quiet):
+                     frame_dt, resolution, grid, seed, fit_frames, shading, variant_of, capture, static_views,
+                     static_resolution, out, overwrite, quiet):
     """Simulate an elastic object with MLS-MPM and render a multi-view video of it (ground truth)."""
     from click.core import ParameterSource
 
@@ -158,6 +166,8 @@ def generate_mpm_cmd(ctx, shape, mesh, size, rotate, drop_height, youngs_modulus
 
     if shape is not None and mesh is not None:
         raise click.BadParameter("--shape and --mesh exclude each other")
+    if capture is not None and variant_of is not None:
+        raise click.BadParameter("--capture and --variant-of exclude each other")
     if variant_of is not None:  # the object and everything else from DATA's scene.json; the conditions given here
         given = lambda name: ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)  # noqa: E731
         conditions = ("velocity", "gravity", "drop_height", "ground_height", "friction")
@@ -185,6 +195,13 @@ def generate_mpm_cmd(ctx, shape, mesh, size, rotate, drop_height, youngs_modulus
         ground=ground, friction=friction, views=views, frames=frames, resolution=resolution, frame_dt=frame_dt,
         grid=grid, seed=seed, fit_frames=fit_frames, shading=shading)
     cfg.validate()  # before Taichi starts: bad options fail fast and write nothing
+    if capture == "real":
+        from pipeline.capture_gen import generate_capture
+
+        check_output_dir(out, "capture", overwrite=overwrite, protect=[mesh] if mesh else ())
+        _taichi(ctx)
+        click.echo(f"wrote {generate_capture(cfg, out, static_views, static_resolution, seed, not quiet, click.echo)}")
+        return
     check_output_dir(out, "dataset", overwrite=overwrite, protect=[mesh] if mesh else ())
     _taichi(ctx)
     path = generate(cfg, out, progress=not quiet, log=click.echo)
