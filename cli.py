@@ -232,12 +232,18 @@ def generate_mpm_cmd(ctx, shape, mesh, size, rotate, drop_height, youngs_modulus
               help="The authors' mode: gradients cut at every frame, one optimiser step per frame.")
 @click.option("--no-soft-vector", is_flag=True, default=None, help="Ablation: every spring has weight 1 (no eta).")
 @click.option("--single-k", is_flag=True, default=None, help="Ablation: one global stiffness.")
+@click.option("--static-ply", default=None, type=click.Path(dir_okay=False),
+              help="A capture only: a 3DGS PLY (INRIA layout) trained on the static capture replaces the static stage.")
+@click.option("--vgg-weights", default=None, type=click.Path(dir_okay=False),
+              help="A capture only: a torchvision vgg16 state dict for Eq. 19's perceptual term (never downloaded).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def fit_cmd(ctx, data, out, preset, config, assignments, resume, overwrite, gravity, ground, iterations, n_anchors,
-            k_neighbors, substeps, image_size, truncate_per_frame, no_soft_vector, single_k, quiet):
+            k_neighbors, substeps, image_size, truncate_per_frame, no_soft_vector, single_k, static_ply, vgg_weights,
+            quiet):
     """Fit a simulatable asset to the multi-view video in DATA (static Gaussians, anchors and
-    springs, refine, initial velocity, then stiffness, soft vector and friction)."""
+    springs, refine, initial velocity, then stiffness, soft vector and friction). DATA may be a
+    real capture (capture.json, or the Spring-Gaus authors' layout): see README, "Your own capture"."""
     from pipeline.fit.runner import fit
     from pipeline.fit.settings import make_settings, parse_assignments
 
@@ -247,7 +253,24 @@ def fit_cmd(ctx, data, out, preset, config, assignments, resume, overwrite, grav
     overrides.update({k: v for k, v in named.items() if v is not None})
     if no_soft_vector:
         overrides["soft_vector"] = False
+    if vgg_weights:
+        overrides["vgg_weights"] = str(vgg_weights)
     settings = make_settings(preset, config, overrides)
+    from pipeline.data.capture import is_capture
+
+    if is_capture(data):
+        from pipeline.fit.capture_fit import fit_capture
+
+        if gravity or ground:
+            raise SgausError("a capture's gravity and ground come from capture.json (or the calibration board)")
+        _taichi(ctx)
+        run = fit_capture(data, out, settings, resume=resume, static_ply=static_ply, progress=not quiet,
+                          log=click.echo, overwrite=overwrite)
+        click.echo(f"asset written to {run / 'asset'} (registration: {run / 'registration.png'})")
+        return
+    if static_ply or vgg_weights:
+        raise SgausError("--static-ply and --vgg-weights apply to real captures (DATA with capture.json or the "
+                         "Spring-Gaus layout)")
     grav = _vec3(gravity, "--gravity") if gravity else None
     grd = None
     if ground:
@@ -259,6 +282,22 @@ def fit_cmd(ctx, data, out, preset, config, assignments, resume, overwrite, grav
     run = fit(data, out, settings, resume=resume, gravity=grav, ground=grd, progress=not quiet,
               log=click.echo, overwrite=overwrite)
     click.echo(f"asset written to {run / 'asset'} (loss curves: {run / 'loss.png'})")
+
+
+@cli.command("import-capture")
+@click.argument("src", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory of the capture.json to write.")
+@click.option("--sequence", default=None, help="Sequence of the authors' layout (default: the first).")
+@click.option("--overwrite", is_flag=True, help="Replace a previous capture.json in --out.")
+def import_capture_cmd(src, out, sequence, overwrite):
+    """Describe a capture in the Spring-Gaus authors' layout (SRC) as sgaus' capture.json in OUT
+    (paths relative to OUT; the images are not copied). `sgaus fit` reads either as it is."""
+    from pipeline.data.capture import capture_summary, read_capture, write_capture_json
+
+    cap = read_capture(src, log=click.echo, sequence=sequence, layout="spring-gaus")
+    check_output_dir(out, "capture", overwrite=overwrite, protect=[src])
+    click.echo(capture_summary(cap))
+    click.echo(f"wrote {write_capture_json(cap, out)}")
 
 
 @cli.command("eval")

@@ -387,7 +387,8 @@ def _read_authors(root: Path, log, sequence: str | None = None) -> Capture:
     fps = number(seq, "fps", seq_path, "frames per second", positive=True) if "fps" in seq else AUTHORS_FPS
     contact = integer(seq["hit_frame"], "'hit_frame'", seq_path, low=0) if seq.get("hit_frame") is not None else None
     gravity, point, normal, source = _ground({}, views, calib_path)
-    cap = Capture(root, "spring-gaus", static, views, fps, 0, 0, gravity, point, normal, source, contact, None, skipped,
+    gt = root / "ground_truth" if (root / "ground_truth" / "particles").is_dir() else None
+    cap = Capture(root, "spring-gaus", static, views, fps, 0, 0, gravity, point, normal, source, contact, gt, skipped,
                   root / "static" / "colmap" / obj)
     n = len(frames)
     return _finish(cap, seq_path, None, min(AUTHORS_FIT_FRAMES, n - 1) if n > 2 else None)
@@ -449,12 +450,17 @@ def _finish(cap: Capture, path: Path, n_frames: int | None, fit: int | None) -> 
     return cap
 
 
-def read_capture(path, log=None, sequence: str | None = None) -> Capture:
-    """The capture in the directory ``path`` (capture.json, else the authors' layout), every file
-    checked; one SgausError line naming the file and what is wrong otherwise."""
+def read_capture(path, log=None, sequence: str | None = None, layout: str | None = None) -> Capture:
+    """The capture in the directory ``path`` (capture.json, else the authors' layout; ``layout``
+    "capture.json" or "spring-gaus" chooses), every file checked; one SgausError line naming the
+    file and what is wrong otherwise."""
     root = Path(path)
     if not root.is_dir():
         raise SgausError(f"{root}: capture directory not found")
+    if layout == "spring-gaus":
+        if _authors_object(root, quiet=True) is None:
+            raise SgausError(f"{root}: not in the Spring-Gaus layout (static/colmap/<obj>/ and dynamic/cameras_calib.json)")
+        return _read_authors(root, log, sequence)
     if (root / "capture.json").is_file():
         return _read_capture_json(root, log)
     if _authors_object(root, quiet=True) is not None:
@@ -549,12 +555,13 @@ def _scaled_K(K: np.ndarray, w0: int, h0: int, w: int, h: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- prepare
-def prepare_capture(cap: Capture, out, max_side: int = 0, progress: bool = False) -> tuple[Path, Path]:
+def prepare_capture(cap: Capture, out, max_side: int = 0, progress: bool = False,
+                    info: dict | None = None) -> tuple[Path, Path]:
     """Write ``out/static`` (one frame, every registered static image, undistorted and masked: RGB
     with the mask as alpha) and ``out/dynamic`` (the synchronised views, undistorted, with masks and
     scene.json: gravity, ground, frame time, split, contact frame; ground-truth particles when the
-    capture has them), each image resized to ``max_side`` (0: as they are). Atomic: ``out`` appears
-    whole or not at all. Returns (static dataset, dynamic dataset)."""
+    capture has them), each image resized to ``max_side`` (0: as they are), and ``out/prepared.json``
+    (``info``). Atomic: ``out`` appears whole or not at all. Returns (static dataset, dynamic dataset)."""
     import imageio.v3 as iio
     import torch
     from tqdm.auto import tqdm
@@ -633,6 +640,7 @@ def prepare_capture(cap: Capture, out, max_side: int = 0, progress: bool = False
                     raise SgausError(f"{src}: ground-truth particles missing for frame {f}")
                 shutil.copyfile(src, dyn / "particles" / src.name)
         write_json(dyn / "scene.json", scene)
+        write_json(tmp / "prepared.json", {"format": PREPARED_FORMAT, **(info or {})})
     return out / "static", out / "dynamic"
 
 
@@ -668,6 +676,8 @@ def write_capture_json(cap: Capture, out) -> Path:
            "ground": {"point": list(cap.ground_point), "normal": list(cap.ground_normal)}}
     if doc["contact_frame"] is None:
         del doc["contact_frame"]
+    if cap.ground_truth is not None:
+        doc["ground_truth"] = rel(cap.ground_truth)
     return write_json(out / "capture.json", doc)
 
 

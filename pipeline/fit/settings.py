@@ -78,6 +78,13 @@ class FitSettings:
         per-anchor deltas (0 = per-anchor deltas alone).
       patience: stop the dynamic stage once its loss has not improved by 0.5 % for this many
         iterations (0 = run every iteration).
+    Real captures (pipeline/fit/capture_fit.py; ignored for other datasets)
+      capture_image_size: longest side the capture's images are prepared at (0 = as they are).
+      registration_iterations: Adam steps of the registration's final refinement.
+      registration_hypotheses: random rotations tried by its automatic initial guess (besides 24).
+      capture_lambda_dssim, capture_lambda_center, capture_lambda_percep: the weights of Eq. 19
+        (D-SSIM, mask centre, VGG16 perceptual) of the velocity and dynamic stages on masks.
+      vgg_weights: a torchvision vgg16 state dict for the perceptual term ("" = leave it out).
     """
 
     image_size: int = 128
@@ -128,6 +135,13 @@ class FitSettings:
     silhouette_weight: float = 0.5
     stiffness_regions: int = 16
     patience: int = 0
+    capture_image_size: int = 640
+    registration_iterations: int = 100
+    registration_hypotheses: int = 48
+    capture_lambda_dssim: float = 0.8
+    capture_lambda_center: float = 1.0
+    capture_lambda_percep: float = 0.1
+    vgg_weights: str = ""
 
     def validate(self) -> "FitSettings":
         # a dynamic or velocity stage of 0 iterations would write the starting values as if fitted
