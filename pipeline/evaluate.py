@@ -159,6 +159,8 @@ def evaluate(run, data=None, scale: float | None = None, baselines: bool = True,
         result["baselines"]["hold"] = summarise(hold_rows, fit_frames)
         # a capture's single-k refit would need its mask loss (pipeline.fit.capture_fit); not offered
         single = None if asset.info.get("capture") else single_k_asset(run_dir, settings, asset, ds, progress)
+        if asset.info.get("capture"):
+            result["skipped"] = {"single_k": "not offered for real captures (their fit is on masks, Eq. 19)"}
         if single is not None:
             _p, means_k, _ = simulate_asset(single, n - 1)
             per_frame["single_k"] = frame_metrics(single, means_k, ds, range(n), scale, progress, "eval single-k", gt)
