@@ -16,18 +16,17 @@ from conftest import invoke
 from taichi_sim.errors import SgausError
 
 FIT = ["--preset", "tiny", "--quiet", "--set", "image_size=160", "--set", "static_iterations=200",
-       "--set", "registration_iterations=30", "--set", "registration_hypotheses=12", "--set", "n_anchors=64",
-       "--set", "k_neighbors=12", "--set", "iterations=4", "--set", "global_cma_generations=1",
-       "--set", "velocity_iterations=40"]
+       "--set", "registration_iterations=30", "--set", "registration_hypotheses=12", "--set", "iterations=4",
+       "--set", "global_cma_generations=2", "--set", "velocity_iterations=40"]
 
 
 @pytest.fixture(scope="session")
 def capture(tmp_path_factory):
     """A Spot mesh thrown sideways onto a slippery floor (it still slides in the future frames): 50
-    static photos (128 x 96), 3 views of 160 x 90, 14 frames (8 fitted)."""
+    static photos (128 x 96), 3 views of 160 x 90, 16 frames (11 fitted: contact at frame 5)."""
     out = tmp_path_factory.mktemp("capture") / "spot"
     r = invoke("generate-mpm", "--capture", "real", "--mesh", Path(__file__).parent.parent / "assets/meshes/spot.obj",
-               "--views", 3, "--frames", 14, "--fit-frames", 8, "--resolution", 160, "--grid", 32,
+               "--views", 3, "--frames", 16, "--fit-frames", 11, "--resolution", 160, "--grid", 32,
                "--drop-height", 0.1, "--velocity", "0.6,0,0", "--friction", 0.1, "--static-views", 50, "--static-resolution", 128,
                "--seed", 3, "--quiet", "--out", out)
     assert r.exit_code == 0, r.output
@@ -118,7 +117,7 @@ def test_both_layouts_read_the_same_capture(capture, tmp_path):
     ours, theirs = read_capture(capture), read_capture(capture, layout="spring-gaus")
     assert ours.layout == "capture.json" and theirs.layout == "spring-gaus"
     assert [v.name for v in ours.views] == [v.name for v in theirs.views] and len(ours.views) == 3
-    assert ours.n_frames == theirs.n_frames == 14 and ours.fit_frames == 8
+    assert ours.n_frames == theirs.n_frames == 16 and ours.fit_frames == 11
     assert ours.views[0].width * 9 == ours.views[0].height * 16
     for a, b in zip(ours.views, theirs.views):
         np.testing.assert_allclose(a.K, b.K, atol=1e-9)
@@ -133,7 +132,7 @@ def test_both_layouts_read_the_same_capture(capture, tmp_path):
     r = invoke("import-capture", capture, "--out", tmp_path / "conv")
     assert r.exit_code == 0, r.output
     conv = read_capture(tmp_path / "conv")
-    assert conv.n_frames == 14 and conv.fit_frames == theirs.fit_frames
+    assert conv.n_frames == 16 and conv.fit_frames == theirs.fit_frames
     for a, b in zip(conv.views, theirs.views):
         np.testing.assert_allclose(a.K, b.K, atol=1e-9)
         np.testing.assert_allclose(a.viewmat, b.viewmat, atol=1e-9)
@@ -147,8 +146,8 @@ def test_prepared_views_are_undistorted_and_synchronised(capture, prepared):
 
     sim, _gt = _truth(capture)
     static, dyn = load_dataset(prepared[0]), load_dataset(prepared[1])
-    assert dyn.n_frames == 14 and dyn.scene.gravity == (0.0, 0.0, 9.8) and dyn.scene.fit_frames == 8
-    for f in (0, 7, 13):
+    assert dyn.n_frames == 16 and dyn.scene.gravity == (0.0, 0.0, 9.8) and dyn.scene.fit_frames == 11
+    for f in (0, 7, 15):
         z = np.load(capture / "ground_truth" / "particles" / f"{f:03d}.npz")
         x = torch.tensor(z["x"][z["surface"]])
         values, inside = lookup_pixels(dyn.frame(f)[..., 3:4], dyn.cameras, x)
@@ -176,11 +175,11 @@ def _set_json(path, change):
 @pytest.mark.parametrize("case,message", [
     ("missing_mask", "no mask for the static image 'IMG_0007.JPG'"),
     ("model_without_image", "lists image 'IMG_0003.JPG', which is not in"),
-    ("short_video", "has 14 frames after its offset, fewer than the 20 frames asked for"),
+    ("short_video", "has 16 frames after its offset, fewer than the 20 frames asked for"),
     ("unsynchronised", "unequal lengths after their offsets"),
     ("calibration_shape", "'rvec' must be 3 or 3x1 or 1x3, got shape (2,)"),
     ("authors_calibration_shape", "'rvec' must be 3 or 3x1 or 1x3, got shape (4,)"),
-    ("few_masks", "16 frames but only 12 masks"),
+    ("few_masks", "18 frames but only 12 masks"),
 ])
 def test_capture_failures_are_one_line_and_write_nothing(capture, tmp_path, case, message):
     def missing_mask(d):
