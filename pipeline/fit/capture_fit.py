@@ -50,6 +50,7 @@ from pipeline.fit import global_search as global_stage
 from pipeline.fit import refine as refine_stage
 from pipeline.fit import velocity as velocity_stage
 from pipeline.fit.capture_loss import capture_loss
+from pipeline.fit.capture_settings import capture_settings
 from pipeline.fit.geometry import detect_contact_frame
 from pipeline.fit.physics import spring_model
 from pipeline.fit.registration import RegistrationSettings, Similarity, overlay_picture, register
@@ -88,10 +89,9 @@ def map_anchors(a: Anchors, sim: Similarity) -> Anchors:
 
 
 def registration_settings(settings: FitSettings) -> RegistrationSettings:
-    if settings.registration_iterations <= 0 or settings.registration_hypotheses < 0:
-        raise SgausError("registration_iterations must be positive and registration_hypotheses >= 0")
-    return RegistrationSettings(iterations=settings.registration_iterations,
-                                random_hypotheses=settings.registration_hypotheses, seed=settings.seed)
+    cs = capture_settings(settings)
+    return RegistrationSettings(iterations=cs.registration_iterations, random_hypotheses=cs.registration_hypotheses,
+                                seed=settings.seed)
 
 
 def object_extent(frames: FrameCache, seed: int) -> float:
@@ -147,6 +147,7 @@ def fit_capture(data, out, settings: FitSettings, resume: bool = False, static_p
     checked before the run directory is made."""
     from pipeline.data.splat_import import import_splats, read_splat_ply
 
+    cs = capture_settings(settings).validate()
     cap = read_capture(data, log)
     log(capture_summary(cap))
     loss = capture_loss(settings.capture_lambda_dssim, settings.capture_lambda_center,
@@ -223,7 +224,7 @@ def fit_capture(data, out, settings: FitSettings, resume: bool = False, static_p
                   lambda d: load_ply(d / "gaussians.ply"))
 
     # 4. registration into the dynamic frame
-    gkey = stage_key("registration", hash_key(rkey, d_scale, root_key), reg_settings)
+    gkey = stage_key("registration", hash_key(rkey, d_scale, root_key, dataclasses.asdict(cs)), reg_settings)
     masks0 = mframes.alpha(0)
 
     def compute_registration():
@@ -292,8 +293,7 @@ def fit_capture(data, out, settings: FitSettings, resume: bool = False, static_p
         start = found.params
     ds_settings = dataclasses.replace(settings.dynamic(), lambda_dssim=settings.capture_lambda_dssim)
     vgg = hash_files([settings.vgg_weights]) if settings.vgg_weights else None
-    dkey = hash_key(stage_key("dynamic", key, ds_settings), "eq19", settings.capture_lambda_center,
-                    settings.capture_lambda_percep, vgg)
+    dkey = hash_key(stage_key("dynamic", key, ds_settings), "eq19", dataclasses.asdict(cs), vgg)
 
     def compute_dynamic():
         log(f"stage 7/7: stiffness, soft vector and friction on frames 0..{facts.fit_frames - 1} (Eq. 19 on masks)")
