@@ -138,6 +138,25 @@ def test_both_layouts_read_the_same_capture(capture, tmp_path):
         np.testing.assert_allclose(a.viewmat, b.viewmat, atol=1e-9)
 
 
+def test_authors_intrinsics_rule_without_a_camera_matrix(capture, tmp_path):
+    """Their cameras_calib.json holds only rvecs/tvecs: K is the static focal length scaled by the
+    image sizes, the principal point at the centre, no distortion."""
+    from pipeline.data.capture import read_capture
+    from pipeline.data.colmap import read_model
+
+    def strip(d):
+        (d / "capture.json").unlink()
+        _set_json(d / "dynamic/cameras_calib.json",
+                  lambda doc: [entry.pop(k) for entry in doc.values() for k in ("mtx", "dist")])
+    cap = read_capture(_edit(capture, tmp_path, strip))
+    static_cam = read_model(capture / "static/colmap/object").cameras[1]
+    for v in cap.views:
+        f = static_cam.K()[0, 0]
+        np.testing.assert_allclose(v.K, [[f * v.width / static_cam.width, 0, v.width / 2],
+                                         [0, f * v.height / static_cam.height, v.height / 2], [0, 0, 1]])
+        assert not np.any(v.dist)
+
+
 def test_prepared_views_are_undistorted_and_synchronised(capture, prepared):
     """Ground-truth surface particles project inside the prepared masks of every view and frame
     (the distortion removed, the sync offsets applied), and inside every static view's mask."""
