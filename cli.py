@@ -184,13 +184,21 @@ def reconstruct_cmd(ctx, data, out, iterations, scale, image_size, n_init, init,
               help="A dataset of generate-mpm: record the same object (shape, size, material, particles, seed, "
                    "cameras, frames) under other --velocity, --gravity, --drop-height, --ground-height or --friction; "
                    "those not given are DATA's.")
+@click.option("--capture", "capture", type=click.Choice(["real"]), default=None,
+              help="real: write a synthetic real capture instead (a COLMAP static capture in an unknown similarity "
+                   "frame, --views calibrated 16:9 videos --resolution wide, both capture layouts, ground truth "
+                   "aside; pipeline/capture_gen.py).")
+@click.option("--static-views", type=int, default=60, show_default=True, help="With --capture: static photos.")
+@click.option("--static-resolution", type=int, default=160, show_default=True,
+              help="With --capture: width of the static photos (4:3).")
 @click.option("--out", required=True, type=click.Path(), help="Dataset directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace a previous generated dataset in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def generate_mpm_cmd(ctx, shape, mesh, size, rotate, drop_height, youngs_modulus, poisson_ratio, density, material,
                      heterogeneous, stiffness_factor, gravity, velocity, ground_height, ground, friction, views, frames,
-                     frame_dt, resolution, grid, seed, fit_frames, shading, variant_of, out, overwrite, quiet):
+                     frame_dt, resolution, grid, seed, fit_frames, shading, variant_of, capture, static_views,
+                     static_resolution, out, overwrite, quiet):
     """Simulate an elastic object with MLS-MPM and render a multi-view video of it (ground truth)."""
     from click.core import ParameterSource
 
@@ -198,6 +206,8 @@ def generate_mpm_cmd(ctx, shape, mesh, size, rotate, drop_height, youngs_modulus
 
     if shape is not None and mesh is not None:
         raise click.BadParameter("--shape and --mesh exclude each other")
+    if capture is not None and variant_of is not None:
+        raise click.BadParameter("--capture and --variant-of exclude each other")
     if variant_of is not None:  # the object and everything else from DATA's scene.json; the conditions given here
         given = lambda name: ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)  # noqa: E731
         conditions = ("velocity", "gravity", "drop_height", "ground_height", "friction")
@@ -225,6 +235,13 @@ def generate_mpm_cmd(ctx, shape, mesh, size, rotate, drop_height, youngs_modulus
         ground=ground, friction=friction, views=views, frames=frames, resolution=resolution, frame_dt=frame_dt,
         grid=grid, seed=seed, fit_frames=fit_frames, shading=shading)
     cfg.validate()  # before Taichi starts: bad options fail fast and write nothing
+    if capture == "real":
+        from pipeline.capture_gen import generate_capture
+
+        check_output_dir(out, "capture", overwrite=overwrite, protect=[mesh] if mesh else ())
+        _taichi(ctx)
+        click.echo(f"wrote {generate_capture(cfg, out, static_views, static_resolution, seed, not quiet, click.echo)}")
+        return
     check_output_dir(out, "dataset", overwrite=overwrite, protect=[mesh] if mesh else ())
     _taichi(ctx)
     path = generate(cfg, out, progress=not quiet, log=click.echo)
@@ -255,12 +272,18 @@ def generate_mpm_cmd(ctx, shape, mesh, size, rotate, drop_height, youngs_modulus
               help="The authors' mode: gradients cut at every frame, one optimiser step per frame.")
 @click.option("--no-soft-vector", is_flag=True, default=None, help="Ablation: every spring has weight 1 (no eta).")
 @click.option("--single-k", is_flag=True, default=None, help="Ablation: one global stiffness.")
+@click.option("--static-ply", default=None, type=click.Path(dir_okay=False),
+              help="A capture only: a 3DGS PLY (INRIA layout) trained on the static capture replaces the static stage.")
+@click.option("--vgg-weights", default=None, type=click.Path(dir_okay=False),
+              help="A capture only: a torchvision vgg16 state dict for Eq. 19's perceptual term (never downloaded).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def fit_cmd(ctx, data, out, preset, config, assignments, resume, overwrite, gravity, ground, iterations, n_anchors,
-            k_neighbors, substeps, image_size, truncate_per_frame, no_soft_vector, single_k, quiet):
+            k_neighbors, substeps, image_size, truncate_per_frame, no_soft_vector, single_k, static_ply, vgg_weights,
+            quiet):
     """Fit a simulatable asset to the multi-view video in DATA (static Gaussians, anchors and
-    springs, refine, initial velocity, then stiffness, soft vector and friction)."""
+    springs, refine, initial velocity, then stiffness, soft vector and friction). DATA may be a
+    real capture (capture.json, or the Spring-Gaus authors' layout): see README, "Your own capture"."""
     from pipeline.fit.runner import fit
     from pipeline.fit.settings import make_settings, parse_assignments
 
@@ -270,12 +293,45 @@ def fit_cmd(ctx, data, out, preset, config, assignments, resume, overwrite, grav
     overrides.update({k: v for k, v in named.items() if v is not None})
     if no_soft_vector:
         overrides["soft_vector"] = False
+    if vgg_weights:
+        overrides["vgg_weights"] = str(vgg_weights)
     settings = make_settings(preset, config, overrides)
+    from pipeline.data.capture import is_capture
+
+    if is_capture(data):
+        from pipeline.fit.capture_fit import fit_capture
+
+        if gravity or ground:
+            raise SgausError("a capture's gravity and ground come from capture.json (or the calibration board)")
+        _taichi(ctx)
+        run = fit_capture(data, out, settings, resume=resume, static_ply=static_ply, progress=not quiet,
+                          log=click.echo, overwrite=overwrite)
+        click.echo(f"asset written to {run / 'asset'} (registration: {run / 'registration.png'})")
+        return
+    if static_ply or vgg_weights:
+        raise SgausError("--static-ply and --vgg-weights apply to real captures (DATA with capture.json or the "
+                         "Spring-Gaus layout)")
     grd = (_vec3(ground[:3], "--ground point"), _vec3(ground[3:], "--ground normal")) if ground else None
     _taichi(ctx)
     run = fit(data, out, settings, resume=resume, gravity=gravity, ground=grd, progress=not quiet,
               log=click.echo, overwrite=overwrite)
     click.echo(f"asset written to {run / 'asset'} (loss curves: {run / 'loss.png'})")
+
+
+@cli.command("import-capture")
+@click.argument("src", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory of the capture.json to write.")
+@click.option("--sequence", default=None, help="Sequence of the authors' layout (default: the first).")
+@click.option("--overwrite", is_flag=True, help="Replace a previous capture.json in --out.")
+def import_capture_cmd(src, out, sequence, overwrite):
+    """Describe a capture in the Spring-Gaus authors' layout (SRC) as sgaus' capture.json in OUT
+    (paths relative to OUT; the images are not copied). `sgaus fit` reads either as it is."""
+    from pipeline.data.capture import capture_summary, read_capture, write_capture_json
+
+    cap = read_capture(src, log=click.echo, sequence=sequence, layout="spring-gaus")
+    check_output_dir(out, "capture", overwrite=overwrite, protect=[src])
+    click.echo(capture_summary(cap))
+    click.echo(f"wrote {write_capture_json(cap, out)}")
 
 
 @cli.command("eval")

@@ -36,11 +36,13 @@ def _variants(settings):
 
 
 def _stages(s: FitSettings):
+    from pipeline.fit.capture_settings import capture_settings
+
     return {"static": s.static(0.5), "anchors": s.anchors(), "refine": s.refine(), "velocity": s.velocity(6),
-            "global": s.global_search_settings(), "dynamic": s.dynamic()}
+            "global": s.global_search_settings(), "dynamic": s.dynamic(), "capture": capture_settings(s)}
 
 
-@pytest.mark.parametrize("name", ["static", "anchors", "refine", "velocity", "global", "dynamic"])
+@pytest.mark.parametrize("name", ["static", "anchors", "refine", "velocity", "global", "dynamic", "capture"])
 def test_changing_any_stage_setting_changes_the_stage_key(name):
     settings = _stages(make_settings("fast"))[name]
     base = stage_key(name, "parent", settings)

@@ -31,6 +31,7 @@ OUTPUT_KINDS = {
     "splat-sequence": ("sequence.json", "sgaus-splat-sequence/"),
     "reconstruction": ("settings.json", "sgaus-reconstruction/"),
     "suite": ("suite.json", "sgaus-suite/"),
+    "capture": ("capture.json", "sgaus-capture/"),
 }
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[^.]+\.(tmp|old)(\.[A-Za-z0-9]+)?$")
 # a run's writer lock and its record (pipeline/data/runlock.py): no content of the directory

@@ -88,11 +88,13 @@ def region_weights(points: torch.Tensor, n_regions: int, seed: int = 0) -> torch
 
 def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, frames: FrameCache, n_fit: int,
         frame_dt: float, settings: DynamicSettings, progress: bool, desc: str = "dynamic",
-        start: SpringParams | None = None, checkpoint: Checkpoint | None = None, min_substeps: int = 0) -> Dynamic:
+        start: SpringParams | None = None, checkpoint: Checkpoint | None = None, min_substeps: int = 0,
+        image_loss=None) -> Dynamic:
     """Fit per-anchor log10 stiffness, kappa and friction on frames 0..n_fit-1 (Eq. 18 loss),
     from ``start`` (the global search's result) or else the settings' starting values, with at
     least ``min_substeps`` substeps per frame (what the global search's best candidate needed);
-    ``checkpoint`` saves the loop's state and restores it on resume (pipeline/fit/checkpoint.py)."""
+    ``checkpoint`` saves the loop's state and restores it on resume (pipeline/fit/checkpoint.py).
+    ``image_loss(render, target)``, when given, replaces Eq. 18 (a real capture's Eq. 19)."""
     checkpoint = checkpoint or Checkpoint.disabled(desc)
     n = model.n_anchors
     if start is None:
@@ -144,6 +146,8 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
 
     def frame_loss(f, means_f):
         cs = gen.sample(range(len(cams)), min(settings.cameras_per_frame, len(cams)))
+        if image_loss is not None:
+            return image_loss(g.render(cams[cs], means_f), frames.rgb(f, cs))
         return l1_dssim_loss(g.render(cams[cs], means_f), frames.rgb(f, cs), settings.lambda_dssim)
 
     def step():

@@ -91,6 +91,13 @@ class FitSettings:
       checkpoint_s: the longest time, in seconds, between two checkpoints of a running stage
         (0 = after every iteration).
       checkpoint_every: also a checkpoint every this many iterations (0 = by time only; for tests).
+    Real captures (pipeline/fit/capture_fit.py; ignored for other datasets)
+      capture_image_size: longest side the capture's images are prepared at (0 = as they are).
+      registration_iterations: Adam steps of the registration's final refinement.
+      registration_hypotheses: random rotations tried by its automatic initial guess (besides 24).
+      capture_lambda_dssim, capture_lambda_center, capture_lambda_percep: the weights of Eq. 19
+        (D-SSIM, mask centre, VGG16 perceptual) of the velocity and dynamic stages on masks.
+      vgg_weights: a torchvision vgg16 state dict for the perceptual term ("" = leave it out).
     """
 
     image_size: int = 128
@@ -148,6 +155,13 @@ class FitSettings:
     patience: int = 0
     checkpoint_s: float = 120.0
     checkpoint_every: int = 0
+    capture_image_size: int = 640
+    registration_iterations: int = 100
+    registration_hypotheses: int = 48
+    capture_lambda_dssim: float = 0.8
+    capture_lambda_center: float = 1.0
+    capture_lambda_percep: float = 0.1
+    vgg_weights: str = ""
 
     def validate(self) -> "FitSettings":
         # a dynamic or velocity stage of 0 iterations would write the starting values as if fitted
