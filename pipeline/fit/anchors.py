@@ -24,7 +24,7 @@ class AnchorSettings:
     n_b: int = 8
     p_b: float = 0.5
     seed: int = 0
-    splat_hull: bool = True
+    splat_hull: bool = False
 
 
 def run(g: Gaussians, frames: FrameCache, settings: AnchorSettings) -> Anchors:

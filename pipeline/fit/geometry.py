@@ -107,7 +107,7 @@ def inside_splat_hull(points: torch.Tensor, centres: torch.Tensor, cell: float, 
 
 
 def sample_anchors(g: Gaussians, frames: FrameCache, n_anchors: int, seed: int = 0, resolution: int = 48,
-                   splat_hull: bool = True) -> torch.Tensor:
+                   splat_hull: bool = False) -> torch.Tensor:
     """N_A anchors through the object's volume (Eq. 4): the inside of the visual hull carved
     from frame 0's masks and (``splat_hull``) by the silhouettes of the Gaussians themselves seen
     from all around (:func:`inside_splat_hull`), restricted to the Gaussians' bounding box, plus

@@ -44,7 +44,8 @@ class FitSettings:
       n_c: neighbours with soft-vector weight 1 (Eq. 8).
       n_b, p_b: anchors per Gaussian and the inverse-distance power of the binding (Eq. 15).
       anchor_splat_hull: carve the anchors' visual hull with the Gaussians' own silhouettes seen
-        from all around, below included (cameras above never bound the underside).
+        from all around, below included (cameras above never bound the underside; off by default:
+        the global search's contact offset accounts for that depth).
       p_k: force-law exponent (Eq. 9); force_law: "smooth" (authors' code) or "paper" (Eq. 9 as printed).
       zeta0, mass: damping (Eq. 17) and mass per anchor.
       friction_mode: "per_time" (the ground's tangential factor per 0.3 ms of contact: the same
@@ -111,7 +112,7 @@ class FitSettings:
     n_c: int = 16
     n_b: int = 8
     p_b: float = 0.5
-    anchor_splat_hull: bool = True
+    anchor_splat_hull: bool = False
     p_k: float = 0.5
     force_law: str = "smooth"
     zeta0: float = 0.1
