@@ -206,6 +206,14 @@ class _Scorer:
         return loss
 
 
+def _tell(es, candidates, values, best: float) -> None:
+    """Hand CMA-ES a generation's scores, a candidate that blew up (infinite) scored worse than
+    every finite one of the generation (than ``best`` when none is finite)."""
+    finite = [v for v in values if math.isfinite(v)]
+    worst = max(finite) if finite else best
+    es.tell(candidates, [v if math.isfinite(v) else 2.0 * worst + 1.0 for v in values])
+
+
 def object_height(model: SpringModel) -> float:
     """The anchors' extent along the ground normal (their extent along gravity without a ground)."""
     n = torch.as_tensor(model.unit_normal(), dtype=torch.float64)
@@ -302,9 +310,7 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
                 break
             candidates = es.ask()
             values = [consider(*from_unit(u)) for u in candidates]
-            finite = [v for v in values if math.isfinite(v)]
-            worst = max(finite) if finite else best[0]
-            es.tell(candidates, [v if math.isfinite(v) else 2.0 * worst + 1.0 for v in values])
+            _tell(es, candidates, values, best[0])
             rounds.append(best[0])
     log_k, phi, kappa, offset = best[1]
     n = model.n_anchors
@@ -336,9 +342,7 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
                 if value < best_z[0]:
                     best_z = (value, np.asarray(z, dtype=np.float64))
                     bar.set_postfix(loss=f"{value:.4f}", regions=" ".join(f"{v:+.2f}" for v in best_z[1]))
-            finite = [v for v in values if math.isfinite(v)]
-            worst = max(finite) if finite else best_z[0]
-            es.tell(candidates, [v if math.isfinite(v) else 2.0 * worst + 1.0 for v in values])
+            _tell(es, candidates, values, best_z[0])
             rounds.append(min(best[0], best_z[0]))
         if best_z[0] < uniform:
             best = (best_z[0], best[1])
