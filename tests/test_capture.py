@@ -320,6 +320,66 @@ def test_registration_recovers_the_hidden_similarity(capture, prepared):
     assert rot < 2.0 and abs(scale) < 0.02 and trans < 0.02
 
 
+def test_ground_at_rest_is_read_and_estimated(capture, prepared, tmp_path):
+    """capture.json "ground": "rest" (a board that was not on the floor): the normal is against
+    gravity, the converter keeps "rest", and the plane the fit estimates (the static Gaussians
+    registered onto the last frame's masks, the object lying on the floor) is near the true floor,
+    the board's plane z = 0 of this capture. The estimate places the undeformed shape rigidly, so it
+    comes out low by about the object's sag at rest: this Spot (E = 5e4, 0.38 units across) sags
+    2.5 cm (its particles against the rigid shape best fitted to them), and the plane was measured
+    3.8 cm low, 10 % of its size; the bound is 12 %."""
+    from pipeline.data.capture import GROUND_AT_REST, read_capture, write_capture_json
+    from pipeline.data.datasets import load_dataset
+    from pipeline.fit.registration import RegistrationSettings, rest_ground
+
+    src = _edit(capture, tmp_path, lambda d: _set_json(d / "capture.json", lambda doc: doc.update(ground="rest")))
+    cap = read_capture(src)
+    assert cap.ground_source == GROUND_AT_REST and cap.ground_normal == (0.0, 0.0, -1.0)  # gravity +z (into the floor)
+    assert json.loads(write_capture_json(cap, tmp_path / "conv").read_text())["ground"] == "rest"
+    _set_json(src / "capture.json", lambda doc: doc.update(ground="floor"))
+    with pytest.raises(SgausError, match="'ground' must be {point, normal}, \"board\" or \"rest\", got 'floor'"):
+        read_capture(src)
+
+    _, gt = _truth(capture)
+    dyn = load_dataset(prepared[1])
+    last = dyn.n_frames - 1
+    point, r = rest_ground(_true_static_gaussians(capture), dyn.cameras, dyn.frame(last)[..., 3:4], cap.ground_normal,
+                           RegistrationSettings(), progress=False)
+    err = -float(point[2])  # height above the true floor z = 0 (up is -z)
+    print(f"rest ground: {1000 * err:+.1f} mm off the floor ({100 * abs(err) / gt['object_size']:.2f} % of the size)")
+    assert abs(err) < 0.12 * gt["object_size"]
+
+
+def test_a_capture_fit_takes_the_run_lock(capture, tmp_path):
+    """A second writer of a capture's run is refused at once with one line naming the holder."""
+    import subprocess
+    import sys
+    import time
+
+    from pipeline.data.rundir import RUN_FORMAT
+    from pipeline.data.runlock import lock_info
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"format": RUN_FORMAT}))
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pipeline.data.runlock import RunLock; "
+                               "RunLock(sys.argv[1], 'sgaus fit').acquire(); time.sleep(600)", str(run)],
+                              cwd=Path(__file__).parent.parent)
+    try:
+        deadline = time.monotonic() + 60
+        while (lock_info(run) or {}).get("pid") != holder.pid:
+            assert holder.poll() is None and time.monotonic() < deadline, "the holder never took the lock"
+            time.sleep(0.05)
+        r = invoke("fit", capture, "--out", run, "--resume", *FIT)
+        lines = [ln for ln in r.output.splitlines() if ln.strip() and ln.startswith("Error")]
+        assert r.exit_code != 0 and "Traceback" not in r.output
+        assert len(lines) == 1 and f"pid {holder.pid} on " in lines[0], r.output
+        assert sorted(p.name for p in run.iterdir()) == [".sgaus.lock", ".sgaus.lock.json", "run.json"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_static_ply_import_keeps_the_render(capture, prepared, tmp_path):
     """An anisotropic, rotated 3DGS (SH degree 3) of the object imports as isotropic Gaussians that
     render close to it; load_ply alone still refuses it."""
@@ -390,3 +450,18 @@ def test_fit_and_eval_a_capture(capture, tmp_path):
     print("future:", m["future"], "hold:", hold)
     assert m["future"]["cd"] is not None and m["future"]["mask_iou"] is not None and "single_k" not in m["baselines"]
     assert m["future"]["cd"] < hold["cd"] and m["future"]["mask_iou"] > hold["mask_iou"]
+
+    # a fit whose last stages were lost resumes from what the earlier ones saved: the same asset, bitwise
+    again = tmp_path / "again"
+    shutil.copytree(run, again)
+    for stage in ("velocity", "global", "dynamic"):
+        shutil.rmtree(again / "stages" / stage)
+    r = invoke("fit", capture, "--out", again, "--resume", *FIT)
+    assert r.exit_code == 0, r.output
+    assert json.loads((again / "run.json").read_text())["stages_run"] == ["velocity", "global", "dynamic"]
+    for name in ("gaussians.ply", "anchors.npz"):
+        assert (again / "asset" / name).read_bytes() == (run / "asset" / name).read_bytes(), name
+    physics = [json.loads((r / "asset/physics.json").read_text()) for r in (run, again)]
+    for doc in physics:  # the prepared dataset it names lies in each run
+        assert doc["info"].pop("data").endswith("capture/dynamic")
+    assert physics[0] == physics[1]  # every number identical (JSON floats keep every bit)

@@ -24,7 +24,10 @@ Two layouts are read as they are (:func:`read_capture`):
   synchronised sequence. ``frames``: frames used (default: every frame all views share; views of
   unequal length after their offsets need it). ``ground`` may be ``"board"``: the calibration
   board's plane z = 0, its normal towards the cameras, gravity 9.81 m/s^2 against it (the default
-  when neither ground nor gravity is given). Static images are masked by ``masks/<stem>.png``
+  when neither ground nor gravity is given); or ``"rest"`` when the board was not on the floor:
+  the fit estimates the plane the object comes to rest on (normal against ``gravity``, or the
+  board's normal when gravity is not given; the height from the static Gaussians registered onto
+  the last frame's masks). Static images are masked by ``masks/<stem>.png``
   (white = object), or a mask file of the image's own name.
 
 The Spring-Gaus authors' real-capture layout (a directory with ``static/colmap/<obj>/cameras.bin,
@@ -60,6 +63,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".exr")
 AUTHORS_FPS = 120.0  # the authors' real captures (config/real_capture/*.yaml: FREQ 120)
 AUTHORS_FIT_FRAMES = 50  # their FRAME_ALL
 GRAVITY = 9.81
+# ground_source of a capture whose ground is estimated by the fit (capture.json "ground": "rest"):
+# the plane under the object where it comes to rest, normal against gravity
+GROUND_AT_REST = "estimated: the plane the object comes to rest on"
 
 
 @dataclass
@@ -213,18 +219,32 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise SgausError(f"{path}: cannot read the image ({err.__class__.__name__})") from None
 
 
+def _board_up(views: list, path: Path) -> tuple:
+    """The board's normal (the z axis) on the cameras' side."""
+    centres = np.stack([-v.viewmat[:3, :3].T @ v.viewmat[:3, 3] for v in views])
+    side = float(np.median(centres[:, 2]))
+    if abs(side) < 1e-9:
+        raise SgausError(f"{path}: the cameras lie in the board's plane; give 'ground' and 'gravity'")
+    return (0.0, 0.0, 1.0 if side > 0 else -1.0)
+
+
 def _ground(doc: dict, views: list, path: Path) -> tuple[tuple, tuple, tuple, str]:
-    """(gravity, ground point, unit ground normal pointing up, source)."""
+    """(gravity, ground point, unit ground normal pointing up, source). With ``"ground": "rest"``
+    the normal is against gravity (given, or else the board's normal) and the point is a
+    placeholder: the fit estimates the height (:data:`GROUND_AT_REST`)."""
     ground = doc.get("ground", "board" if doc.get("gravity") is None else None)
     if ground is None:
-        raise SgausError(f"{path}: 'gravity' is given without 'ground' (a point and a normal, or \"board\")")
+        raise SgausError(f"{path}: 'gravity' is given without 'ground' (a point and a normal, \"board\" or \"rest\")")
     if ground == "board":
-        centres = np.stack([-v.viewmat[:3, :3].T @ v.viewmat[:3, 3] for v in views])
-        side = float(np.median(centres[:, 2]))
-        if abs(side) < 1e-9:
-            raise SgausError(f"{path}: the cameras lie in the board's plane; give 'ground' and 'gravity'")
-        up = (0.0, 0.0, 1.0 if side > 0 else -1.0)
+        up = _board_up(views, path)
         point, source = (0.0, 0.0, 0.0), "the calibration board's plane z = 0"
+    elif ground == "rest":
+        if doc.get("gravity") is not None:
+            g = np.asarray(vector3(doc["gravity"], "'gravity'", path, nonzero=True))
+            up = tuple(-g / np.linalg.norm(g))
+        else:
+            up = _board_up(views, path)
+        point, source = (0.0, 0.0, 0.0), GROUND_AT_REST
     elif isinstance(ground, dict):
         for key in ("point", "normal"):
             if key not in ground:
@@ -233,7 +253,7 @@ def _ground(doc: dict, views: list, path: Path) -> tuple[tuple, tuple, tuple, st
         n = np.asarray(vector3(ground["normal"], "'ground.normal'", path, nonzero=True))
         up, source = tuple(n / np.linalg.norm(n)), "capture.json"
     else:
-        raise SgausError(f"{path}: 'ground' must be {{point, normal}} or \"board\", got {ground!r}")
+        raise SgausError(f"{path}: 'ground' must be {{point, normal}}, \"board\" or \"rest\", got {ground!r}")
     if doc.get("gravity") is not None:
         gravity = vector3(doc["gravity"], "'gravity'", path)
     else:
@@ -673,7 +693,8 @@ def write_capture_json(cap: Capture, out) -> Path:
            "static": {"colmap": rel(cap.static_model), "images": rel(s0.image.parent), "masks": rel(s0.mask.parent)},
            "fps": cap.fps, "frames": cap.n_frames, "fit_frames": cap.fit_frames, "contact_frame": cap.contact_frame,
            "views": views, "gravity": list(cap.gravity),
-           "ground": {"point": list(cap.ground_point), "normal": list(cap.ground_normal)}}
+           "ground": "rest" if cap.ground_source == GROUND_AT_REST else
+           {"point": list(cap.ground_point), "normal": list(cap.ground_normal)}}
     if doc["contact_frame"] is None:
         del doc["contact_frame"]
     if cap.ground_truth is not None:

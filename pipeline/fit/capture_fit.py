@@ -20,7 +20,10 @@ stage saved under RUN/stages/<name>/ and keyed like `sgaus fit`'s (pipeline.fit.
                  silhouettes, as the authors' IMG_IS_MASK: the captures' exposures and white
                  balances never meet), the dynamic stage with the loss of Eq. 19
                  (pipeline.fit.capture_loss). RUN/ground.png shows the ground plane and gravity
-                 over the first and last dynamic frames.
+                 over the first and last dynamic frames. A capture whose ground is "rest" gets
+                 it here, before stage 5: the static Gaussians registered onto the last frame's
+                 masks, where the object lies on the floor (pipeline.fit.registration.rest_ground;
+                 saved as the stage "ground").
 
 The asset keeps the static capture's colours; its dataset is RUN/capture/dynamic, so `sgaus eval`
 and `sgaus simulate` read it like any other (mask IoU besides PSNR/SSIM; CD/EMD where the capture
@@ -37,7 +40,7 @@ import torch
 
 from pipeline.asset import Asset, save_asset
 from pipeline.data.anchors import Anchors, load_anchors, save_anchors
-from pipeline.data.capture import capture_summary, prepare_capture, read_capture
+from pipeline.data.capture import GROUND_AT_REST, capture_summary, prepare_capture, read_capture
 from pipeline.data.datasets import load_dataset
 from pipeline.data.files import atomic_file, write_json
 from pipeline.data.frames import FrameCache
@@ -53,8 +56,10 @@ from pipeline.fit.capture_loss import capture_loss
 from pipeline.fit.capture_settings import capture_settings
 from pipeline.fit.geometry import detect_contact_frame
 from pipeline.fit.physics import spring_model
-from pipeline.fit.registration import RegistrationSettings, Similarity, overlay_picture, register
-from pipeline.fit.runner import image_scale, scene_facts, stage_key, write_loss_plot
+from pipeline.fit.registration import RegistrationSettings, Similarity, overlay_picture, register, rest_ground
+from pipeline.data.runlock import describe as describe_lock
+from pipeline.fit.checkpoint import Checkpoint
+from pipeline.fit.runner import deterministic, image_scale, scene_facts, stage_key, write_loss_plot
 from pipeline.fit.settings import FitSettings, save_settings
 from pipeline.fit.static import carve_hull, reconstruct_static, viewing_box
 from taichi_sim.binding import apply_binding
@@ -144,17 +149,34 @@ def ground_picture(path: Path, frames: FrameCache, ground_point, ground_normal, 
 def fit_capture(data, out, settings: FitSettings, resume: bool = False, static_ply=None, progress: bool = True,
                 log=print, overwrite: bool = False) -> Path:
     """Fit a capture (module docstring); returns the run directory. Everything the capture holds is
-    checked before the run directory is made."""
-    from pipeline.data.splat_import import import_splats, read_splat_ply
+    checked before the run directory is made. Like `sgaus fit` on a dataset (pipeline.fit.runner),
+    the fit holds the run's lock, runs PyTorch's deterministic kernels, saves checkpoints inside
+    its long stages (static, refine, velocity, global, dynamic) that ``resume`` continues from,
+    and starts every stage from its predecessor's saved output, so that a killed and resumed fit
+    ends with the same asset as an uninterrupted one."""
+    from pipeline.data.splat_import import read_splat_ply
 
     cs = capture_settings(settings).validate()
     cap = read_capture(data, log)
     log(capture_summary(cap))
     loss = capture_loss(settings.capture_lambda_dssim, settings.capture_lambda_center,
                         settings.capture_lambda_percep, settings.vgg_weights or None, log)
-    reg_settings = registration_settings(settings)
     imported = read_splat_ply(static_ply) if static_ply else None
-    run = RunDir(out, resume=resume, overwrite=overwrite, protect=[cap.root], writer=True)
+    with deterministic():
+        run = RunDir(out, resume=resume, overwrite=overwrite, protect=[cap.root], writer=True, lock="sgaus fit")
+        try:
+            if run.lock.taken_over:
+                log(f"took over the lock of {run.lock.root}: its holder, "
+                    f"{describe_lock(run.lock.taken_over)}, is no longer running")
+            return _stages(cap, run, data, settings, cs, loss, imported, static_ply, progress, log)
+        finally:
+            run.release()
+
+
+def _stages(cap, run: RunDir, data, settings: FitSettings, cs, loss, imported, static_ply, progress, log) -> Path:
+    from pipeline.data.splat_import import import_splats
+
+    reg_settings = registration_settings(settings)
     run.update_meta(data=str(cap.root.resolve()), capture=True, status="fitting")
     ran: list[str] = []
 
@@ -163,7 +185,7 @@ def fit_capture(data, out, settings: FitSettings, resume: bool = False, static_p
     prep_key = hash_key("prepare", hash_files(cap.source_files()), settings.capture_image_size, cap.n_frames,
                         cap.fit_frames, cap.gravity, cap.ground_point, cap.ground_normal, cap.contact_frame)
     marker = prep / "prepared.json"
-    if not (resume and marker.is_file() and read_json(marker, dict).get("key") == prep_key):
+    if not (run.resume and marker.is_file() and read_json(marker, dict).get("key") == prep_key):
         log(f"preparing the capture (undistorted, longest side {settings.capture_image_size or 'as recorded'})")
         prepare_capture(cap, prep, settings.capture_image_size, progress, info={"key": prep_key})
         ran.append("prepare")
@@ -175,20 +197,26 @@ def fit_capture(data, out, settings: FitSettings, resume: bool = False, static_p
     mframes = MaskFrames(dyn_ds, d_scale)
 
     def stage(name, key, compute, save, load):
-        hit = run.cached(name, key)
-        if hit:
-            return load(hit)
-        value, info = compute()
-        with run.write_stage(name, key, info) as d:
-            save(value, d)
-        ran.append(name)
-        return value
+        """The stage's saved output, read back (computed first unless ``key`` matches): the next
+        stage starts from the same values whether this one ran now or in a killed process.
+        ``compute(checkpoint)`` returns (value, info)."""
+        if not run.cached(name, key):
+            c = Checkpoint(run.root / "stages" / f"{name}.checkpoint", name, key, settings.checkpoints(),
+                           resume=run.resume, log=log)
+            if not run.resume:
+                c.discard()
+            value, info = compute(c)
+            with run.write_stage(name, key, info) as d:
+                save(value, d)
+            c.discard()
+            ran.append(name)
+        return load(run.stage_dir(name))
 
     # 1. static Gaussians (static frame)
     if imported is not None:
         key = hash_key("static-ply", root_key, hash_files([static_ply]), sframes.scale)
 
-        def compute_static():
+        def compute_static(c):
             log(f"stage 1/7: static Gaussians imported from {static_ply}")
             g, report = import_splats(imported, sframes, log)
             return g, report
@@ -197,9 +225,9 @@ def fit_capture(data, out, settings: FitSettings, resume: bool = False, static_p
         ss = dataclasses.replace(ss, scale=settings.static_scale * object_extent(sframes, settings.seed) / REFERENCE_SIZE)
         key = stage_key("static", root_key, ss)
 
-        def compute_static():
+        def compute_static(c):
             log(f"stage 1/7: static reconstruction on {len(static_ds.cameras)} static views")
-            g = reconstruct_static(static_ds, ss, progress=progress)
+            g = reconstruct_static(static_ds, ss, progress=progress, checkpoint=c)
             return g, {"gaussians": len(g), "scale": ss.scale}
     g = stage("static", key, compute_static, lambda g, d: save_ply(d / "gaussians.ply", g),
               lambda d: load_ply(d / "gaussians.ply"))
@@ -208,7 +236,7 @@ def fit_capture(data, out, settings: FitSettings, resume: bool = False, static_p
     # 2. anchors, 3. refine (static frame, static views)
     akey = stage_key("anchors", k_static, settings.anchors())
 
-    def compute_anchors():
+    def compute_anchors(c):
         log(f"stage 2/7: {settings.n_anchors} anchors through the volume, {settings.k_neighbors} springs each")
         a = anchors_stage.run(g, sframes, settings.anchors())
         return a, {"anchors": len(a.rest_positions)}
@@ -216,9 +244,10 @@ def fit_capture(data, out, settings: FitSettings, resume: bool = False, static_p
               lambda d: load_anchors(d / "anchors.npz", len(g)))
     rkey = stage_key("refine", akey, settings.refine())
 
-    def compute_refine():
+    def compute_refine(c):
         log("stage 3/7: refining the Gaussians at their bound positions on the static views")
-        r = refine_stage.run(g, apply_binding(a.binding, a.rest_positions), sframes, settings.refine(), progress)
+        r = refine_stage.run(g, apply_binding(a.binding, a.rest_positions), sframes, settings.refine(), progress,
+                             checkpoint=c)
         return r.gaussians, {"losses": r.losses}
     g_ref = stage("refine", rkey, compute_refine, lambda g, d: save_ply(d / "gaussians.ply", g),
                   lambda d: load_ply(d / "gaussians.ply"))
@@ -227,7 +256,7 @@ def fit_capture(data, out, settings: FitSettings, resume: bool = False, static_p
     gkey = stage_key("registration", hash_key(rkey, d_scale, root_key, dataclasses.asdict(cs)), reg_settings)
     masks0 = mframes.alpha(0)
 
-    def compute_registration():
+    def compute_registration(c):
         log("stage 4/7: registration of the static Gaussians onto the dynamic views' frame-0 masks")
         r = register(g_ref, mframes.cameras, masks0, reg_settings, progress, log)
         return r, {"loss": r.loss}
@@ -244,8 +273,7 @@ def fit_capture(data, out, settings: FitSettings, resume: bool = False, static_p
     def load_registration(d):
         doc = read_json(d / "registration.json", dict)
         return Similarity.from_json(doc["similarity"])
-    reg = stage("registration", gkey, compute_registration, save_registration, load_registration)
-    sim = reg if isinstance(reg, Similarity) else reg.similarity
+    sim = stage("registration", gkey, compute_registration, save_registration, load_registration)
     shutil.copyfile(run.stage_dir("registration") / "registration.png", run.root / "registration.png")
     log(f"registration: scale {sim.scale:.4g}, translation ({', '.join(f'{v:.3f}' for v in sim.translation)}); "
         f"picture: {run.root / 'registration.png'}")
@@ -253,14 +281,33 @@ def fit_capture(data, out, settings: FitSettings, resume: bool = False, static_p
     a_dyn = map_anchors(a, sim)
     centre = a_dyn.rest_positions.double().mean(0).numpy()
     size = float((a_dyn.rest_positions.max(0).values - a_dyn.rest_positions.min(0).values).max())
+    last = facts.n_frames - 1
+    if cap.ground_source == GROUND_AT_REST:  # capture.json "ground": "rest": the fit finds the floor
+        qkey = hash_key("rest-ground", gkey, last, facts.ground_normal)
+
+        def compute_ground(c):
+            log(f"ground: registering the static Gaussians onto frame {last}'s masks, where the object rests")
+            point, r = rest_ground(g_ref, mframes.cameras, mframes.alpha(last), facts.ground_normal, reg_settings,
+                                   progress, log)
+            return (point, r), {"loss": r.loss}
+
+        def save_ground(v, d):
+            write_json(d / "ground.json", {"point": v[0].tolist(), "normal": list(facts.ground_normal),
+                                           "similarity_last_frame": v[1].similarity.to_json(), "loss": v[1].loss})
+        point = stage("ground", qkey, compute_ground, save_ground,
+                      lambda d: read_json(d / "ground.json", dict)["point"])
+        facts = dataclasses.replace(facts, ground_point=tuple(float(c) for c in point))
+        source = f"{GROUND_AT_REST} (frame {last}): point ({', '.join(f'{c:.3f}' for c in point)})"
+    else:
+        source = dyn_ds.scene.raw.get('ground_source', 'scene.json')
     ground_picture(run.root / "ground.png", FrameCache(dyn_ds, d_scale), facts.ground_point, facts.ground_normal,
-                   facts.gravity, facts.n_frames - 1, size, centre)
-    log(f"ground: {dyn_ds.scene.raw.get('ground_source', 'scene.json')}; picture: {run.root / 'ground.png'}")
+                   facts.gravity, last, size, centre)
+    log(f"ground: {source}; picture: {run.root / 'ground.png'}")
 
     # 5-7. velocity, global search, dynamic (dynamic frame, masks)
     model = spring_model(a_dyn, facts, settings.physics())
     gw = white(g_dyn)
-    base = hash_key(gkey, "mapped")
+    base = hash_key(gkey, "mapped", facts.ground_point)
     if settings.velocity_frames:
         n_vel = settings.velocity_frames
     elif facts.contact_frame is not None:
@@ -271,24 +318,24 @@ def fit_capture(data, out, settings: FitSettings, resume: bool = False, static_p
     vs = settings.velocity(int(max(2, min(n_vel, facts.fit_frames))))
     vkey = stage_key("velocity", base, vs)
 
-    def compute_velocity():
+    def compute_velocity(c):
         log(f"stage 5/7: initial velocity from frames 0..{vs.frames - 1} (masks)")
-        r = velocity_stage.run(gw, model, a_dyn.binding, mframes, facts.frame_dt, vs, progress)
+        r = velocity_stage.run(gw, model, a_dyn.binding, mframes, facts.frame_dt, vs, progress, checkpoint=c)
         return r, {}
     vel = stage("velocity", vkey, compute_velocity,
                 lambda r, d: write_json(d / "velocity.json", {"v0": r.v0.tolist(), "frames": r.frames,
                                                               "losses": r.losses}),
-                lambda d: torch.tensor(read_json(d / "velocity.json", dict)["v0"]))
-    v0 = vel if torch.is_tensor(vel) else vel.v0
+                lambda d: velocity_stage.load_v0(d / "velocity.json"))
+    v0 = vel
     start, key, min_substeps = None, vkey, 0
     if settings.global_search:
         gs = settings.global_search_settings()
         key = stage_key("global", vkey, gs)
 
-        def compute_global():
+        def compute_global(c):
             log("stage 6/7: global search of log10 k, friction, kappa and the contact offset (masks)")
             return global_stage.run(gw, model, a_dyn.binding, v0, mframes, facts.fit_frames, facts.frame_dt, gs,
-                                    progress), {}
+                                    progress, checkpoint=c), {}
         found = stage("global", key, compute_global, lambda r, d: global_stage.save(r, d), global_stage.load)
         start, min_substeps = found.params, found.substeps
         model = model.with_physics(contact_offset=found.contact_offset)  # the unseen underside, as in runner.py
@@ -296,10 +343,11 @@ def fit_capture(data, out, settings: FitSettings, resume: bool = False, static_p
     vgg = hash_files([settings.vgg_weights]) if settings.vgg_weights else None
     dkey = hash_key(stage_key("dynamic", key, ds_settings), "eq19", dataclasses.asdict(cs), vgg)
 
-    def compute_dynamic():
+    def compute_dynamic(c):
         log(f"stage 7/7: stiffness, soft vector and friction on frames 0..{facts.fit_frames - 1} (Eq. 19 on masks)")
         return dynamic_stage.run(gw, model, a_dyn.binding, v0, mframes, facts.fit_frames, facts.frame_dt,
-                                 ds_settings, progress, start=start, min_substeps=min_substeps, image_loss=loss), {}
+                                 ds_settings, progress, start=start, min_substeps=min_substeps, image_loss=loss,
+                                 checkpoint=c), {}
     r = stage("dynamic", dkey, compute_dynamic, lambda r, d: dynamic_stage.save(r, d), dynamic_stage.load)
 
     asset = Asset(gaussians=g_dyn, model=model, binding=a_dyn.binding, params=r.params.to(torch.float32),
@@ -309,7 +357,7 @@ def fit_capture(data, out, settings: FitSettings, resume: bool = False, static_p
                         "n_frames": facts.n_frames, "image_scale": d_scale, "single_k": settings.single_k,
                         "soft_vector": settings.soft_vector,
                         "capture": {"source": str(cap.root.resolve()), "layout": cap.layout,
-                                    "registration": sim.to_json(), "ground": cap.ground_source,
+                                    "registration": sim.to_json(), "ground": source,
                                     "loss": "Eq. 19 on masks"}})
     save_settings(run.root / "settings.yaml", settings, {"data": str(Path(data).resolve()), "capture": True})
     save_asset(run.root / "asset", asset)
