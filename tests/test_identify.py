@@ -58,6 +58,33 @@ def test_global_search_finds_the_depth_of_the_unseen_underside():
     assert abs(r.contact_offset - 0.02) < 0.003, f"contact offset {r.contact_offset:.4f}, the video's 0.02"
 
 
+def test_a_ground_declared_too_low_is_raised_by_a_negative_offset():
+    """A video whose floor lies 2 cm above the declared one (a capture's floor estimated at rest
+    lies low by the object's sag): searched down to -contact_offset_max, the offset comes out
+    -2 cm, and the model it places has its ground plane raised by that, its offset 0. With the
+    default bounds (0..max) no offset is ever negative."""
+    model, binding, g, cams = cube_scene()
+    n = model.n_anchors
+    true = SpringParams(torch.full((n,), 2.5), torch.tensor(0.0), torch.tensor(friction_logit(0.5)))
+    up = torch.tensor(model.unit_normal())
+    raised = model.with_physics(ground_point=tuple((torch.tensor(model.ground_point) + 0.02 * up).tolist()))
+    _pos, video = render_video(raised, binding, g, cams, true, V0, N_FRAMES)
+    settings = _search_settings(search_friction=False, search_kappa=False, log_k_range=(2.4, 2.6), grid_points=2,
+                                cma_generations=3, cma_population=6, offset_points=5, contact_offset_min=-0.25)
+    r = global_search.run(g, model, binding, V0, video, N_FRAMES, 0.03, settings, progress=False)
+    assert abs(r.contact_offset + 0.02) < 0.003, f"contact offset {r.contact_offset:.4f}, the video's -0.02"
+    placed = global_search.placed(model, r.contact_offset)
+    assert placed.contact_offset == 0.0
+    assert torch.allclose(torch.tensor(placed.ground_point), torch.tensor(raised.ground_point), atol=0.003)
+    assert global_search.placed(model, 0.01).ground_point == model.ground_point
+    assert all(e["contact_offset"] >= 0 for e in global_search.run(
+        g, model, binding, V0, video, N_FRAMES, 0.03, dataclasses.replace(settings, contact_offset_min=0.0,
+                                                                            cma_generations=1),
+        progress=False).evaluations)
+    with pytest.raises(SgausError, match="contact_offset_min must lie in -1..0"):
+        dataclasses.replace(settings, contact_offset_min=0.1).check()
+
+
 def test_stiff_candidates_get_more_substeps_instead_of_infinity():
     """At 10 substeps per frame log10 k = 4.5 blows up; the search retries it with more substeps
     (up to max_substeps), scores it, and hands its substep count to the dense stage."""

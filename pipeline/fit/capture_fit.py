@@ -330,6 +330,8 @@ def _stages(cap, run: RunDir, data, settings: FitSettings, cs, loss, imported, s
     start, key, min_substeps = None, vkey, 0
     if settings.global_search:
         gs = settings.global_search_settings()
+        if cap.ground_source == GROUND_AT_REST:  # the estimate may lie low (a soft object sags): search above it too
+            gs = dataclasses.replace(gs, contact_offset_min=min(gs.contact_offset_min, -gs.contact_offset_max))
         key = stage_key("global", vkey, gs)
 
         def compute_global(c):
@@ -338,7 +340,12 @@ def _stages(cap, run: RunDir, data, settings: FitSettings, cs, loss, imported, s
                                     progress, checkpoint=c), {}
         found = stage("global", key, compute_global, lambda r, d: global_stage.save(r, d), global_stage.load)
         start, min_substeps = found.params, found.substeps
-        model = model.with_physics(contact_offset=found.contact_offset)  # the unseen underside, as in runner.py
+        model = global_stage.placed(model, found.contact_offset)  # the unseen underside, as in runner.py
+        if found.contact_offset < 0:  # an estimated floor that lay low: the search raised it
+            source += f"; raised by {-found.contact_offset:.4f} by the global search"
+            ground_picture(run.root / "ground.png", FrameCache(dyn_ds, d_scale), model.ground_point,
+                           facts.ground_normal, facts.gravity, last, size, centre)
+            log(f"ground: {source}; picture: {run.root / 'ground.png'}")
     ds_settings = dataclasses.replace(settings.dynamic(), lambda_dssim=settings.capture_lambda_dssim)
     vgg = hash_files([settings.vgg_weights]) if settings.vgg_weights else None
     dkey = hash_key(stage_key("dynamic", key, ds_settings), "eq19", dataclasses.asdict(cs), vgg)

@@ -66,8 +66,10 @@ class GlobalSearchSettings:
     bracket; cma_generations, cma_population: the CMA-ES budget (0 generations: bracket only);
     search_friction, search_kappa: whether CMA-ES also moves them; contact_offset_max: the largest
     contact offset searched, as a fraction of the anchors' height above their lowest point (0: not
-    searched; see taichi_sim.spring_model.SpringModel.contact_offset); offset_points: points of its
-    1-D bracket; regions, region_generations: R > 1 adds a last CMA-ES over R smooth region offsets
+    searched; see taichi_sim.spring_model.SpringModel.contact_offset); contact_offset_min: the
+    smallest, the same way (0 by default; negative where the declared ground may lie too low, as an
+    estimated one: a negative offset raises the ground plane instead, see :func:`placed`);
+    offset_points: points of its 1-D bracket; regions, region_generations: R > 1 adds a last CMA-ES over R smooth region offsets
     of log10 k around the global value (zero mean, within +-REGION_SPAN decades), for this many
     generations of cma_population; cameras: cameras scored per frame (evenly spread); silhouette_weight: weight of the
     alpha-vs-mask L1 term; lambda_dssim: D-SSIM weight of the image term; substeps, max_substeps:
@@ -81,6 +83,7 @@ class GlobalSearchSettings:
     search_friction: bool = True
     search_kappa: bool = True
     contact_offset_max: float = 0.25
+    contact_offset_min: float = 0.0
     offset_points: int = 5
     regions: int = 0
     region_generations: int = 4
@@ -105,6 +108,9 @@ class GlobalSearchSettings:
         if not (math.isfinite(self.contact_offset_max) and 0 <= self.contact_offset_max <= 1) or self.offset_points < 2:
             raise SgausError(f"global search: contact_offset_max must lie in 0..1 (a fraction of the object's "
                              f"height), got {self.contact_offset_max}, and offset_points must be >= 2")
+        if not (math.isfinite(self.contact_offset_min) and -1 <= self.contact_offset_min <= 0):
+            raise SgausError(f"global search: contact_offset_min must lie in -1..0 (a fraction of the object's "
+                             f"height), got {self.contact_offset_min}")
 
 
 @dataclass
@@ -180,7 +186,7 @@ class _Scorer:
                 self.hopeless = min(self.hopeless, float(log_stiffness.max()))
             return done["loss"]
         params = SpringParams(log_stiffness, torch.tensor(float(kappa)), torch.tensor(float(phi)))
-        model = self.model.with_physics(contact_offset=float(offset)) if offset else self.model
+        model = placed(self.model, float(offset)) if offset else self.model
         loss, substeps, hopeless = math.inf, None, False
         try:
             with torch.no_grad():
@@ -204,6 +210,18 @@ class _Scorer:
                                  "hopeless": hopeless,
                                  **({} if regions is None else {"regions": [float(v) for v in regions]})})
         return loss
+
+
+def placed(model: SpringModel, offset: float) -> SpringModel:
+    """The model with the contact offset ``offset`` found by the search: a positive one is how
+    deep the anchors may sink below the declared ground (SpringModel.contact_offset); a negative
+    one, searched only where the declared ground may lie too low, raises the ground plane itself
+    by that much (the offset stays 0)."""
+    if offset >= 0:
+        return model.with_physics(contact_offset=float(offset))
+    n = np.asarray(model.unit_normal(), np.float64)
+    point = np.asarray(model.ground_point, np.float64) - float(offset) * n
+    return model.with_physics(contact_offset=0.0, ground_point=tuple(float(c) for c in point))
 
 
 def _tell(es, candidates, values, best: float) -> None:
@@ -241,8 +259,9 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
     phi0 = float(settings.physics.init_friction_logit)
     soft = settings.physics.soft_vector
     kappa0 = float(settings.physics.init_kappa) if soft else -40.0
-    offset_max = settings.contact_offset_max * object_height(model) if model.ground_point is not None else 0.0
-    offset_points = settings.offset_points if offset_max > 0 else 0
+    height = object_height(model) if model.ground_point is not None else 0.0
+    offset_min, offset_max = settings.contact_offset_min * height, settings.contact_offset_max * height
+    offset_points = settings.offset_points if offset_max > offset_min else 0
     n_regions = min(settings.regions, model.n_anchors) if settings.regions > 1 else 0
     total = settings.grid_points + offset_points + settings.cma_population * (
         settings.cma_generations + (settings.region_generations if n_regions else 0))
@@ -272,9 +291,9 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
                             offset=f"{best[1][3]:.3f}")
         return value
 
-    # 1. the decade of the stiffness, at half the largest contact offset
+    # 1. the decade of the stiffness, at the middle of the contact offsets searched
     for log_k in np.linspace(lo, hi, settings.grid_points):
-        consider(float(log_k), phi0, kappa0, 0.5 * offset_max)
+        consider(float(log_k), phi0, kappa0, 0.5 * (offset_min + offset_max))
     rounds.append(best[0])
     if best[1] is None:
         bar.close()
@@ -282,12 +301,12 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
                          f"{settings.max_substeps} substeps per frame; narrow log_k_range or raise max_substeps")
     # 2. the contact offset at that stiffness (it sets when the object lands and how high it rests)
     if offset_points:
-        for offset in np.linspace(0.0, offset_max, offset_points):
+        for offset in np.linspace(offset_min, offset_max, offset_points):
             consider(best[1][0], phi0, kappa0, float(offset))
         rounds.append(best[0])
     # 3. everything together
-    moving = [True, settings.search_friction, settings.search_kappa and soft, offset_max > 0]
-    ranges = [(lo, hi), PHI_RANGE, KAPPA_RANGE, (0.0, max(offset_max, 1e-12))]
+    moving = [True, settings.search_friction, settings.search_kappa and soft, offset_max > offset_min]
+    ranges = [(lo, hi), PHI_RANGE, KAPPA_RANGE, (offset_min, max(offset_max, offset_min + 1e-12))]
     if settings.cma_generations and any(moving):
         dims = [i for i in range(4) if moving[i]]
 

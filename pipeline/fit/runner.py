@@ -284,7 +284,7 @@ def _stages(f: Fitter, data, settings: FitSettings, log) -> Path:
     if settings.global_search:
         found, k4 = f.global_(g2, model, a, v0, k4)
         start, min_substeps = found.params, found.substeps
-        model = model.with_physics(contact_offset=found.contact_offset)
+        model = global_stage.placed(model, found.contact_offset)
     r, _ = f.dynamic(g2, model, a, v0, k4, start, min_substeps)
     save_settings(f.run.root / "settings.yaml", settings, {"data": str(Path(data).resolve())})
     save_asset(f.run.root / "asset", f.make_asset(g2, model, a, v0, r))

@@ -67,6 +67,9 @@ class FitSettings:
       global_cameras: cameras scored per frame (an even spread).
       global_contact_offset_max: the largest contact offset searched (how deep the anchors may
         sink below the ground: the unseen underside), as a fraction of the object's height; 0 = none.
+      global_contact_offset_min: the smallest (0; negative raises the ground plane instead, for a
+        ground that may lie too low: a capture's floor estimated at rest searches down to
+        -global_contact_offset_max).
       global_offset_points: points of the contact offset's 1-D bracket.
       global_regions, global_region_generations: R > 1 ends the search with CMA-ES over R smooth
         region offsets of log10 k (coarse heterogeneity, before the dense field), for this many
@@ -148,6 +151,7 @@ class FitSettings:
     global_cma_population: int = 8
     global_cameras: int = 4
     global_contact_offset_max: float = 0.25
+    global_contact_offset_min: float = 0.0
     global_offset_points: int = 5
     global_regions: int = 4
     global_region_generations: int = 4
@@ -229,7 +233,8 @@ class FitSettings:
         return GlobalSearchSettings(
             (self.global_log_k_min, self.global_log_k_max), self.global_grid_points, self.global_cma_generations,
             self.global_cma_population, search_friction=True, search_kappa=self.soft_vector,
-            contact_offset_max=self.global_contact_offset_max, offset_points=self.global_offset_points,
+            contact_offset_max=self.global_contact_offset_max, contact_offset_min=self.global_contact_offset_min,
+            offset_points=self.global_offset_points,
             regions=self.global_regions, region_generations=self.global_region_generations,
             cameras=self.global_cameras, silhouette_weight=self.silhouette_weight, lambda_dssim=self.lambda_dssim,
             substeps=self.substeps, max_substeps=self.max_substeps, seed=self.seed, physics=self.physics())
