@@ -17,7 +17,7 @@ from taichi_sim.errors import SgausError
 
 FIT = ["--preset", "tiny", "--quiet", "--set", "image_size=160", "--set", "static_iterations=200",
        "--set", "registration_iterations=30", "--set", "registration_hypotheses=12", "--set", "iterations=4",
-       "--set", "global_cma_generations=2", "--set", "velocity_iterations=40"]
+       "--set", "global_cma_generations=2", "--set", "velocity_iterations=40", "--set", "refine_iterations=300"]
 
 
 @pytest.fixture(scope="session")
@@ -441,8 +441,10 @@ def test_fit_and_eval_a_capture(capture, tmp_path):
     from pipeline.fit.registration import Similarity
 
     truth, gt = _truth(capture)
-    print("fit registration errors (static stage's Gaussians):",
-          registration_errors(Similarity.from_json(reg["similarity"]), truth, gt))
+    rot, scale, trans = registration_errors(Similarity.from_json(reg["similarity"]), truth, gt)
+    print(f"fit registration errors (static stage's Gaussians): rotation {rot:.2f} deg, scale {100 * scale:+.2f} %, "
+          f"translation {100 * trans:.2f} % of the size")
+    assert rot < 2.0 and abs(scale) < 0.02 and trans < 0.02
     r = invoke("eval", run, "--quiet")
     assert r.exit_code == 0, r.output
     m = json.loads((run / "eval/metrics.json").read_text())
