@@ -60,9 +60,8 @@ from pipeline.fit.capture_settings import capture_settings
 from pipeline.fit.geometry import detect_contact_frame
 from pipeline.fit.physics import spring_model
 from pipeline.fit.registration import RegistrationSettings, Similarity, overlay_picture, register, rest_ground
-from pipeline.data.runlock import describe as describe_lock
-from pipeline.fit.checkpoint import Checkpoint
-from pipeline.fit.runner import deterministic, image_scale, scene_facts, stage_key, write_loss_plot
+from pipeline.fit.runner import (deterministic, image_scale, open_fit_run, scene_facts, stage_checkpoint, stage_key,
+                                 write_loss_plot)
 from pipeline.fit.settings import FitSettings, save_settings
 from pipeline.fit.static import carve_hull, reconstruct_static, viewing_box
 from taichi_sim.binding import apply_binding
@@ -166,11 +165,8 @@ def fit_capture(data, out, settings: FitSettings, resume: bool = False, static_p
                         settings.capture_lambda_percep, settings.vgg_weights or None, log)
     imported = read_splat_ply(static_ply) if static_ply else None
     with deterministic():
-        run = RunDir(out, resume=resume, overwrite=overwrite, protect=[cap.root], writer=True, lock="sgaus fit")
+        run = open_fit_run(out, resume, overwrite, [cap.root], log)
         try:
-            if run.lock.taken_over:
-                log(f"took over the lock of {run.lock.root}: its holder, "
-                    f"{describe_lock(run.lock.taken_over)}, is no longer running")
             return _stages(cap, run, data, settings, cs, loss, imported, static_ply, progress, log)
         finally:
             run.release()
@@ -204,10 +200,7 @@ def _stages(cap, run: RunDir, data, settings: FitSettings, cs, loss, imported, s
         stage starts from the same values whether this one ran now or in a killed process.
         ``compute(checkpoint)`` returns (value, info)."""
         if not run.cached(name, key):
-            c = Checkpoint(run.root / "stages" / f"{name}.checkpoint", name, key, settings.checkpoints(),
-                           resume=run.resume, log=log)
-            if not run.resume:
-                c.discard()
+            c = stage_checkpoint(run, name, key, settings, log)
             value, info = compute(c)
             with run.write_stage(name, key, info) as d:
                 save(value, d)

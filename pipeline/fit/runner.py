@@ -89,6 +89,26 @@ def image_scale(ds: VideoDataset, settings: FitSettings) -> float:
     return 1.0 if settings.image_size <= 0 or settings.image_size >= side else settings.image_size / side
 
 
+def open_fit_run(out, resume: bool, overwrite: bool, protect, log) -> RunDir:
+    """The run directory a fit writes, its writer lock taken (pipeline/data/runlock.py): a second
+    writer is refused; the stale lock of a killed one is taken over, and that is said."""
+    run = RunDir(out, resume=resume, overwrite=overwrite, protect=protect, writer=True, lock="sgaus fit")
+    if run.lock.taken_over:
+        log(f"took over the lock of {run.lock.root}: its holder, {describe_lock(run.lock.taken_over)}, "
+            "is no longer running")
+    return run
+
+
+def stage_checkpoint(run: RunDir, name: str, key: str, settings: FitSettings, log) -> Checkpoint:
+    """The checkpoint of stage ``name`` run with ``key`` (RUN/stages/<name>.checkpoint, beside its
+    output directory); a fit from scratch discards any an earlier fit left."""
+    c = Checkpoint(run.root / "stages" / f"{name}.checkpoint", name, key, settings.checkpoints(),
+                   resume=run.resume, log=log)
+    if not run.resume:
+        c.discard()
+    return c
+
+
 class Fitter:
     """Runs (or reuses, with ``resume``) the stages of one fit into the run directory ``out``."""
 
@@ -97,12 +117,8 @@ class Fitter:
         self.ds = load_dataset(data)
         self.settings = settings
         self.facts = scene_facts(self.ds, settings, gravity, ground)
-        self.run = RunDir(out, resume=resume, overwrite=overwrite, protect=[self.ds.root], writer=True,
-                          lock="sgaus fit")
+        self.run = open_fit_run(out, resume, overwrite, [self.ds.root], log)
         try:
-            if self.run.lock.taken_over:
-                log(f"took over the lock of {self.run.lock.root}: its holder, "
-                    f"{describe_lock(self.run.lock.taken_over)}, is no longer running")
             self.scale = image_scale(self.ds, settings)
             self.frames = FrameCache(self.ds, self.scale)
             self.progress, self.log = progress, log
@@ -124,11 +140,7 @@ class Fitter:
 
     def checkpoint(self, name: str, key: str) -> Checkpoint:
         """The checkpoint of stage ``name`` run with ``key`` (beside its output directory)."""
-        c = Checkpoint(self.run.root / "stages" / f"{name}.checkpoint", name, key, self.settings.checkpoints(),
-                       resume=self.run.resume, log=self.log)
-        if not self.run.resume:  # a fit from scratch: no state of an earlier fit survives
-            c.discard()
-        return c
+        return stage_checkpoint(self.run, name, key, self.settings, self.log)
 
     def _written(self, name: str, c: Checkpoint) -> None:
         c.discard()
