@@ -92,7 +92,10 @@ def _model_constants(doc: dict, path: Path) -> dict:
            "dead_zone": number(m, "dead_zone", path, "model", low=0),
            # assets written before the contact offset existed collide with the plane itself
            "contact_offset": number(m, "contact_offset", path, "model", low=0) if "contact_offset" in m else 0.0}
-    for key, allowed in (("force_law", FORCE_LAWS), ("friction_mode", FRICTION_MODES)):
+    # assets written before "pair" existed gave each anchor's springs its own stiffness
+    m = {"spring_stiffness": "anchor", **m}
+    for key, allowed in (("force_law", FORCE_LAWS), ("friction_mode", FRICTION_MODES),
+                         ("spring_stiffness", SPRING_STIFFNESS)):
         if m.get(key) not in allowed:
             raise SgausError(f"{path}: 'model.{key}' must be one of {', '.join(allowed)}, got {m.get(key)!r}")
         out[key] = m[key]

@@ -107,7 +107,8 @@ def _rest_1d(rest: ti.template(), e, inv_rest, law: ti.template()):
 
 @ti.kernel
 def substep_forward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: NDA, eta: NDA, prm: NDA,
-                    x_out: NDA, v_out: NDA, vh_out: NDA, contact: NDA, law: ti.template(), p: ti.template()):
+                    x_out: NDA, v_out: NDA, vh_out: NDA, contact: NDA, law: ti.template(), p: ti.template(),
+                    pair: ti.template()):
     n_springs = nbr.shape[1]
     ti.loop_config(block_dim=BLOCK)
     for i in range(x.shape[0]):
@@ -129,8 +130,11 @@ def substep_forward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: N
             phi_rel, _dphi = _law(ext_rel, _rest(rest, i, jj, il, law), p, law)
             phi_rel = ti.select(ti.abs(ext_rel) >= dead * il, phi_rel, phi_rel * 0)  # dead zone |l-L0| < dead
             w = vi - _vec(v, n)
+            kij = ki
+            if ti.static(pair):  # the spring's own stiffness sqrt(k_i k_n): the same at both ends
+                kij = ti.sqrt(ki * stiff[n])
             # Eq. 9 with k_ij = k_i / L0 (Eq. 16) and Eq. 10 with zeta_ij = zeta0 / L0 (Eq. 17)
-            force -= (ki * eta[jj] * phi_rel + (zeta0 * il) * w.dot(u)) * u
+            force -= (kij * eta[jj] * phi_rel + (zeta0 * il) * w.dot(u)) * u
         vh = vi + (force * prm[P_INV_MASS] + _prm_vec(prm, P_G)) * dt  # Eq. 12
         xh = xi + vh * dt  # Eq. 13
         touching = 0
@@ -187,7 +191,7 @@ def _spring_geometry(d, w, inv_rest, rest_l, zeta0, p: ti.template(), dead, law:
 def spring_backward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: NDA, eta: NDA, prm: NDA,
                     mutual_k: NDA, gx_direct: NDA, gv_direct: NDA, g_force: NDA,
                     deta: NDA, gx_out: NDA, gv_out: NDA, g_stiff: NDA, g_kappa: NDA, law: ti.template(),
-                    p: ti.template()):
+                    p: ti.template(), pair: ti.template()):
     """Adjoint of a spring's force f = -K phi/L0 u - c (w.u) u (K = k eta, c = zeta0/L0) for the
     upstream g = dL/df: with P = I - u u^T,
     (df/dd)^T g = (u.g) (A + B - K phi'/L0) u - A g - B' w,  A = (K phi/L0 + c w.u)/l,
@@ -220,7 +224,10 @@ def spring_backward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: N
             u, inv_len, phi_rel, dphi_rel, wu, c = _spring_geometry(
                 xa - _vec(x, n), w, il, _rest(rest, a, jj, il, law), zeta0, p, dead, law)
             eta_j = eta[jj]
-            k1 = ka * eta_j
+            kp = ka  # the spring's stiffness before the soft vector
+            if ti.static(pair):
+                kp = ti.sqrt(ka * stiff[n])
+            k1 = kp * eta_j
             km = mutual_k[a, jj]
             gn = _vec(g_force, n) * ti.select(km >= 0, ka * 0 + 1, ka * 0)  # zero unless mutual
             k2 = ti.max(km, 0)
@@ -231,14 +238,19 @@ def spring_backward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: N
             a1 = inv_len * k1 * phi_rel + b
             a2 = inv_len * k2 * phi_rel + b
             coef_ga -= a1
-            gphi = -phi_rel * ug1  # d f / d(k_a), per unit eta_j
-            gk += eta_j * gphi
-            gkappa += gphi * deta[jj]
+            gphi = -phi_rel * ug1  # d L / d k1, the stiffness of a's spring
+            if ti.static(pair):  # k1 = sqrt(k_a k_n) eta_j and n's mutual spring k2 = sqrt(k_n k_a) eta_q
+                gk += (gphi * k1 + phi_rel * ugn * k2) * (0.5 / ka)
+                gkappa += gphi * deta[jj] * kp
+            else:
+                gk += eta_j * gphi
+                gkappa += gphi * deta[jj]
             gx += (ug1 * (a1 + b - k1 * dphi_rel) - ugn * (a2 + b - k2 * dphi_rel)) * u \
                 + (cl * (ugn - ug1)) * w + a2 * gn
             gv += (c * (ugn - ug1)) * u
         gx += coef_ga * ga
-        gkappa *= ka
+        if ti.static(not pair):
+            gkappa *= ka
         g_stiff[a] = g_stiff[a] + gk  # each anchor owns its entry: no atomic (+= would be one)
         g_kappa[a] = g_kappa[a] + gkappa
         _put(gx_out, a, gx)
@@ -247,15 +259,17 @@ def spring_backward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: N
 
 @ti.kernel
 def spring_backward_reverse(x: NDA, v: NDA, g_force: NDA, prm: NDA, rev_ptr: NDA, rev_src: NDA, rev_rest: NDA,
-                            rev_inv_rest: NDA, rev_k: NDA, gx_out: NDA, gv_out: NDA, law: ti.template(),
-                            p: ti.template()):
+                            rev_inv_rest: NDA, rev_k: NDA, stiff: NDA, gx_out: NDA, gv_out: NDA, g_stiff: NDA,
+                            law: ti.template(), p: ti.template(), pair: ti.template()):
     """Adds to (gx_out, gv_out) the gradient through the springs of the reverse adjacency (see
-    :func:`spring_backward`)."""
+    :func:`spring_backward`), and with ``pair`` to g_stiff the gradient of their stiffness
+    sqrt(k_src k_a) eta with respect to k_a."""
     ti.loop_config(block_dim=BLOCK)
     for a in range(x.shape[0]):
         xa, va, zeta0, dead = _anchor(x, v, prm, a)
         gx = xa * 0
         gv = xa * 0
+        gk = stiff[a] * 0
         for e in range(rev_ptr[a], rev_ptr[a + 1]):  # the other springs of other anchors that end at a
             i = rev_src[e]
             il = rev_inv_rest[e]
@@ -270,20 +284,34 @@ def spring_backward_reverse(x: NDA, v: NDA, g_force: NDA, prm: NDA, rev_ptr: NDA
             ai = inv_len * k * phi_rel + b
             gx -= (ug * (ai + b - k * dphi_rel)) * u - ai * g - (cl * ug) * w
             gv += (c * ug) * u
+            if ti.static(pair):
+                gk -= phi_rel * ug * k
+        if ti.static(pair):
+            g_stiff[a] = g_stiff[a] + gk * (0.5 / stiff[a])
         _put(gx_out, a, _vec(gx_out, a) + gx)
         _put(gv_out, a, _vec(gv_out, a) + gv)
 
 
 @ti.kernel
-def stiffness_tables(nbr: NDA, mutual: NDA, rev_flat: NDA, stiff: NDA, eta: NDA, mutual_k: NDA, rev_k: NDA):
+def stiffness_tables(nbr: NDA, mutual: NDA, rev_flat: NDA, stiff: NDA, eta: NDA, mutual_k: NDA, rev_k: NDA,
+                     pair: ti.template()):
     """Per-rollout tables of :func:`spring_backward` and :func:`spring_backward_reverse`:
-    mutual_k[a, jj] = stiff[n] * eta[q] for a mutual pair (q = mutual[a, jj] >= 0), else -1;
-    rev_k[e] = stiff * eta of the spring at flat index rev_flat[e] of [N,K], 0 for padding (-1)."""
+    mutual_k[a, jj] = k * eta[q] of n's spring to a for a mutual pair (q = mutual[a, jj] >= 0), else
+    -1; rev_k[e] = k * eta of the spring at flat index rev_flat[e] of [N,K], 0 for padding (-1).
+    k is its owner's stiffness, or with ``pair`` sqrt(k_owner k_end)."""
     n_springs = nbr.shape[1]
     for a, jj in ti.ndrange(nbr.shape[0], n_springs):
         q = mutual[a, jj]
-        mutual_k[a, jj] = ti.select(q >= 0, stiff[nbr[a, jj]] * eta[ti.max(q, 0)], -1.0)
+        n = nbr[a, jj]
+        k = stiff[n]
+        if ti.static(pair):
+            k = ti.sqrt(stiff[n] * stiff[a])
+        mutual_k[a, jj] = ti.select(q >= 0, k * eta[ti.max(q, 0)], -1.0)
     for e in range(rev_flat.shape[0]):
         f = rev_flat[e]
         g = ti.max(f, 0)
-        rev_k[e] = ti.select(f >= 0, stiff[g // n_springs] * eta[g % n_springs], 0.0)
+        src = g // n_springs
+        k = stiff[src]
+        if ti.static(pair):
+            k = ti.sqrt(stiff[src] * stiff[nbr[src, g % n_springs]])
+        rev_k[e] = ti.select(f >= 0, k * eta[g % n_springs], 0.0)

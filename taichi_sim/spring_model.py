@@ -32,6 +32,7 @@ FORCE_LAWS = ("smooth", "paper")
 # (the substep of the authors' synthetic setting: 0.03 s frames of 100 substeps), so one fitted value
 # means the same at any substep count. "per_substep" applies it once per substep, as the authors do.
 FRICTION_MODES = ("per_time", "per_substep")
+SPRING_STIFFNESS = ("anchor", "pair")
 FRICTION_REFERENCE_DT = 3e-4
 
 
@@ -72,6 +73,11 @@ class SpringModel:
                     ground plane: anchors volume-sampled from cameras above the object reach below
                     its unseen underside, and the fit identifies this depth from the dynamics
                     (pipeline/fit/global_search.py); the plane itself stays where it is declared
+    spring_stiffness: "anchor"  "anchor": each anchor's springs pull it with its own k_i (Eq. 9, the
+                    authors' form; where k varies, the two ends of a spring feel different forces, so a
+                    stiffness field that is not uniform pushes the object by itself); "pair": a
+                    spring's stiffness is sqrt(k_i k_j), the same seen from both ends (a mutual pair
+                    then pulls both ends equally, whatever the field)
     """
 
     rest_positions: torch.Tensor
@@ -88,10 +94,11 @@ class SpringModel:
     dead_zone: float = 1e-6
     friction_mode: str = "per_substep"
     contact_offset: float = 0.0
+    spring_stiffness: str = "anchor"
     tables: dict = field(default_factory=dict, repr=False, compare=False)
 
     PHYSICS = ("mass", "gravity", "ground_point", "ground_normal", "force_law", "p_k", "zeta0", "n_c",
-               "dead_zone", "friction_mode", "contact_offset")
+               "dead_zone", "friction_mode", "contact_offset", "spring_stiffness")
 
     def __post_init__(self) -> None:
         put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -109,6 +116,9 @@ class SpringModel:
             raise SgausError(f"force_law must be one of {', '.join(FORCE_LAWS)}, got {self.force_law!r}")
         if self.friction_mode not in FRICTION_MODES:
             raise SgausError(f"friction_mode must be one of {', '.join(FRICTION_MODES)}, got {self.friction_mode!r}")
+        if self.spring_stiffness not in SPRING_STIFFNESS:
+            raise SgausError(f"spring_stiffness must be one of {', '.join(SPRING_STIFFNESS)}, got "
+                             f"{self.spring_stiffness!r}")
         for name in ("p_k", "zeta0", "dead_zone", "contact_offset"):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value >= 0):
@@ -273,4 +283,4 @@ def build_spring_model(anchors: torch.Tensor, k_neighbors: int, **physics) -> Sp
 
 
 __all__ = ["SpringModel", "build_spring_model", "nearest_springs", "vec3", "FORCE_LAWS", "FRICTION_MODES",
-           "FRICTION_REFERENCE_DT"]
+           "SPRING_STIFFNESS", "FRICTION_REFERENCE_DT"]

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from taichi_sim import spring_kernels as K
 from taichi_sim.runtime import require_taichi
-from taichi_sim.spring_model import FORCE_LAWS, FRICTION_REFERENCE_DT, SpringModel
+from taichi_sim.spring_model import FORCE_LAWS, FRICTION_REFERENCE_DT, SPRING_STIFFNESS, SpringModel
 from taichi_sim.spring_params import SpringParams, friction_from_logit, soft_vector
 from taichi_sim.errors import SgausError
 
@@ -147,6 +147,7 @@ class RolloutInputs:
     max_speed: float
     law: int
     p_k: float
+    pair: int = 0  # 1: a spring's stiffness is sqrt(k_i k_j) (SpringModel.spring_stiffness "pair")
 
 
 def _scalar(t, name: str, dtype) -> torch.Tensor:
@@ -211,6 +212,7 @@ def prepare_inputs(model: SpringModel, params: SpringParams, state0: SpringState
         neighbors=model.neighbors.to(dev), rest_length=model.rest_length.to(device=dev, dtype=dtype),
         prm=prm, n_frames=int(n_frames), substeps=integrator.substeps, max_speed=float(max_speed),
         law=FORCE_LAWS.index(model.force_law), p_k=float(model.p_k),
+        pair=SPRING_STIFFNESS.index(model.spring_stiffness),
     )
 
 
@@ -251,11 +253,12 @@ class FrameStepper:
         adjacency (0 for padding)."""
         self.mutual_k = torch.empty_like(self.rest)
         self.rev_k = torch.empty_like(self.rev_rest)
-        K.stiffness_tables(self.nbr, self.mutual, self.rev_flat, self.stiff, self.eta, self.mutual_k, self.rev_k)
+        K.stiffness_tables(self.nbr, self.mutual, self.rev_flat, self.stiff, self.eta, self.mutual_k, self.rev_k,
+                           self.inputs.pair)
 
     def step(self, x, v, x_out, v_out, vh_out, contact_out) -> None:
         K.substep_forward(x, v, self.nbr, self.rest, self.inv_rest, self.stiff, self.eta, self.prm,
-                          x_out, v_out, vh_out, contact_out, self.inputs.law, self.inputs.p_k)
+                          x_out, v_out, vh_out, contact_out, self.inputs.law, self.inputs.p_k, self.inputs.pair)
 
     def grad_step(self, x, v, vh, contact, gx, gv, g_stiff, g_kappa, g_friction, scratch) -> None:
         """Adjoint of one substep from (x, v) (and its recorded vh, contact): (gx, gv), the gradient
@@ -266,11 +269,12 @@ class FrameStepper:
         if self.mutual_k is None:
             self._stiffness_tables()
         K.ground_backward(gx, gv, vh, contact, self.prm, gxd, gvd, gforce, g_friction)
-        law, p_k = self.inputs.law, self.inputs.p_k
+        law, p_k, pair = self.inputs.law, self.inputs.p_k, self.inputs.pair
         K.spring_backward(x, v, self.nbr, self.rest, self.inv_rest, self.stiff, self.eta, self.prm, self.mutual_k,
-                          gxd, gvd, gforce, self.deta, gx, gv, g_stiff, g_kappa, law, p_k)
+                          gxd, gvd, gforce, self.deta, gx, gv, g_stiff, g_kappa, law, p_k, pair)
         K.spring_backward_reverse(x, v, gforce, self.prm, self.rev_ptr, self.rev_src, self.rev_rest,
-                                  self.rev_inv_rest, self.rev_k, gx, gv, law, p_k)
+                                  self.rev_inv_rest, self.rev_k, self.stiff, gx, gv, g_stiff, law, p_k,
+                                  pair)
 
     def run(self, x, v, x_out, v_out) -> None:
         """Advance one frame from (x, v), writing the end state into (x_out, v_out)."""

@@ -23,9 +23,10 @@ from taichi_sim.spring_rollout import (
 
 def substep(x: torch.Tensor, v: torch.Tensor, neighbors: torch.Tensor, rest_length: torch.Tensor,
             stiffness: torch.Tensor, eta: torch.Tensor, friction: torch.Tensor, prm: torch.Tensor,
-            law: int) -> tuple[torch.Tensor, torch.Tensor]:
+            law: int, pair: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """One substep: x, v [N,3] -> x', v' [N,3] (Eq. 9-14). ``prm`` as in spring_kernels.py;
-    ``friction`` is taken from its own (differentiable) argument, not from prm."""
+    ``friction`` is taken from its own (differentiable) argument, not from prm; ``pair``: a
+    spring's stiffness is sqrt(k_i k_j) instead of its owner's k_i."""
     dt, inv_m, zeta0, p, dead = (prm[i] for i in (P_DT, P_INV_MASS, P_ZETA0, P_PK, P_DEAD))
     d = x[:, None, :] - x[neighbors]  # [N,K,3] from neighbour to anchor
     length = torch.linalg.vector_norm(d, dim=-1)  # [N,K]
@@ -39,7 +40,8 @@ def substep(x: torch.Tensor, v: torch.Tensor, neighbors: torch.Tensor, rest_leng
         h = torch.pow(1.0 + safe_ext.abs() / rest_length, p)
     else:
         h = torch.pow(safe_ext.abs(), p)
-    magnitude = torch.where(springy, stiffness[:, None] / rest_length * eta[None, :] * safe_ext * h,
+    k = torch.sqrt(stiffness[:, None] * stiffness[neighbors]) if pair else stiffness[:, None]
+    magnitude = torch.where(springy, k / rest_length * eta[None, :] * safe_ext * h,
                             torch.zeros_like(ext))
     w = v[:, None, :] - v[neighbors]
     damping = torch.where(live, zeta0 / rest_length * (w * u).sum(-1), torch.zeros_like(ext))
@@ -57,7 +59,8 @@ def substep(x: torch.Tensor, v: torch.Tensor, neighbors: torch.Tensor, rest_leng
 
 def _frame(x, v, stiffness, eta, friction, prep: RolloutInputs):
     for _ in range(prep.substeps):
-        x, v = substep(x, v, prep.neighbors, prep.rest_length, stiffness, eta, friction, prep.prm, prep.law)
+        x, v = substep(x, v, prep.neighbors, prep.rest_length, stiffness, eta, friction, prep.prm, prep.law,
+                       prep.pair)
     return x, v
 
 

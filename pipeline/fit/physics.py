@@ -32,7 +32,8 @@ class PhysicsSettings:
 
     n_c: neighbours with soft-vector weight 1 (Eq. 8); p_k, force_law: the force law (Eq. 9);
     zeta0: damping (Eq. 17); mass: per anchor; friction_mode: "per_substep" (the authors') or
-    "per_time" (taichi_sim.spring_model); init_log_stiffness, init_kappa, init_friction_logit:
+    "per_time" (taichi_sim.spring_model); spring_stiffness: "anchor" (each anchor's own k, the
+    authors') or "pair" (sqrt(k_i k_j) per spring, taichi_sim.spring_model); init_log_stiffness, init_kappa, init_friction_logit:
     starting log10 k, kappa and phi; soft_vector: False gives every spring weight 1 (Table 3).
     """
 
@@ -42,6 +43,7 @@ class PhysicsSettings:
     zeta0: float = 0.1
     mass: float = 1.0
     friction_mode: str = "per_substep"
+    spring_stiffness: str = "anchor"
     init_log_stiffness: float = 3.0
     init_kappa: float = 0.0
     init_friction_logit: float = -1.0
@@ -59,6 +61,6 @@ def spring_model(anchors: Anchors, facts: SceneFacts, physics: PhysicsSettings) 
     model = SpringModel(anchors.rest_positions, anchors.neighbors, anchors.rest_length, mass=physics.mass,
                         gravity=facts.gravity, ground_point=facts.ground_point, ground_normal=facts.ground_normal,
                         force_law=physics.force_law, p_k=physics.p_k, zeta0=physics.zeta0, n_c=physics.n_c,
-                        friction_mode=physics.friction_mode)
+                        friction_mode=physics.friction_mode, spring_stiffness=physics.spring_stiffness)
     model.kernel_topology(anchors.rest_positions.device)
     return model

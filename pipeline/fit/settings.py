@@ -23,7 +23,7 @@ from pipeline.fit.refine import RefineSettings
 from pipeline.fit.static import StaticSettings
 from pipeline.fit.velocity import VelocitySettings
 from taichi_sim.errors import SgausError
-from taichi_sim.spring_model import FRICTION_MODES
+from taichi_sim.spring_model import FRICTION_MODES, SPRING_STIFFNESS
 
 
 @dataclass
@@ -50,6 +50,8 @@ class FitSettings:
       zeta0, mass: damping (Eq. 17) and mass per anchor.
       friction_mode: "per_time" (the ground's tangential factor per 0.3 ms of contact: the same
         slide at any substep count) or "per_substep" (every substep, the authors' form).
+      spring_stiffness: "anchor" (a spring pulls its owner with the owner's k_i: the authors' form) or
+        "pair" (a spring's stiffness is sqrt(k_i k_j), the same from both ends).
       substeps: simulation substeps per frame (raised by 50 on instability, up to max_substeps).
     Refine (Gaussians at their bound positions, colour/opacity/scale refined)
       refine_iterations, refine_lr.
@@ -121,6 +123,7 @@ class FitSettings:
     zeta0: float = 0.1
     mass: float = 1.0
     friction_mode: str = "per_time"
+    spring_stiffness: str = "anchor"
     substeps: int = 60
     max_substeps: int = 500
     refine_iterations: int = 200
@@ -185,6 +188,9 @@ class FitSettings:
             raise SgausError(f"n_c must lie in [0, k_neighbors], got {self.n_c}")
         if self.force_law not in ("smooth", "paper"):
             raise SgausError(f"force_law must be 'smooth' or 'paper', got {self.force_law!r}")
+        if self.spring_stiffness not in SPRING_STIFFNESS:
+            raise SgausError(f"spring_stiffness must be one of {', '.join(SPRING_STIFFNESS)}, got "
+                             f"{self.spring_stiffness!r}")
         if self.friction_mode not in FRICTION_MODES:
             raise SgausError(f"friction_mode must be one of {', '.join(FRICTION_MODES)}, got {self.friction_mode!r}")
         for f in dataclasses.fields(self):
@@ -222,7 +228,7 @@ class FitSettings:
 
     def physics(self) -> PhysicsSettings:
         return PhysicsSettings(self.n_c, self.p_k, self.force_law, self.zeta0, self.mass, self.friction_mode,
-                               self.init_log_stiffness, self.init_kappa, self.init_friction_logit, self.soft_vector)
+                               self.spring_stiffness, self.init_log_stiffness, self.init_kappa, self.init_friction_logit, self.soft_vector)
 
     def velocity(self, frames: int) -> VelocitySettings:
         """``frames``: the frames before contact, resolved by the caller (velocity_frames or detection)."""
