@@ -25,7 +25,7 @@ from pipeline.data.gaussians import Gaussians, load_ply, save_ply
 from pipeline.data.schema import integer, matrix, number, read_json, vector3
 from taichi_sim.binding import Binding
 from taichi_sim.errors import SgausError
-from taichi_sim.spring_model import FORCE_LAWS, FRICTION_MODES, SpringModel
+from taichi_sim.spring_model import FORCE_LAWS, FRICTION_MODES, SPRING_STIFFNESS, SpringModel
 from taichi_sim.spring_params import SpringParams
 from taichi_sim.spring_rollout import Integrator
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from taichi_sim import spring_torch
+from taichi_sim.errors import SgausError
 from taichi_sim.spring_model import SpringModel, build_spring_model
 from taichi_sim.spring_params import SpringParams, friction_from_logit, friction_logit, soft_vector
 from taichi_sim.spring_rollout import Integrator, SimulationUnstable, SpringState, rollout, rollout_with_retry
@@ -293,3 +294,42 @@ def test_contact_offset_moves_the_collision_plane_not_the_ground(backend, tmp_pa
     del doc["model"]["contact_offset"]
     doc_path.write_text(json.dumps(doc))
     assert load_asset(tmp_path / "a").model.contact_offset == 0.0
+
+
+@pytest.mark.parametrize("backend", ["taichi", "torch"])
+def test_pair_stiffness_pulls_both_ends_of_a_spring_equally(backend):
+    """Two anchors, each the other's only neighbour, stiffness 100x apart, stretched, weightless:
+    with "pair" the spring pulls both ends equally (the centre of mass stays put); with each
+    anchor's own k (the authors' form) the stiff end is pulled harder and the pair drifts."""
+    rest = torch.tensor([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0]], dtype=torch.float64)
+    start = torch.tensor([[0.0, 0.0, 0.0], [0.13, 0.0, 0.0]], dtype=torch.float64)
+    params = SpringParams(torch.tensor([1.0, 3.0], dtype=torch.float64), torch.tensor(0.0), torch.tensor(0.0))
+    simulate = rollout if backend == "taichi" else spring_torch.rollout
+    drift = {}
+    for mode in ("anchor", "pair"):
+        model = build_spring_model(rest, 1, n_c=1, ground_point=None, gravity=(0.0, 0.0, 0.0), dead_zone=0.0,
+                                   spring_stiffness=mode)
+        traj = simulate(model, params, SpringState(start, torch.zeros(3)), 3, Integrator(frame_dt=0.01, substeps=50))
+        moved = traj.positions[-1] - traj.positions[0]
+        assert float(moved.abs().max()) > 1e-3, "the spring must move the anchors"
+        drift[mode] = float(traj.positions[-1].mean(0).sub(traj.positions[0].mean(0)).norm())
+    assert drift["pair"] < 1e-12
+    assert drift["anchor"] > 1e-3
+
+
+def test_pair_stiffness_is_the_anchor_form_when_the_field_is_uniform():
+    g = torch.Generator().manual_seed(3)
+    pts = torch.rand(40, 3, generator=g, dtype=torch.float64) * 0.2 + torch.tensor([0.0, 0.01, 0.0], dtype=torch.float64)
+    params = SpringParams(torch.full((40,), 2.5, dtype=torch.float64), torch.tensor(0.5), torch.tensor(-1.0))
+    out = []
+    for mode in ("anchor", "pair"):
+        model = build_spring_model(pts, 8, n_c=3, spring_stiffness=mode)
+        out.append(rollout(model, params, SpringState(pts, torch.tensor([0.3, -1.0, 0.0])), 4,
+                           Integrator(frame_dt=0.03, substeps=20)).positions)
+    assert float((out[0] - out[1]).abs().max()) < 1e-12
+
+
+def test_spring_stiffness_is_checked_and_saved_with_an_asset():
+    with pytest.raises(SgausError, match="spring_stiffness must be one of anchor, pair"):
+        build_spring_model(torch.rand(5, 3), 2, spring_stiffness="mean")
+    assert build_spring_model(torch.rand(5, 3), 2, spring_stiffness="pair").physics()["spring_stiffness"] == "pair"

@@ -50,8 +50,9 @@ class FitSettings:
       zeta0, mass: damping (Eq. 17) and mass per anchor.
       friction_mode: "per_time" (the ground's tangential factor per 0.3 ms of contact: the same
         slide at any substep count) or "per_substep" (every substep, the authors' form).
-      spring_stiffness: "anchor" (a spring pulls its owner with the owner's k_i: the authors' form) or
-        "pair" (a spring's stiffness is sqrt(k_i k_j), the same from both ends).
+      spring_stiffness: "pair" (a spring's stiffness is sqrt(k_i k_j), the same from both ends, so a
+        stiffness field that is not uniform does not push the object by itself) or "anchor" (a
+        spring pulls its owner with the owner's k_i: the authors' form).
       substeps: simulation substeps per frame (raised by 50 on instability, up to max_substeps).
     Refine (Gaussians at their bound positions, colour/opacity/scale refined)
       refine_iterations, refine_lr.
@@ -123,7 +124,7 @@ class FitSettings:
     zeta0: float = 0.1
     mass: float = 1.0
     friction_mode: str = "per_time"
-    spring_stiffness: str = "anchor"
+    spring_stiffness: str = "pair"
     substeps: int = 60
     max_substeps: int = 500
     refine_iterations: int = 200
