@@ -100,9 +100,12 @@ def test_stiff_candidates_get_more_substeps_instead_of_infinity():
     assert float(r.params.log_stiffness[0]) == 4.5 and r.substeps == stiff[0]["substeps"]
 
 
-def test_heterogeneous_halves_come_out_ordered():
-    """Two halves 10x apart: from the global value the dense field puts the stiffer half higher."""
+@pytest.mark.parametrize("spring_stiffness", ["anchor", "pair"])
+def test_heterogeneous_halves_come_out_ordered(spring_stiffness):
+    """Two halves 10x apart: from the global value the dense field puts the stiffer half higher,
+    with either form of a spring's stiffness (truth and fit alike)."""
     model, binding, g, cams = cube_scene()
+    model = model.with_physics(spring_stiffness=spring_stiffness)
     x = model.rest_positions[:, 0]
     true_log_k = torch.where(x > 0, 2.5, 1.5)
     true = SpringParams(true_log_k, torch.tensor(0.0), torch.tensor(friction_logit(0.5)))

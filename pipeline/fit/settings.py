@@ -76,7 +76,9 @@ class FitSettings:
       global_offset_points: points of the contact offset's 1-D bracket.
       global_regions, global_region_generations: R > 1 ends the search with CMA-ES over R smooth
         region offsets of log10 k (coarse heterogeneity, before the dense field), for this many
-        generations; 0 = a uniform global value.
+        generations; 0 (default) = a uniform global value, the dense stage alone learning the field
+        (with "pair" springs the regions overfitted homogeneous tori, future CD 0.44 -> 0.63 at
+        E = 1e5, and pushed the banana's halves the wrong way, which the dense stage then undid).
       silhouette_weight: weight of the rendered-alpha-vs-mask L1 term of the search's score.
     Dynamic stage (per-anchor stiffness, soft vector kappa, ground friction)
       iterations: optimisation iterations over the fitted frames.
@@ -157,7 +159,7 @@ class FitSettings:
     global_contact_offset_max: float = 0.25
     global_contact_offset_min: float = 0.0
     global_offset_points: int = 5
-    global_regions: int = 4
+    global_regions: int = 0
     global_region_generations: int = 4
     silhouette_weight: float = 0.5
     stiffness_regions: int = 16
