@@ -50,9 +50,10 @@ class FitSettings:
       zeta0, mass: damping (Eq. 17) and mass per anchor.
       friction_mode: "per_time" (the ground's tangential factor per 0.3 ms of contact: the same
         slide at any substep count) or "per_substep" (every substep, the authors' form).
-      spring_stiffness: "pair" (a spring's stiffness is sqrt(k_i k_j), the same from both ends, so a
-        stiffness field that is not uniform does not push the object by itself) or "anchor" (a
-        spring pulls its owner with the owner's k_i: the authors' form).
+      spring_stiffness: "anchor" (a spring pulls its owner with the owner's k_i: the authors' form,
+        the default) or "pair" (a spring's stiffness is sqrt(k_i k_j), the same from both ends, so
+        a field that is not uniform does not push the object by itself; with global_regions=0 it is
+        what orders the benchmark banana's halves, README "Spring stiffness").
       substeps: simulation substeps per frame (raised by 50 on instability, up to max_substeps).
     Refine (Gaussians at their bound positions, colour/opacity/scale refined)
       refine_iterations, refine_lr.
@@ -76,9 +77,9 @@ class FitSettings:
       global_offset_points: points of the contact offset's 1-D bracket.
       global_regions, global_region_generations: R > 1 ends the search with CMA-ES over R smooth
         region offsets of log10 k (coarse heterogeneity, before the dense field), for this many
-        generations; 0 (default) = a uniform global value, the dense stage alone learning the field
-        (with "pair" springs the regions overfitted homogeneous tori, future CD 0.44 -> 0.63 at
-        E = 1e5, and pushed the banana's halves the wrong way, which the dense stage then undid).
+        generations; 0 = a uniform global value, the dense stage alone learning the field (use 0
+        with "pair" springs: there the regions overfitted homogeneous tori, future CD 0.44 -> 0.63
+        at E = 1e5, and pushed the banana's halves the wrong way).
       silhouette_weight: weight of the rendered-alpha-vs-mask L1 term of the search's score.
     Dynamic stage (per-anchor stiffness, soft vector kappa, ground friction)
       iterations: optimisation iterations over the fitted frames.
@@ -126,7 +127,7 @@ class FitSettings:
     zeta0: float = 0.1
     mass: float = 1.0
     friction_mode: str = "per_time"
-    spring_stiffness: str = "pair"
+    spring_stiffness: str = "anchor"
     substeps: int = 60
     max_substeps: int = 500
     refine_iterations: int = 200
@@ -159,7 +160,7 @@ class FitSettings:
     global_contact_offset_max: float = 0.25
     global_contact_offset_min: float = 0.0
     global_offset_points: int = 5
-    global_regions: int = 0
+    global_regions: int = 4
     global_region_generations: int = 4
     silhouette_weight: float = 0.5
     stiffness_regions: int = 16
