@@ -25,7 +25,7 @@ from pipeline.data.gaussians import Gaussians, load_ply, save_ply
 from pipeline.data.schema import integer, matrix, number, read_json, vector3
 from taichi_sim.binding import Binding
 from taichi_sim.errors import SgausError
-from taichi_sim.spring_model import FORCE_LAWS, FRICTION_MODES, SPRING_STIFFNESS, SpringModel
+from taichi_sim.spring_model import CHOICES, SpringModel
 from taichi_sim.spring_params import SpringParams
 from taichi_sim.spring_rollout import Integrator
 
@@ -94,8 +94,7 @@ def _model_constants(doc: dict, path: Path) -> dict:
            "contact_offset": number(m, "contact_offset", path, "model", low=0) if "contact_offset" in m else 0.0}
     # assets written before "pair" existed gave each anchor's springs its own stiffness
     m = {"spring_stiffness": "anchor", **m}
-    for key, allowed in (("force_law", FORCE_LAWS), ("friction_mode", FRICTION_MODES),
-                         ("spring_stiffness", SPRING_STIFFNESS)):
+    for key, allowed in CHOICES.items():
         if m.get(key) not in allowed:
             raise SgausError(f"{path}: 'model.{key}' must be one of {', '.join(allowed)}, got {m.get(key)!r}")
         out[key] = m[key]

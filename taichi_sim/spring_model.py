@@ -33,6 +33,9 @@ FORCE_LAWS = ("smooth", "paper")
 # means the same at any substep count. "per_substep" applies it once per substep, as the authors do.
 FRICTION_MODES = ("per_time", "per_substep")
 SPRING_STIFFNESS = ("anchor", "pair")
+# the model's constants that take one of a few names (checked here, by the fit's settings and by
+# an asset's loader)
+CHOICES = {"force_law": FORCE_LAWS, "friction_mode": FRICTION_MODES, "spring_stiffness": SPRING_STIFFNESS}
 FRICTION_REFERENCE_DT = 3e-4
 
 
@@ -112,13 +115,7 @@ class SpringModel:
             raise SgausError(f"rest_length {_shape(rest)} must match neighbors {list(nbr.shape)}")
         if nbr.shape[1] < 1:
             raise SgausError("the model has no springs (K = 0)")
-        if self.force_law not in FORCE_LAWS:
-            raise SgausError(f"force_law must be one of {', '.join(FORCE_LAWS)}, got {self.force_law!r}")
-        if self.friction_mode not in FRICTION_MODES:
-            raise SgausError(f"friction_mode must be one of {', '.join(FRICTION_MODES)}, got {self.friction_mode!r}")
-        if self.spring_stiffness not in SPRING_STIFFNESS:
-            raise SgausError(f"spring_stiffness must be one of {', '.join(SPRING_STIFFNESS)}, got "
-                             f"{self.spring_stiffness!r}")
+        check_choices(self)
         for name in ("p_k", "zeta0", "dead_zone", "contact_offset"):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value >= 0):
@@ -272,6 +269,14 @@ def nearest_springs(anchors: torch.Tensor, k_neighbors: int) -> tuple[torch.Tens
     return torch.from_numpy(idx[keep].reshape(n, k)).long(), torch.from_numpy(dist[keep].reshape(n, k)).to(anchors.dtype)
 
 
+def check_choices(holder) -> None:
+    """SgausError naming the first of ``CHOICES`` whose value on ``holder`` is not one allowed."""
+    for name, allowed in CHOICES.items():
+        value = getattr(holder, name)
+        if value not in allowed:
+            raise SgausError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
 def build_spring_model(anchors: torch.Tensor, k_neighbors: int, **physics) -> SpringModel:
     """A frozen :class:`SpringModel` of ``anchors`` [N,3], each with springs to its ``k_neighbors``
     nearest other anchors; ``physics`` sets the constants (gravity, ground_point, ...). The kernel
@@ -282,5 +287,5 @@ def build_spring_model(anchors: torch.Tensor, k_neighbors: int, **physics) -> Sp
     return model
 
 
-__all__ = ["SpringModel", "build_spring_model", "nearest_springs", "vec3", "FORCE_LAWS", "FRICTION_MODES",
-           "SPRING_STIFFNESS", "FRICTION_REFERENCE_DT"]
+__all__ = ["SpringModel", "build_spring_model", "check_choices", "nearest_springs", "vec3", "CHOICES", "FORCE_LAWS",
+           "FRICTION_MODES", "SPRING_STIFFNESS", "FRICTION_REFERENCE_DT"]

@@ -33,8 +33,9 @@ class PhysicsSettings:
     n_c: neighbours with soft-vector weight 1 (Eq. 8); p_k, force_law: the force law (Eq. 9);
     zeta0: damping (Eq. 17); mass: per anchor; friction_mode: "per_substep" (the authors') or
     "per_time" (taichi_sim.spring_model); spring_stiffness: "anchor" (each anchor's own k, the
-    authors') or "pair" (sqrt(k_i k_j) per spring, taichi_sim.spring_model); init_log_stiffness, init_kappa, init_friction_logit:
-    starting log10 k, kappa and phi; soft_vector: False gives every spring weight 1 (Table 3).
+    authors') or "pair" (sqrt(k_i k_j) per spring, taichi_sim.spring_model); init_log_stiffness,
+    init_kappa, init_friction_logit: starting log10 k, kappa and phi; soft_vector: False gives every
+    spring weight 1 (Table 3).
     """
 
     n_c: int = 16

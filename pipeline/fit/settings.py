@@ -23,7 +23,7 @@ from pipeline.fit.refine import RefineSettings
 from pipeline.fit.static import StaticSettings
 from pipeline.fit.velocity import VelocitySettings
 from taichi_sim.errors import SgausError
-from taichi_sim.spring_model import FRICTION_MODES, SPRING_STIFFNESS
+from taichi_sim.spring_model import check_choices
 
 
 @dataclass
@@ -190,13 +190,7 @@ class FitSettings:
             raise SgausError(f"k_neighbors ({self.k_neighbors}) must be smaller than n_anchors ({self.n_anchors})")
         if not 0 <= self.n_c <= self.k_neighbors:
             raise SgausError(f"n_c must lie in [0, k_neighbors], got {self.n_c}")
-        if self.force_law not in ("smooth", "paper"):
-            raise SgausError(f"force_law must be 'smooth' or 'paper', got {self.force_law!r}")
-        if self.spring_stiffness not in SPRING_STIFFNESS:
-            raise SgausError(f"spring_stiffness must be one of {', '.join(SPRING_STIFFNESS)}, got "
-                             f"{self.spring_stiffness!r}")
-        if self.friction_mode not in FRICTION_MODES:
-            raise SgausError(f"friction_mode must be one of {', '.join(FRICTION_MODES)}, got {self.friction_mode!r}")
+        check_choices(self)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -232,7 +226,8 @@ class FitSettings:
 
     def physics(self) -> PhysicsSettings:
         return PhysicsSettings(self.n_c, self.p_k, self.force_law, self.zeta0, self.mass, self.friction_mode,
-                               self.spring_stiffness, self.init_log_stiffness, self.init_kappa, self.init_friction_logit, self.soft_vector)
+                               self.spring_stiffness, self.init_log_stiffness, self.init_kappa,
+                               self.init_friction_logit, self.soft_vector)
 
     def velocity(self, frames: int) -> VelocitySettings:
         """``frames``: the frames before contact, resolved by the caller (velocity_frames or detection)."""
