@@ -10,27 +10,31 @@ Stages (one kernel launch per stage, no per-tile Python loop):
    in depth order by one int64 sort (depth bits and index, depth_order), then counted per tile
    and appended to their tiles' lists by two small Taichi kernels (the append in one serial
    pass, so the lists are deterministic), never a pixels x Gaussians matrix;
-3. compositing (Taichi): one task per tile, walking the tile's list near to far once; each list
-   entry visits only the pixels of its own ellipse (row by row, the chord of each row solved from
-   the conic, cut at q <= min(9, 2 ln(255 opacity)): beyond that neither the 3-sigma cut nor
-   alpha >= 1/255 lets it count), so the work is the Gaussians' footprints, not tile list length
-   times tile area. The pixels' running sums (T, colour, depth, where compositing stopped) live
-   in the output arrays; every pixel still sees the same Gaussians in the same order with the
-   same tests as the reference (render.reference). The backward walks the same lists near to far
-   too, getting the colour of everything behind a Gaussian as (final colour - colour in front -
-   own share), so it never divides the transmittance back up; each list entry's gradient is summed
-   over its pixels in registers by the tile's own task (no atomics), then per Gaussian with one
-   index_add_.
+3. compositing (Taichi): one task per tile (taichi_sim.runtime.task_spread; left to itself,
+   Taichi's CPU backend runs 512 tiles per task, a whole 256x256 image on one core), walking the
+   tile's list near to far once; each list entry visits only the pixels of its own ellipse (row by
+   row, the chord of each row solved from the conic, cut at q <= min(9, 2 ln(255 opacity)): beyond
+   that neither the 3-sigma cut nor alpha >= 1/255 lets it count), so the work is the Gaussians'
+   footprints, not tile list length times tile area. The pixels' running sums (T, colour, depth,
+   where compositing stopped) live in the output arrays; every pixel still sees the same Gaussians
+   in the same order with the same tests as the reference (render.reference). The backward walks
+   the same lists near to far too, getting the colour of everything behind a Gaussian as (final
+   colour - colour in front - own share), so it never divides the transmittance back up; each list
+   entry's gradient is summed over its pixels in registers by the tile's own task (no atomics),
+   then per Gaussian with one index_add_.
 
 Taichi must have been initialised (taichi_sim.runtime.init_taichi); the kernels take torch
 tensors as ndarrays, so they run in the tensors' precision (f32 or f64).
 """
+import threading
+
 import taichi as ti
 import torch
 
 from render.inputs import finish_images
 from render.projection import (ALPHA_MAX, ALPHA_MIN, CUTOFF_MAHALANOBIS2, T_MIN, conic_of,
                                project_gaussians)
+from taichi_sim.runtime import task_spread
 
 TILE = 16  # tile side in pixels
 # padding of an entry's reach (see _reach): relative and absolute in q, and per unit of the terms of q
@@ -81,73 +85,75 @@ def _composite_forward(
     out_end: ti.types.ndarray(),  # [C*H*W] int32: list index after the last one composited
 ):
     n_tiles = tile_offsets.shape[0] - 1
-    ti.loop_config(block_dim=1)
-    for tile in range(n_tiles):  # one task per tile; its pixels' running sums live in the outputs
-        w_img = width
-        per_cam = tiles_x * tiles_y
-        cam = tile // per_cam
-        y0 = ((tile % per_cam) // tiles_x) * TILE
-        x0 = (tile % tiles_x) * TILE
-        y1 = ti.min(y0 + TILE, height)
-        x1 = ti.min(x0 + TILE, w_img)
-        start = tile_offsets[tile]
-        stop = tile_offsets[tile + 1]
-        cam_base = cam * height
-        for py, px in ti.ndrange((y0, y1), (x0, x1)):
-            pix = (cam_base + py) * w_img + px
-            out_rgb[3 * pix] = 0.0
-            out_rgb[3 * pix + 1] = 0.0
-            out_rgb[3 * pix + 2] = 0.0
-            out_alpha[pix] = 1.0  # the transmittance T until the tile is done
-            out_depth[pix] = 0.0
-            out_end[pix] = stop
-        active = (y1 - y0) * (x1 - x0)  # pixels still compositing
-        for j in range(start, stop):
-            if active == 0:
-                break
-            e = entry_ids[j]
-            mx, my = packed[e, 0], packed[e, 1]
-            ca, cb, cc = packed[e, 2], packed[e, 3], packed[e, 4]
-            op = packed[e, 5]
-            cr, cg, cbl, cz = packed[e, 6], packed[e, 7], packed[e, 8], packed[e, 9]
-            det = ca * cc - cb * cb
-            reach = _reach(op, ca, cb, cc, det)
-            if reach >= 0.0:
-                inv_ca = 1.0 / ca
-                ry = ti.sqrt(reach * ca / det)
-                rows = _clamped_range(my - ry, my + ry, y0, y1)
-                for py in range(rows[0], rows[1]):
-                    dy = (py + 0.5) - my
-                    disc = ca * reach - det * dy * dy  # the row's chord of the q = reach ellipse
-                    if disc >= 0.0:
-                        half = ti.sqrt(disc) * inv_ca
-                        centre = mx - cb * dy * inv_ca
-                        pad = SPAN_PAD * (1.0 + half)
-                        cols = _clamped_range(centre - half - pad, centre + half + pad, x0, x1)
-                        row = (cam_base + py) * w_img
-                        for px in range(cols[0], cols[1]):
-                            pix = row + px
-                            if out_end[pix] == stop:  # still compositing
-                                dx = (px + 0.5) - mx
-                                q = ca * dx * dx + 2.0 * cb * dx * dy + cc * dy * dy
-                                if q <= CUTOFF_MAHALANOBIS2:
-                                    a = ti.min(ALPHA_MAX, op * ti.exp(-0.5 * q))
-                                    if a >= ALPHA_MIN:
-                                        T = out_alpha[pix]
-                                        t_next = T * (1.0 - a)
-                                        if t_next < T_MIN:
-                                            out_end[pix] = j
-                                            active = active - 1
-                                        else:
-                                            w = a * T  # (x = x + ..., as += would be atomic)
-                                            out_rgb[3 * pix] = out_rgb[3 * pix] + w * cr
-                                            out_rgb[3 * pix + 1] = out_rgb[3 * pix + 1] + w * cg
-                                            out_rgb[3 * pix + 2] = out_rgb[3 * pix + 2] + w * cbl
-                                            out_depth[pix] = out_depth[pix] + w * cz
-                                            out_alpha[pix] = t_next
-        for py, px in ti.ndrange((y0, y1), (x0, x1)):
-            pix = (cam_base + py) * w_img + px
-            out_alpha[pix] = 1.0 - out_alpha[pix]
+    spread = ti.static(task_spread(1))
+    for ix in range(n_tiles * spread):  # one task per tile; its pixels' running sums live in the outputs
+        if ix % spread == 0:
+            tile = ix // spread
+            w_img = width
+            per_cam = tiles_x * tiles_y
+            cam = tile // per_cam
+            y0 = ((tile % per_cam) // tiles_x) * TILE
+            x0 = (tile % tiles_x) * TILE
+            y1 = ti.min(y0 + TILE, height)
+            x1 = ti.min(x0 + TILE, w_img)
+            start = tile_offsets[tile]
+            stop = tile_offsets[tile + 1]
+            cam_base = cam * height
+            for py, px in ti.ndrange((y0, y1), (x0, x1)):
+                pix = (cam_base + py) * w_img + px
+                out_rgb[3 * pix] = 0.0
+                out_rgb[3 * pix + 1] = 0.0
+                out_rgb[3 * pix + 2] = 0.0
+                out_alpha[pix] = 1.0  # the transmittance T until the tile is done
+                out_depth[pix] = 0.0
+                out_end[pix] = stop
+            active = (y1 - y0) * (x1 - x0)  # pixels still compositing
+            for j in range(start, stop):
+                if active == 0:
+                    break
+                e = entry_ids[j]
+                mx, my = packed[e, 0], packed[e, 1]
+                ca, cb, cc = packed[e, 2], packed[e, 3], packed[e, 4]
+                op = packed[e, 5]
+                cr, cg, cbl, cz = packed[e, 6], packed[e, 7], packed[e, 8], packed[e, 9]
+                det = ca * cc - cb * cb
+                reach = _reach(op, ca, cb, cc, det)
+                if reach >= 0.0:
+                    inv_ca = 1.0 / ca
+                    ry = ti.sqrt(reach * ca / det)
+                    rows = _clamped_range(my - ry, my + ry, y0, y1)
+                    for py in range(rows[0], rows[1]):
+                        dy = (py + 0.5) - my
+                        disc = ca * reach - det * dy * dy  # the row's chord of the q = reach ellipse
+                        if disc >= 0.0:
+                            half = ti.sqrt(disc) * inv_ca
+                            centre = mx - cb * dy * inv_ca
+                            pad = SPAN_PAD * (1.0 + half)
+                            cols = _clamped_range(centre - half - pad, centre + half + pad, x0, x1)
+                            row = (cam_base + py) * w_img
+                            for px in range(cols[0], cols[1]):
+                                pix = row + px
+                                if out_end[pix] == stop:  # still compositing
+                                    dx = (px + 0.5) - mx
+                                    q = ca * dx * dx + 2.0 * cb * dx * dy + cc * dy * dy
+                                    if q <= CUTOFF_MAHALANOBIS2:
+                                        a = ti.min(ALPHA_MAX, op * ti.exp(-0.5 * q))
+                                        if a >= ALPHA_MIN:
+                                            T = out_alpha[pix]
+                                            t_next = T * (1.0 - a)
+                                            if t_next < T_MIN:
+                                                out_end[pix] = j
+                                                active = active - 1
+                                            else:
+                                                w = a * T  # (x = x + ..., as += would be atomic)
+                                                out_rgb[3 * pix] = out_rgb[3 * pix] + w * cr
+                                                out_rgb[3 * pix + 1] = out_rgb[3 * pix + 1] + w * cg
+                                                out_rgb[3 * pix + 2] = out_rgb[3 * pix + 2] + w * cbl
+                                                out_depth[pix] = out_depth[pix] + w * cz
+                                                out_alpha[pix] = t_next
+            for py, px in ti.ndrange((y0, y1), (x0, x1)):
+                pix = (cam_base + py) * w_img + px
+                out_alpha[pix] = 1.0 - out_alpha[pix]
 
 
 @ti.kernel
@@ -170,111 +176,133 @@ def _composite_backward(
     g_params: ti.types.ndarray(),  # [M, 10] out: gradient per list entry (zero-initialised)
 ):
     n_tiles = tile_offsets.shape[0] - 1
-    ti.loop_config(block_dim=1)
-    for tile in range(n_tiles):  # one task per tile: its entries' gradients need no atomics
-        w_img = width
-        per_cam = tiles_x * tiles_y
-        cam = tile // per_cam
-        y0 = ((tile % per_cam) // tiles_x) * TILE
-        x0 = (tile % tiles_x) * TILE
-        y1 = ti.min(y0 + TILE, height)
-        x1 = ti.min(x0 + TILE, w_img)
-        start = tile_offsets[tile]
-        cam_base = cam * height
-        last = start  # entries at or past every pixel's end contribute nothing
-        # per pixel: T, the colour and depth of what lies behind the current entry (final colour
-        # minus what is in front, updated as the walk goes forward: T is never divided back up),
-        # then the upstream gradients, dL/dA * T_final and the end of the pixel's list
-        for py, px in ti.ndrange((y0, y1), (x0, x1)):
-            pix = (cam_base + py) * w_img + px
-            s = STATE * pix
-            last = ti.max(last, ends[pix])
-            state[s] = 1.0
-            state[s + 1] = rgb[3 * pix] * 1.0
-            state[s + 2] = rgb[3 * pix + 1] * 1.0
-            state[s + 3] = rgb[3 * pix + 2] * 1.0
-            state[s + 4] = depth[pix] * 1.0
-            state[s + 5] = g_rgb[3 * pix] * 1.0
-            state[s + 6] = g_rgb[3 * pix + 1] * 1.0
-            state[s + 7] = g_rgb[3 * pix + 2] * 1.0
-            state[s + 8] = g_depth[pix] * 1.0
-            state[s + 9] = g_alpha[pix] * (1.0 - alpha[pix])
-        for j in range(start, last):
-            e = entry_ids[j]
-            mx, my = packed[e, 0], packed[e, 1]
-            ca, cb, cc = packed[e, 2], packed[e, 3], packed[e, 4]
-            op = packed[e, 5]
-            cr, cg, cbl, cz = packed[e, 6], packed[e, 7], packed[e, 8], packed[e, 9]
-            det = ca * cc - cb * cb
-            reach = _reach(op, ca, cb, cc, det)
-            g_mx, g_my, g_a, g_b, g_c, g_op = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
-            g_r, g_g, g_bl, g_z = 0.0, 0.0, 0.0, 0.0
-            if reach >= 0.0:
-                inv_ca = 1.0 / ca
-                ry = ti.sqrt(reach * ca / det)
-                rows = _clamped_range(my - ry, my + ry, y0, y1)
-                for py in range(rows[0], rows[1]):
-                    dy = (py + 0.5) - my
-                    disc = ca * reach - det * dy * dy
-                    if disc >= 0.0:
-                        half = ti.sqrt(disc) * inv_ca
-                        centre = mx - cb * dy * inv_ca
-                        pad = SPAN_PAD * (1.0 + half)
-                        cols = _clamped_range(centre - half - pad, centre + half + pad, x0, x1)
-                        row = (cam_base + py) * w_img
-                        for px in range(cols[0], cols[1]):
-                            pix = row + px
-                            if j < ends[pix]:
-                                dx = (px + 0.5) - mx
-                                q = ca * dx * dx + 2.0 * cb * dx * dy + cc * dy * dy
-                                if q <= CUTOFF_MAHALANOBIS2:
-                                    G = ti.exp(-0.5 * q)
-                                    raw = op * G
-                                    a = ti.min(ALPHA_MAX, raw)
-                                    if a >= ALPHA_MIN:
-                                        s = STATE * pix
-                                        T = state[s]
-                                        w = a * T
-                                        rest_r = state[s + 1] - w * cr
-                                        rest_g = state[s + 2] - w * cg
-                                        rest_b = state[s + 3] - w * cbl
-                                        rest_d = state[s + 4] - w * cz
-                                        state[s + 1] = rest_r
-                                        state[s + 2] = rest_g
-                                        state[s + 3] = rest_b
-                                        state[s + 4] = rest_d
-                                        gr = state[s + 5]
-                                        gg = state[s + 6]
-                                        gb = state[s + 7]
-                                        gd = state[s + 8]
-                                        g_r += gr * w
-                                        g_g += gg * w
-                                        g_bl += gb * w
-                                        g_z += gd * w
-                                        if raw < ALPHA_MAX:
-                                            inv = 1.0 / (1.0 - a)
-                                            g_alpha_j = (gr * (cr * T - rest_r * inv) + gg * (cg * T - rest_g * inv)
-                                                         + gb * (cbl * T - rest_b * inv) + gd * (cz * T - rest_d * inv)
-                                                         + state[s + 9] * inv)
-                                            g_op += g_alpha_j * G
-                                            g_q = -0.5 * g_alpha_j * raw  # dL/dq = dL/da * op * dG/dq
-                                            g_a += g_q * dx * dx
-                                            g_b += g_q * 2.0 * dx * dy
-                                            g_c += g_q * dy * dy
-                                            # d = pixel - mean, so dq/dmean = -dq/dd
-                                            g_mx -= g_q * 2.0 * (ca * dx + cb * dy)
-                                            g_my -= g_q * 2.0 * (cb * dx + cc * dy)
-                                        state[s] = T * (1.0 - a)
-            g_params[j, 0] = g_mx
-            g_params[j, 1] = g_my
-            g_params[j, 2] = g_a
-            g_params[j, 3] = g_b
-            g_params[j, 4] = g_c
-            g_params[j, 5] = g_op
-            g_params[j, 6] = g_r
-            g_params[j, 7] = g_g
-            g_params[j, 8] = g_bl
-            g_params[j, 9] = g_z
+    spread = ti.static(task_spread(1))
+    for ix in range(n_tiles * spread):  # one task per tile: its entries' gradients need no atomics
+        if ix % spread == 0:
+            tile = ix // spread
+            w_img = width
+            per_cam = tiles_x * tiles_y
+            cam = tile // per_cam
+            y0 = ((tile % per_cam) // tiles_x) * TILE
+            x0 = (tile % tiles_x) * TILE
+            y1 = ti.min(y0 + TILE, height)
+            x1 = ti.min(x0 + TILE, w_img)
+            start = tile_offsets[tile]
+            cam_base = cam * height
+            last = start  # entries at or past every pixel's end contribute nothing
+            # per pixel: T, the colour and depth of what lies behind the current entry (final colour
+            # minus what is in front, updated as the walk goes forward: T is never divided back up),
+            # then the upstream gradients, dL/dA * T_final and the end of the pixel's list
+            for py, px in ti.ndrange((y0, y1), (x0, x1)):
+                pix = (cam_base + py) * w_img + px
+                s = STATE * pix
+                last = ti.max(last, ends[pix])
+                state[s] = 1.0
+                state[s + 1] = rgb[3 * pix] * 1.0
+                state[s + 2] = rgb[3 * pix + 1] * 1.0
+                state[s + 3] = rgb[3 * pix + 2] * 1.0
+                state[s + 4] = depth[pix] * 1.0
+                state[s + 5] = g_rgb[3 * pix] * 1.0
+                state[s + 6] = g_rgb[3 * pix + 1] * 1.0
+                state[s + 7] = g_rgb[3 * pix + 2] * 1.0
+                state[s + 8] = g_depth[pix] * 1.0
+                state[s + 9] = g_alpha[pix] * (1.0 - alpha[pix])
+            for j in range(start, last):
+                e = entry_ids[j]
+                mx, my = packed[e, 0], packed[e, 1]
+                ca, cb, cc = packed[e, 2], packed[e, 3], packed[e, 4]
+                op = packed[e, 5]
+                cr, cg, cbl, cz = packed[e, 6], packed[e, 7], packed[e, 8], packed[e, 9]
+                det = ca * cc - cb * cb
+                reach = _reach(op, ca, cb, cc, det)
+                g_mx, g_my, g_a, g_b, g_c, g_op = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+                g_r, g_g, g_bl, g_z = 0.0, 0.0, 0.0, 0.0
+                if reach >= 0.0:
+                    inv_ca = 1.0 / ca
+                    ry = ti.sqrt(reach * ca / det)
+                    rows = _clamped_range(my - ry, my + ry, y0, y1)
+                    for py in range(rows[0], rows[1]):
+                        dy = (py + 0.5) - my
+                        disc = ca * reach - det * dy * dy
+                        if disc >= 0.0:
+                            half = ti.sqrt(disc) * inv_ca
+                            centre = mx - cb * dy * inv_ca
+                            pad = SPAN_PAD * (1.0 + half)
+                            cols = _clamped_range(centre - half - pad, centre + half + pad, x0, x1)
+                            row = (cam_base + py) * w_img
+                            for px in range(cols[0], cols[1]):
+                                pix = row + px
+                                if j < ends[pix]:
+                                    dx = (px + 0.5) - mx
+                                    q = ca * dx * dx + 2.0 * cb * dx * dy + cc * dy * dy
+                                    if q <= CUTOFF_MAHALANOBIS2:
+                                        G = ti.exp(-0.5 * q)
+                                        raw = op * G
+                                        a = ti.min(ALPHA_MAX, raw)
+                                        if a >= ALPHA_MIN:
+                                            s = STATE * pix
+                                            T = state[s]
+                                            w = a * T
+                                            rest_r = state[s + 1] - w * cr
+                                            rest_g = state[s + 2] - w * cg
+                                            rest_b = state[s + 3] - w * cbl
+                                            rest_d = state[s + 4] - w * cz
+                                            state[s + 1] = rest_r
+                                            state[s + 2] = rest_g
+                                            state[s + 3] = rest_b
+                                            state[s + 4] = rest_d
+                                            gr = state[s + 5]
+                                            gg = state[s + 6]
+                                            gb = state[s + 7]
+                                            gd = state[s + 8]
+                                            g_r += gr * w
+                                            g_g += gg * w
+                                            g_bl += gb * w
+                                            g_z += gd * w
+                                            if raw < ALPHA_MAX:
+                                                inv = 1.0 / (1.0 - a)
+                                                g_alpha_j = (gr * (cr * T - rest_r * inv)
+                                                             + gg * (cg * T - rest_g * inv)
+                                                             + gb * (cbl * T - rest_b * inv)
+                                                             + gd * (cz * T - rest_d * inv)
+                                                             + state[s + 9] * inv)
+                                                g_op += g_alpha_j * G
+                                                g_q = -0.5 * g_alpha_j * raw  # dL/dq = dL/da * op * dG/dq
+                                                g_a += g_q * dx * dx
+                                                g_b += g_q * 2.0 * dx * dy
+                                                g_c += g_q * dy * dy
+                                                # d = pixel - mean, so dq/dmean = -dq/dd
+                                                g_mx -= g_q * 2.0 * (ca * dx + cb * dy)
+                                                g_my -= g_q * 2.0 * (cb * dx + cc * dy)
+                                            state[s] = T * (1.0 - a)
+                g_params[j, 0] = g_mx
+                g_params[j, 1] = g_my
+                g_params[j, 2] = g_a
+                g_params[j, 3] = g_b
+                g_params[j, 4] = g_c
+                g_params[j, 5] = g_op
+                g_params[j, 6] = g_r
+                g_params[j, 7] = g_g
+                g_params[j, 8] = g_bl
+                g_params[j, 9] = g_z
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, numel: int, like: torch.Tensor) -> torch.Tensor:
+    """A per-thread work buffer of ``numel`` elements of ``like``'s dtype and device, kept between
+    calls: the backward's per-pixel state and per-entry gradients are megabytes that a fresh
+    allocation makes the kernel fault in page by page (measured on 2 cores at 20k Gaussians and
+    256^2: 37 ms with fresh buffers, 29 ms with kept ones). Only ever used within one call."""
+    key = (name, like.dtype, like.device)
+    pool = getattr(_SCRATCH, "pool", None)
+    if pool is None:
+        pool = _SCRATCH.pool = {}
+    buf = pool.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = pool[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+    return buf[:numel]
 
 
 class _Composite(torch.autograd.Function):
@@ -303,14 +331,14 @@ class _Composite(torch.autograd.Function):
         tiles_x, tiles_y, width, height = ctx.dims
         g_packed = torch.zeros_like(values)
         if entry_ids.numel() > 0:
-            g_entries = torch.zeros(entry_ids.numel(), N_PARAMS, dtype=values.dtype, device=values.device)
-            state = torch.empty(alpha.numel() * STATE, dtype=values.dtype, device=values.device)
+            g_entries = _scratch("g_entries", entry_ids.numel() * N_PARAMS, values).view(-1, N_PARAMS).zero_()
+            state = _scratch("state", alpha.numel() * STATE, values)
             _composite_backward(
                 values, entry_ids, tile_offsets, tiles_x, tiles_y, width, height, rgb.view(-1), alpha.view(-1),
                 depth.view(-1), ends.view(-1), g_rgb.contiguous().view(-1), g_alpha.contiguous().view(-1),
                 g_depth.contiguous().view(-1), state, g_entries,
             )
-            g_packed.index_add_(0, entry_ids, g_entries)
+            g_packed.index_add_(0, entry_ids.long(), g_entries)  # int64 indices: 3-4x faster than int32
         return g_packed, None, None, None, None, None
 
 

@@ -72,3 +72,21 @@ def require_taichi() -> None:
     """Raise a clear error when a Taichi kernel is about to run before initialisation."""
     if _state["arch"] is None:
         raise RuntimeError("Taichi is not initialised: call taichi_sim.runtime.init_taichi() first")
+
+
+# Taichi 1.7's CPU backend hands its threads a parallel loop in blocks of at least this many
+# iterations, whatever ti.loop_config(block_dim=...) or ti.init(default_cpu_block_dim=...) ask
+# for: a loop over 256 tiles or 512 anchors ran on one thread (same wall and CPU time on 2 cores,
+# half the wall time from 1000 iterations on). See :func:`task_spread`.
+CPU_LOOP_BLOCK = 512
+
+
+def task_spread(items_per_task: int) -> int:
+    """How many loop indices to spend per item so that a parallel loop over n items runs in
+    tasks of ``items_per_task`` items: a kernel loops over ``range(n * S)`` and works on item
+    ``k // S`` where ``k % S == 0``; the indices in between cost a comparison each. 1 on CUDA,
+    whose threads take single iterations. Read at compile time (``ti.static``), after
+    :func:`init_taichi`."""
+    if _state["arch"] == "cuda":
+        return 1
+    return max(1, CPU_LOOP_BLOCK // max(1, int(items_per_task)))

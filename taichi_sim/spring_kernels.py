@@ -23,7 +23,9 @@ The smooth force law is written with the relative extension l/L0 - 1, so it need
 the rest length itself is read for the "paper" law alone. The inner loops are vectorised by LLVM
 (8 springs per instruction in f32, several vectors per iteration), which is why the reverse
 lists are padded and why no loop body may branch. The parallel loop over anchors runs in tasks
-of ``BLOCK`` anchors, so both cores stay busy at N = 2048 even when the work per anchor varies.
+of ``BLOCK`` anchors (through :func:`taichi_sim.runtime.task_spread`: left to itself, Taichi's CPU
+backend hands out 512 anchors per task, so the default N = 512 ran on one core), and both cores
+stay busy even when the work per anchor varies.
 
 Taichi's automatic differentiation is not used: a vector accumulated over a non-static inner loop
 is differentiated wrongly by it (gradients 1-2 % off, and a crash at K = 256; Taichi issues 8356
@@ -38,12 +40,14 @@ exponent lets LLVM turn pow(x, 0.5) into a square root, about ten times cheaper 
 # no "from __future__ import annotations": Taichi reads the annotations as objects
 import taichi as ti
 
+from taichi_sim.runtime import task_spread
+
 NDA = ti.types.ndarray()
 P_DT, P_INV_MASS, P_ZETA0, P_PK, P_DEAD = 0, 1, 2, 3, 4
 P_G, P_GP, P_GN, P_HAS_GROUND, P_FRICTION = 5, 8, 11, 14, 15
 TINY = 1e-12  # springs shorter than this have no direction and exert nothing
 REV_PAD = 32  # the reverse adjacency of each anchor is padded to a multiple of this (spring_model.py)
-BLOCK = 64  # anchors per parallel task (Taichi's CPU default is 512 or more: 4 tasks at N = 2048)
+BLOCK = 64  # anchors per parallel task (task_spread; Taichi's CPU backend alone gives 512 or more)
 
 
 @ti.func
@@ -110,46 +114,48 @@ def substep_forward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: N
                     x_out: NDA, v_out: NDA, vh_out: NDA, contact: NDA, law: ti.template(), p: ti.template(),
                     pair: ti.template()):
     n_springs = nbr.shape[1]
-    ti.loop_config(block_dim=BLOCK)
-    for i in range(x.shape[0]):
-        dt = prm[P_DT]
-        zeta0 = prm[P_ZETA0]
-        dead = prm[P_DEAD]
-        xi = _vec(x, i)
-        vi = _vec(v, i)
-        ki = stiff[i]
-        force = xi * 0
-        for jj in range(n_springs):  # branch-free: a branch here makes the loop several times slower
-            n = nbr[i, jj]
-            il = inv_rest[i, jj]
-            d = xi - _vec(x, n)
-            l2 = d.dot(d)
-            length = ti.sqrt(l2)
-            u = d * ti.select(length > TINY, 1 / ti.max(length, TINY), length * 0)
-            ext_rel = length * il - 1
-            phi_rel, _dphi = _law(ext_rel, _rest(rest, i, jj, il, law), p, law)
-            phi_rel = ti.select(ti.abs(ext_rel) >= dead * il, phi_rel, phi_rel * 0)  # dead zone |l-L0| < dead
-            w = vi - _vec(v, n)
-            kij = ki
-            if ti.static(pair):  # the spring's own stiffness sqrt(k_i k_n): the same at both ends
-                kij = ti.sqrt(ki * stiff[n])
-            # Eq. 9 with k_ij = k_i / L0 (Eq. 16) and Eq. 10 with zeta_ij = zeta0 / L0 (Eq. 17)
-            force -= (kij * eta[jj] * phi_rel + (zeta0 * il) * w.dot(u)) * u
-        vh = vi + (force * prm[P_INV_MASS] + _prm_vec(prm, P_G)) * dt  # Eq. 12
-        xh = xi + vh * dt  # Eq. 13
-        touching = 0
-        vn = vh
-        if prm[P_HAS_GROUND] > 0:  # Eq. 14
-            nrm = _prm_vec(prm, P_GN)
-            sd = (xh - _prm_vec(prm, P_GP)).dot(nrm)
-            if sd < 0:
-                touching = 1
-                xh -= sd * nrm
-                vn = (vh - vh.dot(nrm) * nrm) * prm[P_FRICTION]
-        _put(x_out, i, xh)
-        _put(v_out, i, vn)
-        _put(vh_out, i, vh)
-        contact[i] = touching
+    spread = ti.static(task_spread(BLOCK))
+    for ix in range(x.shape[0] * spread):
+        if ix % spread == 0:
+            i = ix // spread
+            dt = prm[P_DT]
+            zeta0 = prm[P_ZETA0]
+            dead = prm[P_DEAD]
+            xi = _vec(x, i)
+            vi = _vec(v, i)
+            ki = stiff[i]
+            force = xi * 0
+            for jj in range(n_springs):  # branch-free: a branch here makes the loop several times slower
+                n = nbr[i, jj]
+                il = inv_rest[i, jj]
+                d = xi - _vec(x, n)
+                l2 = d.dot(d)
+                length = ti.sqrt(l2)
+                u = d * ti.select(length > TINY, 1 / ti.max(length, TINY), length * 0)
+                ext_rel = length * il - 1
+                phi_rel, _dphi = _law(ext_rel, _rest(rest, i, jj, il, law), p, law)
+                phi_rel = ti.select(ti.abs(ext_rel) >= dead * il, phi_rel, phi_rel * 0)  # dead zone |l-L0| < dead
+                w = vi - _vec(v, n)
+                kij = ki
+                if ti.static(pair):  # the spring's own stiffness sqrt(k_i k_n): the same at both ends
+                    kij = ti.sqrt(ki * stiff[n])
+                # Eq. 9 with k_ij = k_i / L0 (Eq. 16) and Eq. 10 with zeta_ij = zeta0 / L0 (Eq. 17)
+                force -= (kij * eta[jj] * phi_rel + (zeta0 * il) * w.dot(u)) * u
+            vh = vi + (force * prm[P_INV_MASS] + _prm_vec(prm, P_G)) * dt  # Eq. 12
+            xh = xi + vh * dt  # Eq. 13
+            touching = 0
+            vn = vh
+            if prm[P_HAS_GROUND] > 0:  # Eq. 14
+                nrm = _prm_vec(prm, P_GN)
+                sd = (xh - _prm_vec(prm, P_GP)).dot(nrm)
+                if sd < 0:
+                    touching = 1
+                    xh -= sd * nrm
+                    vn = (vh - vh.dot(nrm) * nrm) * prm[P_FRICTION]
+            _put(x_out, i, xh)
+            _put(v_out, i, vn)
+            _put(vh_out, i, vh)
+            contact[i] = touching
 
 
 @ti.kernel
@@ -203,58 +209,60 @@ def spring_backward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: N
     :func:`spring_backward_reverse` adds afterwards (in one kernel with this loop, LLVM compiles both
     loops worse: together they took 30 % longer than apart)."""
     n_springs = nbr.shape[1]
-    ti.loop_config(block_dim=BLOCK)
-    for a in range(x.shape[0]):
-        xa, va, zeta0, dead = _anchor(x, v, prm, a)
-        gx = _vec(gx_direct, a)
-        gv = _vec(gv_direct, a)
-        ga = _vec(g_force, a)
-        ka = stiff[a]
-        gk = ka * 0
-        gkappa = ka * 0
-        # springs owned by a (force on a) and, for a mutual pair, n's spring to a, sharing the
-        # geometry (d' = -d, w' = -w, u' = -u, same l, phi, phi'). Terms along the constant g_a
-        # are summed as scalars. No store in this loop: a global store makes it several times
-        # slower on the CPU.
-        coef_ga = ka * 0
-        for jj in range(n_springs):
-            n = nbr[a, jj]
-            il = inv_rest[a, jj]
-            w = va - _vec(v, n)
-            u, inv_len, phi_rel, dphi_rel, wu, c = _spring_geometry(
-                xa - _vec(x, n), w, il, _rest(rest, a, jj, il, law), zeta0, p, dead, law)
-            eta_j = eta[jj]
-            kp = ka  # the spring's stiffness before the soft vector
-            if ti.static(pair):
-                kp = ti.sqrt(ka * stiff[n])
-            k1 = kp * eta_j
-            km = mutual_k[a, jj]
-            gn = _vec(g_force, n) * ti.select(km >= 0, ka * 0 + 1, ka * 0)  # zero unless mutual
-            k2 = ti.max(km, 0)
-            cl = c * inv_len
-            b = cl * wu
-            ug1 = u.dot(ga)
-            ugn = u.dot(gn)  # u'.g_n = -ugn
-            a1 = inv_len * k1 * phi_rel + b
-            a2 = inv_len * k2 * phi_rel + b
-            coef_ga -= a1
-            gphi = -phi_rel * ug1  # d L / d k1, the stiffness of a's spring
-            if ti.static(pair):  # k1 = sqrt(k_a k_n) eta_j and n's mutual spring k2 = sqrt(k_n k_a) eta_q
-                gk += (gphi * k1 + phi_rel * ugn * k2) * (0.5 / ka)
-                gkappa += gphi * deta[jj] * kp
-            else:
-                gk += eta_j * gphi
-                gkappa += gphi * deta[jj]
-            gx += (ug1 * (a1 + b - k1 * dphi_rel) - ugn * (a2 + b - k2 * dphi_rel)) * u \
-                + (cl * (ugn - ug1)) * w + a2 * gn
-            gv += (c * (ugn - ug1)) * u
-        gx += coef_ga * ga
-        if ti.static(not pair):
-            gkappa *= ka
-        g_stiff[a] = g_stiff[a] + gk  # each anchor owns its entry: no atomic (+= would be one)
-        g_kappa[a] = g_kappa[a] + gkappa
-        _put(gx_out, a, gx)
-        _put(gv_out, a, gv)
+    spread = ti.static(task_spread(BLOCK))
+    for ix in range(x.shape[0] * spread):
+        if ix % spread == 0:
+            a = ix // spread
+            xa, va, zeta0, dead = _anchor(x, v, prm, a)
+            gx = _vec(gx_direct, a)
+            gv = _vec(gv_direct, a)
+            ga = _vec(g_force, a)
+            ka = stiff[a]
+            gk = ka * 0
+            gkappa = ka * 0
+            # springs owned by a (force on a) and, for a mutual pair, n's spring to a, sharing the
+            # geometry (d' = -d, w' = -w, u' = -u, same l, phi, phi'). Terms along the constant g_a
+            # are summed as scalars. No store in this loop: a global store makes it several times
+            # slower on the CPU.
+            coef_ga = ka * 0
+            for jj in range(n_springs):
+                n = nbr[a, jj]
+                il = inv_rest[a, jj]
+                w = va - _vec(v, n)
+                u, inv_len, phi_rel, dphi_rel, wu, c = _spring_geometry(
+                    xa - _vec(x, n), w, il, _rest(rest, a, jj, il, law), zeta0, p, dead, law)
+                eta_j = eta[jj]
+                kp = ka  # the spring's stiffness before the soft vector
+                if ti.static(pair):
+                    kp = ti.sqrt(ka * stiff[n])
+                k1 = kp * eta_j
+                km = mutual_k[a, jj]
+                gn = _vec(g_force, n) * ti.select(km >= 0, ka * 0 + 1, ka * 0)  # zero unless mutual
+                k2 = ti.max(km, 0)
+                cl = c * inv_len
+                b = cl * wu
+                ug1 = u.dot(ga)
+                ugn = u.dot(gn)  # u'.g_n = -ugn
+                a1 = inv_len * k1 * phi_rel + b
+                a2 = inv_len * k2 * phi_rel + b
+                coef_ga -= a1
+                gphi = -phi_rel * ug1  # d L / d k1, the stiffness of a's spring
+                if ti.static(pair):  # k1 = sqrt(k_a k_n) eta_j and n's mutual spring k2 = sqrt(k_n k_a) eta_q
+                    gk += (gphi * k1 + phi_rel * ugn * k2) * (0.5 / ka)
+                    gkappa += gphi * deta[jj] * kp
+                else:
+                    gk += eta_j * gphi
+                    gkappa += gphi * deta[jj]
+                gx += (ug1 * (a1 + b - k1 * dphi_rel) - ugn * (a2 + b - k2 * dphi_rel)) * u \
+                    + (cl * (ugn - ug1)) * w + a2 * gn
+                gv += (c * (ugn - ug1)) * u
+            gx += coef_ga * ga
+            if ti.static(not pair):
+                gkappa *= ka
+            g_stiff[a] = g_stiff[a] + gk  # each anchor owns its entry: no atomic (+= would be one)
+            g_kappa[a] = g_kappa[a] + gkappa
+            _put(gx_out, a, gx)
+            _put(gv_out, a, gv)
 
 
 @ti.kernel
@@ -264,32 +272,34 @@ def spring_backward_reverse(x: NDA, v: NDA, g_force: NDA, prm: NDA, rev_ptr: NDA
     """Adds to (gx_out, gv_out) the gradient through the springs of the reverse adjacency (see
     :func:`spring_backward`), and with ``pair`` to g_stiff the gradient of their stiffness
     sqrt(k_src k_a) eta with respect to k_a."""
-    ti.loop_config(block_dim=BLOCK)
-    for a in range(x.shape[0]):
-        xa, va, zeta0, dead = _anchor(x, v, prm, a)
-        gx = xa * 0
-        gv = xa * 0
-        gk = stiff[a] * 0
-        for e in range(rev_ptr[a], rev_ptr[a + 1]):  # the other springs of other anchors that end at a
-            i = rev_src[e]
-            il = rev_inv_rest[e]
-            w = _vec(v, i) - va
-            u, inv_len, phi_rel, dphi_rel, wu, c = _spring_geometry(
-                _vec(x, i) - xa, w, il, _rest_1d(rev_rest, e, il, law), zeta0, p, dead, law)
-            g = _vec(g_force, i)
-            k = rev_k[e]
-            ug = u.dot(g)
-            cl = c * inv_len
-            b = cl * wu
-            ai = inv_len * k * phi_rel + b
-            gx -= (ug * (ai + b - k * dphi_rel)) * u - ai * g - (cl * ug) * w
-            gv += (c * ug) * u
+    spread = ti.static(task_spread(BLOCK))
+    for ix in range(x.shape[0] * spread):
+        if ix % spread == 0:
+            a = ix // spread
+            xa, va, zeta0, dead = _anchor(x, v, prm, a)
+            gx = xa * 0
+            gv = xa * 0
+            gk = stiff[a] * 0
+            for e in range(rev_ptr[a], rev_ptr[a + 1]):  # the other springs of other anchors that end at a
+                i = rev_src[e]
+                il = rev_inv_rest[e]
+                w = _vec(v, i) - va
+                u, inv_len, phi_rel, dphi_rel, wu, c = _spring_geometry(
+                    _vec(x, i) - xa, w, il, _rest_1d(rev_rest, e, il, law), zeta0, p, dead, law)
+                g = _vec(g_force, i)
+                k = rev_k[e]
+                ug = u.dot(g)
+                cl = c * inv_len
+                b = cl * wu
+                ai = inv_len * k * phi_rel + b
+                gx -= (ug * (ai + b - k * dphi_rel)) * u - ai * g - (cl * ug) * w
+                gv += (c * ug) * u
+                if ti.static(pair):
+                    gk -= phi_rel * ug * k
             if ti.static(pair):
-                gk -= phi_rel * ug * k
-        if ti.static(pair):
-            g_stiff[a] = g_stiff[a] + gk * (0.5 / stiff[a])
-        _put(gx_out, a, _vec(gx_out, a) + gx)
-        _put(gv_out, a, _vec(gv_out, a) + gv)
+                g_stiff[a] = g_stiff[a] + gk * (0.5 / stiff[a])
+            _put(gx_out, a, _vec(gx_out, a) + gx)
+            _put(gv_out, a, _vec(gv_out, a) + gv)
 
 
 @ti.kernel

@@ -333,3 +333,13 @@ def test_spring_stiffness_is_checked_and_saved_with_an_asset():
     with pytest.raises(SgausError, match="spring_stiffness must be one of anchor, pair"):
         build_spring_model(torch.rand(5, 3), 2, spring_stiffness="mean")
     assert build_spring_model(torch.rand(5, 3), 2, spring_stiffness="pair").physics()["spring_stiffness"] == "pair"
+
+
+def test_task_spread_hands_each_cpu_task_the_items_asked_for():
+    """Taichi's CPU backend runs a parallel loop in blocks of CPU_LOOP_BLOCK iterations whatever
+    loop_config says; task_spread stretches a loop so that each block holds the items asked for."""
+    from taichi_sim.runtime import CPU_LOOP_BLOCK, task_spread
+
+    assert task_spread(1) == CPU_LOOP_BLOCK  # one tile per task
+    assert task_spread(64) == CPU_LOOP_BLOCK // 64  # 64 anchors per task
+    assert task_spread(10 * CPU_LOOP_BLOCK) == 1  # never less than one index per item
