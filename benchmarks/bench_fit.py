@@ -35,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import taichi_sim  # noqa: E402,F401  (its environment defaults before PyTorch loads: taichi_sim/runtime.py)
 
 PARTS = ("simulation", "rendering", "binding", "loss", "optimiser")
 DEFAULT_SCENE = ROOT / "bench_out" / "scene_default"

@@ -24,6 +24,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import taichi_sim  # noqa: E402,F401  (its environment defaults before PyTorch loads: taichi_sim/runtime.py)
+
 
 SCENES = [(5000, 128), (20000, 256), (20000, 512), (200000, 512)]  # (Gaussians, image side), one view
 REPEATS = 7

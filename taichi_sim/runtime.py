@@ -12,6 +12,13 @@ import os
 
 os.environ.setdefault("TI_SKIP_VERSION_CHECK", "on")
 os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "0")
+# PyTorch's OpenMP threads spin after each parallel op (libgomp's default: 300,000 rounds) and so
+# take the cores from Taichi's own threads in the kernel launched next: on 2 cores the renderer's
+# forward + backward at 20k Gaussians and 256^2 took 0.070 s with the default, 0.056 s with
+# 10,000 rounds, and a fast-preset fit 235 s against 218 s (sleeping at once, OMP_WAIT_POLICY=
+# PASSIVE, slowed PyTorch's own work more: 265 s). Read when PyTorch loads libgomp, so this module
+# is imported before torch (taichi_sim/__init__.py; the CLI, the tests and the benchmarks).
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import taichi as ti  # noqa: E402
 from taichi_sim.errors import SgausError

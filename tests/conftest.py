@@ -3,6 +3,7 @@ the Taichi kernels can be compared with their PyTorch twins and finite differenc
 1e-6; kernels take their precision from the arrays they are given, so f32 runs too."""
 from __future__ import annotations
 
+import taichi_sim  # noqa: F401  (its environment defaults before PyTorch loads)
 import pytest
 import torch
 from click.testing import CliRunner

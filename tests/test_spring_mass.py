@@ -343,3 +343,19 @@ def test_task_spread_hands_each_cpu_task_the_items_asked_for():
     assert task_spread(1) == CPU_LOOP_BLOCK  # one tile per task
     assert task_spread(64) == CPU_LOOP_BLOCK // 64  # 64 anchors per task
     assert task_spread(10 * CPU_LOOP_BLOCK) == 1  # never less than one index per item
+
+
+def test_importing_taichi_sim_shortens_openmp_spinning_unless_the_user_chose():
+    """PyTorch's OpenMP threads must not spin long after each op: they would take the cores from
+    the Taichi kernel launched next. The default is set at import, before PyTorch loads."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import taichi_sim, os; print(os.environ['GOMP_SPINCOUNT'])"
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "10000"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "GOMP_SPINCOUNT": "7"}, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "7"
