@@ -81,3 +81,12 @@ def test_checkpoint_settings_change_no_stage_key():
     changed = _stages(make_settings("fast", overrides={"checkpoint_s": 0.5, "checkpoint_every": 3}))
     for name in base:
         assert stage_key(name, "parent", changed[name]) == stage_key(name, "parent", base[name]), name
+
+
+def test_paper_preset_renders_as_many_views_as_the_authors_loops():
+    """The authors' static loop renders one random view per iteration and their velocity and
+    dynamic loops one camera per frame; the fast preset keeps its own batches."""
+    paper, fast = make_settings("paper"), make_settings("fast")
+    assert paper.static(1.0).views_per_iteration == 1 and paper.velocity(3).cameras == 1
+    assert paper.dynamic().cameras_per_frame == 1
+    assert fast.static(1.0).views_per_iteration == 4 and fast.velocity(3).cameras == 2

@@ -38,6 +38,7 @@ class FitSettings:
       static_iterations: optimisation steps on frame 0.
       static_scale: the constant scale s0 of every Gaussian during this stage (scene units).
       static_max_gaussians: cap on the number of Gaussians after densification.
+      static_views: views rendered per iteration (the authors' 3DGS loop renders one).
     Anchors and springs (Sec. 4.2)
       n_anchors: anchors N_A sampled through the object's volume.
       k_neighbors: springs per anchor (n_k).
@@ -58,6 +59,7 @@ class FitSettings:
     Refine (Gaussians at their bound positions, colour/opacity/scale refined)
       refine_iterations, refine_lr.
     Initial velocity
+      velocity_cameras: cameras rendered per fitted frame and iteration (the authors: one).
       velocity_frames: frames used to fit v0 (0 = frames before the first ground contact).
       velocity_iterations, velocity_lr.
       velocity_substeps: substeps per frame while fitting v0 (before contact the springs stay at
@@ -116,6 +118,7 @@ class FitSettings:
     static_iterations: int = 1500
     static_scale: float = 0.004
     static_max_gaussians: int = 20000
+    static_views: int = 4
     n_anchors: int = 512
     k_neighbors: int = 64
     n_c: int = 16
@@ -136,6 +139,7 @@ class FitSettings:
     velocity_iterations: int = 60
     velocity_lr: float = 0.05
     velocity_substeps: int = 20
+    velocity_cameras: int = 2
     iterations: int = 40
     lr_stiffness: float = 0.03
     lr_kappa: float = 0.03
@@ -178,7 +182,8 @@ class FitSettings:
     def validate(self) -> "FitSettings":
         # a dynamic or velocity stage of 0 iterations would write the starting values as if fitted
         positive = ["static_iterations", "n_anchors", "k_neighbors", "n_b", "substeps", "max_substeps", "velocity_substeps",
-                    "cameras_per_frame", "static_max_gaussians", "iterations", "velocity_iterations"]
+                    "cameras_per_frame", "static_max_gaussians", "iterations", "velocity_iterations",
+                    "static_views", "velocity_cameras"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SgausError(f"setting {name} must be positive, got {getattr(self, name)}")
@@ -216,7 +221,8 @@ class FitSettings:
     # -- each stage's own settings (the stage's cache key is the hash of the whole dataclass)
     def static(self, image_scale: float) -> StaticSettings:
         return StaticSettings(iterations=self.static_iterations, scale=self.static_scale, image_scale=image_scale,
-                              seed=self.seed, max_gaussians=self.static_max_gaussians)
+                              seed=self.seed, max_gaussians=self.static_max_gaussians,
+                              views_per_iteration=self.static_views)
 
     def anchors(self) -> AnchorSettings:
         return AnchorSettings(self.n_anchors, self.k_neighbors, self.n_b, self.p_b, self.seed, self.anchor_splat_hull)
@@ -232,7 +238,7 @@ class FitSettings:
     def velocity(self, frames: int) -> VelocitySettings:
         """``frames``: the frames before contact, resolved by the caller (velocity_frames or detection)."""
         return VelocitySettings(frames, self.velocity_iterations, self.velocity_lr, self.velocity_substeps,
-                                self.substeps, self.seed, self.physics())
+                                self.substeps, self.seed, self.physics(), self.velocity_cameras)
 
     def global_search_settings(self) -> GlobalSearchSettings:
         return GlobalSearchSettings(
@@ -257,8 +263,8 @@ PRESETS: dict[str, dict] = {
     "fast": {},
     # the authors' settings (their public code, Colmar-zlicheng/Spring-Gaus, and paper Sec. 5)
     "paper": dict(
-        image_size=0, static_iterations=30000, static_scale=0.003, static_max_gaussians=200000,
-        n_anchors=2048, k_neighbors=256, n_c=16, n_b=16, substeps=100, refine_iterations=3000,
+        image_size=0, static_iterations=30000, static_scale=0.003, static_max_gaussians=200000, static_views=1,
+        velocity_cameras=1, n_anchors=2048, k_neighbors=256, n_c=16, n_b=16, substeps=100, refine_iterations=3000,
         velocity_iterations=200, velocity_lr=1e-3, iterations=300, lr_stiffness=1e-3, lr_kappa=1e-3,
         lr_friction=1e-3, truncate_per_frame=True,
     ),

@@ -26,7 +26,7 @@ class VelocitySettings:
     """frames: frames 0..frames-1 used (resolved: the frames before contact); iterations, lr: Adam;
     substeps: substeps per frame while fitting v0; target_substeps: those of the dynamic stage,
     which v0 is corrected for; seed: the camera choice; physics: the model's constants and
-    starting values."""
+    starting values; cameras: cameras rendered per frame and iteration (drawn at random)."""
 
     frames: int = 2
     iterations: int = 60
@@ -35,6 +35,7 @@ class VelocitySettings:
     target_substeps: int = 60
     seed: int = 0
     physics: PhysicsSettings = field(default_factory=PhysicsSettings)
+    cameras: int = 2
 
 
 @dataclass
@@ -57,7 +58,7 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, frames: FrameCache, 
     integrator = Integrator(frame_dt=frame_dt, substeps=settings.substeps)
     opt = torch.optim.Adam([v0], lr=settings.lr)
     cams = frames.cameras
-    ncam = min(len(cams), 2)
+    ncam = min(len(cams), settings.cameras)
     gen = random.Random(settings.seed + 1)
     losses = []
     first = 0
