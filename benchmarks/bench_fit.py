@@ -346,14 +346,19 @@ def paper_stages(data: Path, n_gaussians: int, iterations: int, watch: Stopwatch
 
     v0 = measure("velocity", paper.velocity_iterations, run_velocity).v0
 
-    # global search: one "iteration" is one candidate (a forward rollout scored on its cameras)
-    gs = dataclasses.replace(paper.global_search_settings(), grid_points=max(2, k), cma_generations=0)
-    n_candidates = paper.global_grid_points + paper.global_cma_generations * paper.global_cma_population
+    # global search: one "iteration" is one candidate (a forward rollout scored on its cameras): the
+    # bracket's k points, the contact offsets and the region round are measured (the CMA-ES round is
+    # left out) and the time is divided by the candidates actually scored; the preset's count is
+    # that of global_search.run: grid, offsets, CMA-ES generations and region generations
+    full = paper.global_search_settings()
+    gs = dataclasses.replace(full, grid_points=max(2, k), cma_generations=0)
+    n_candidates = full.grid_points + full.offset_points + full.cma_population * (
+        full.cma_generations + (full.region_generations if full.regions > 1 else 0))
 
     def run_global(mark):
         mark()
-        return global_stage.run(g2, model, a.binding, v0, frames, facts.fit_frames, facts.frame_dt, gs,
-                                False), gs.grid_points
+        r = global_stage.run(g2, model, a.binding, v0, frames, facts.fit_frames, facts.frame_dt, gs, False)
+        return r, len(r.evaluations)
 
     measure("global", n_candidates, run_global)
 
