@@ -62,12 +62,50 @@ def _reach(op, ca, cb, cc, det):
 
 
 @ti.func
+def _tile_box(tile, tiles_x, tiles_y, width, height):
+    """Tile ``tile`` (camera after camera, rows of tiles_x): the first image row of its camera in
+    the stacked [C*H, W] pixels, and its pixel box [x0, x1) x [y0, y1), clipped to the image."""
+    per_cam = tiles_x * tiles_y
+    y0 = ((tile % per_cam) // tiles_x) * TILE
+    x0 = (tile % tiles_x) * TILE
+    return (tile // per_cam) * height, x0, y0, ti.min(x0 + TILE, width), ti.min(y0 + TILE, height)
+
+
+@ti.func
 def _clamped_range(lo_f, hi_f, lo, hi):
     """Integers i in [lo, hi) with lo_f <= i + 0.5 <= hi_f, as (first, last + 1): the pixels whose
     centres lie in [lo_f, hi_f], clipped to the tile. Clamped in floating point before the cast."""
     first = ti.cast(ti.ceil(ti.max(lo_f - 0.5, lo - 1.0)), ti.i32)
     last = ti.cast(ti.floor(ti.min(hi_f - 0.5, hi + 0.0)), ti.i32)
     return ti.Vector([ti.max(first, lo), ti.min(last + 1, hi)])
+
+
+@ti.func
+def _entry(packed: ti.template(), e):
+    """Row ``e`` of the packed parameters (centre, conic, opacity, colour, depth), the conic's
+    determinant and the entry's reach (:func:`_reach`)."""
+    mx, my = packed[e, 0], packed[e, 1]
+    ca, cb, cc = packed[e, 2], packed[e, 3], packed[e, 4]
+    op = packed[e, 5]
+    det = ca * cc - cb * cb
+    return (mx, my, ca, cb, cc, op, packed[e, 6], packed[e, 7], packed[e, 8], packed[e, 9], det,
+            _reach(op, ca, cb, cc, det))
+
+
+@ti.func
+def _row_span(py, mx, my, ca, cb, det, reach, inv_ca, x0, x1):
+    """For image row ``py``: dy (the row's centre minus the entry's) and the columns [first, last)
+    of the tile [x0, x1) that the entry's q = reach ellipse covers on that row, padded (the chord
+    solved from the conic; empty when the row misses the ellipse)."""
+    dy = (py + 0.5) - my
+    disc = ca * reach - det * dy * dy
+    cols = ti.Vector([x0, x0])
+    if disc >= 0.0:
+        half = ti.sqrt(disc) * inv_ca
+        centre = mx - cb * dy * inv_ca
+        pad = SPAN_PAD * (1.0 + half)
+        cols = _clamped_range(centre - half - pad, centre + half + pad, x0, x1)
+    return dy, cols
 
 
 @ti.kernel
@@ -90,15 +128,9 @@ def _composite_forward(
         if ix % spread == 0:
             tile = ix // spread
             w_img = width
-            per_cam = tiles_x * tiles_y
-            cam = tile // per_cam
-            y0 = ((tile % per_cam) // tiles_x) * TILE
-            x0 = (tile % tiles_x) * TILE
-            y1 = ti.min(y0 + TILE, height)
-            x1 = ti.min(x0 + TILE, w_img)
+            cam_base, x0, y0, x1, y1 = _tile_box(tile, tiles_x, tiles_y, width, height)
             start = tile_offsets[tile]
             stop = tile_offsets[tile + 1]
-            cam_base = cam * height
             for py, px in ti.ndrange((y0, y1), (x0, x1)):
                 pix = (cam_base + py) * w_img + px
                 out_rgb[3 * pix] = 0.0
@@ -111,46 +143,34 @@ def _composite_forward(
             for j in range(start, stop):
                 if active == 0:
                     break
-                e = entry_ids[j]
-                mx, my = packed[e, 0], packed[e, 1]
-                ca, cb, cc = packed[e, 2], packed[e, 3], packed[e, 4]
-                op = packed[e, 5]
-                cr, cg, cbl, cz = packed[e, 6], packed[e, 7], packed[e, 8], packed[e, 9]
-                det = ca * cc - cb * cb
-                reach = _reach(op, ca, cb, cc, det)
+                mx, my, ca, cb, cc, op, cr, cg, cbl, cz, det, reach = _entry(packed, entry_ids[j])
                 if reach >= 0.0:
                     inv_ca = 1.0 / ca
                     ry = ti.sqrt(reach * ca / det)
                     rows = _clamped_range(my - ry, my + ry, y0, y1)
                     for py in range(rows[0], rows[1]):
-                        dy = (py + 0.5) - my
-                        disc = ca * reach - det * dy * dy  # the row's chord of the q = reach ellipse
-                        if disc >= 0.0:
-                            half = ti.sqrt(disc) * inv_ca
-                            centre = mx - cb * dy * inv_ca
-                            pad = SPAN_PAD * (1.0 + half)
-                            cols = _clamped_range(centre - half - pad, centre + half + pad, x0, x1)
-                            row = (cam_base + py) * w_img
-                            for px in range(cols[0], cols[1]):
-                                pix = row + px
-                                if out_end[pix] == stop:  # still compositing
-                                    dx = (px + 0.5) - mx
-                                    q = ca * dx * dx + 2.0 * cb * dx * dy + cc * dy * dy
-                                    if q <= CUTOFF_MAHALANOBIS2:
-                                        a = ti.min(ALPHA_MAX, op * ti.exp(-0.5 * q))
-                                        if a >= ALPHA_MIN:
-                                            T = out_alpha[pix]
-                                            t_next = T * (1.0 - a)
-                                            if t_next < T_MIN:
-                                                out_end[pix] = j
-                                                active = active - 1
-                                            else:
-                                                w = a * T  # (x = x + ..., as += would be atomic)
-                                                out_rgb[3 * pix] = out_rgb[3 * pix] + w * cr
-                                                out_rgb[3 * pix + 1] = out_rgb[3 * pix + 1] + w * cg
-                                                out_rgb[3 * pix + 2] = out_rgb[3 * pix + 2] + w * cbl
-                                                out_depth[pix] = out_depth[pix] + w * cz
-                                                out_alpha[pix] = t_next
+                        dy, cols = _row_span(py, mx, my, ca, cb, det, reach, inv_ca, x0, x1)
+                        row = (cam_base + py) * w_img
+                        for px in range(cols[0], cols[1]):
+                            pix = row + px
+                            if out_end[pix] == stop:  # still compositing
+                                dx = (px + 0.5) - mx
+                                q = ca * dx * dx + 2.0 * cb * dx * dy + cc * dy * dy
+                                if q <= CUTOFF_MAHALANOBIS2:
+                                    a = ti.min(ALPHA_MAX, op * ti.exp(-0.5 * q))
+                                    if a >= ALPHA_MIN:
+                                        T = out_alpha[pix]
+                                        t_next = T * (1.0 - a)
+                                        if t_next < T_MIN:
+                                            out_end[pix] = j
+                                            active = active - 1
+                                        else:
+                                            w = a * T  # (x = x + ..., as += would be atomic)
+                                            out_rgb[3 * pix] = out_rgb[3 * pix] + w * cr
+                                            out_rgb[3 * pix + 1] = out_rgb[3 * pix + 1] + w * cg
+                                            out_rgb[3 * pix + 2] = out_rgb[3 * pix + 2] + w * cbl
+                                            out_depth[pix] = out_depth[pix] + w * cz
+                                            out_alpha[pix] = t_next
             for py, px in ti.ndrange((y0, y1), (x0, x1)):
                 pix = (cam_base + py) * w_img + px
                 out_alpha[pix] = 1.0 - out_alpha[pix]
@@ -181,14 +201,8 @@ def _composite_backward(
         if ix % spread == 0:
             tile = ix // spread
             w_img = width
-            per_cam = tiles_x * tiles_y
-            cam = tile // per_cam
-            y0 = ((tile % per_cam) // tiles_x) * TILE
-            x0 = (tile % tiles_x) * TILE
-            y1 = ti.min(y0 + TILE, height)
-            x1 = ti.min(x0 + TILE, w_img)
+            cam_base, x0, y0, x1, y1 = _tile_box(tile, tiles_x, tiles_y, width, height)
             start = tile_offsets[tile]
-            cam_base = cam * height
             last = start  # entries at or past every pixel's end contribute nothing
             # per pixel: T, the colour and depth of what lies behind the current entry (final colour
             # minus what is in front, updated as the walk goes forward: T is never divided back up),
@@ -208,13 +222,7 @@ def _composite_backward(
                 state[s + 8] = g_depth[pix] * 1.0
                 state[s + 9] = g_alpha[pix] * (1.0 - alpha[pix])
             for j in range(start, last):
-                e = entry_ids[j]
-                mx, my = packed[e, 0], packed[e, 1]
-                ca, cb, cc = packed[e, 2], packed[e, 3], packed[e, 4]
-                op = packed[e, 5]
-                cr, cg, cbl, cz = packed[e, 6], packed[e, 7], packed[e, 8], packed[e, 9]
-                det = ca * cc - cb * cb
-                reach = _reach(op, ca, cb, cc, det)
+                mx, my, ca, cb, cc, op, cr, cg, cbl, cz, det, reach = _entry(packed, entry_ids[j])
                 g_mx, g_my, g_a, g_b, g_c, g_op = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
                 g_r, g_g, g_bl, g_z = 0.0, 0.0, 0.0, 0.0
                 if reach >= 0.0:
@@ -222,59 +230,53 @@ def _composite_backward(
                     ry = ti.sqrt(reach * ca / det)
                     rows = _clamped_range(my - ry, my + ry, y0, y1)
                     for py in range(rows[0], rows[1]):
-                        dy = (py + 0.5) - my
-                        disc = ca * reach - det * dy * dy
-                        if disc >= 0.0:
-                            half = ti.sqrt(disc) * inv_ca
-                            centre = mx - cb * dy * inv_ca
-                            pad = SPAN_PAD * (1.0 + half)
-                            cols = _clamped_range(centre - half - pad, centre + half + pad, x0, x1)
-                            row = (cam_base + py) * w_img
-                            for px in range(cols[0], cols[1]):
-                                pix = row + px
-                                if j < ends[pix]:
-                                    dx = (px + 0.5) - mx
-                                    q = ca * dx * dx + 2.0 * cb * dx * dy + cc * dy * dy
-                                    if q <= CUTOFF_MAHALANOBIS2:
-                                        G = ti.exp(-0.5 * q)
-                                        raw = op * G
-                                        a = ti.min(ALPHA_MAX, raw)
-                                        if a >= ALPHA_MIN:
-                                            s = STATE * pix
-                                            T = state[s]
-                                            w = a * T
-                                            rest_r = state[s + 1] - w * cr
-                                            rest_g = state[s + 2] - w * cg
-                                            rest_b = state[s + 3] - w * cbl
-                                            rest_d = state[s + 4] - w * cz
-                                            state[s + 1] = rest_r
-                                            state[s + 2] = rest_g
-                                            state[s + 3] = rest_b
-                                            state[s + 4] = rest_d
-                                            gr = state[s + 5]
-                                            gg = state[s + 6]
-                                            gb = state[s + 7]
-                                            gd = state[s + 8]
-                                            g_r += gr * w
-                                            g_g += gg * w
-                                            g_bl += gb * w
-                                            g_z += gd * w
-                                            if raw < ALPHA_MAX:
-                                                inv = 1.0 / (1.0 - a)
-                                                g_alpha_j = (gr * (cr * T - rest_r * inv)
-                                                             + gg * (cg * T - rest_g * inv)
-                                                             + gb * (cbl * T - rest_b * inv)
-                                                             + gd * (cz * T - rest_d * inv)
-                                                             + state[s + 9] * inv)
-                                                g_op += g_alpha_j * G
-                                                g_q = -0.5 * g_alpha_j * raw  # dL/dq = dL/da * op * dG/dq
-                                                g_a += g_q * dx * dx
-                                                g_b += g_q * 2.0 * dx * dy
-                                                g_c += g_q * dy * dy
-                                                # d = pixel - mean, so dq/dmean = -dq/dd
-                                                g_mx -= g_q * 2.0 * (ca * dx + cb * dy)
-                                                g_my -= g_q * 2.0 * (cb * dx + cc * dy)
-                                            state[s] = T * (1.0 - a)
+                        dy, cols = _row_span(py, mx, my, ca, cb, det, reach, inv_ca, x0, x1)
+                        row = (cam_base + py) * w_img
+                        for px in range(cols[0], cols[1]):
+                            pix = row + px
+                            if j < ends[pix]:
+                                dx = (px + 0.5) - mx
+                                q = ca * dx * dx + 2.0 * cb * dx * dy + cc * dy * dy
+                                if q <= CUTOFF_MAHALANOBIS2:
+                                    G = ti.exp(-0.5 * q)
+                                    raw = op * G
+                                    a = ti.min(ALPHA_MAX, raw)
+                                    if a >= ALPHA_MIN:
+                                        s = STATE * pix
+                                        T = state[s]
+                                        w = a * T
+                                        rest_r = state[s + 1] - w * cr
+                                        rest_g = state[s + 2] - w * cg
+                                        rest_b = state[s + 3] - w * cbl
+                                        rest_d = state[s + 4] - w * cz
+                                        state[s + 1] = rest_r
+                                        state[s + 2] = rest_g
+                                        state[s + 3] = rest_b
+                                        state[s + 4] = rest_d
+                                        gr = state[s + 5]
+                                        gg = state[s + 6]
+                                        gb = state[s + 7]
+                                        gd = state[s + 8]
+                                        g_r += gr * w
+                                        g_g += gg * w
+                                        g_bl += gb * w
+                                        g_z += gd * w
+                                        if raw < ALPHA_MAX:
+                                            inv = 1.0 / (1.0 - a)
+                                            g_alpha_j = (gr * (cr * T - rest_r * inv)
+                                                         + gg * (cg * T - rest_g * inv)
+                                                         + gb * (cbl * T - rest_b * inv)
+                                                         + gd * (cz * T - rest_d * inv)
+                                                         + state[s + 9] * inv)
+                                            g_op += g_alpha_j * G
+                                            g_q = -0.5 * g_alpha_j * raw  # dL/dq = dL/da * op * dG/dq
+                                            g_a += g_q * dx * dx
+                                            g_b += g_q * 2.0 * dx * dy
+                                            g_c += g_q * dy * dy
+                                            # d = pixel - mean, so dq/dmean = -dq/dd
+                                            g_mx -= g_q * 2.0 * (ca * dx + cb * dy)
+                                            g_my -= g_q * 2.0 * (cb * dx + cc * dy)
+                                        state[s] = T * (1.0 - a)
                 g_params[j, 0] = g_mx
                 g_params[j, 1] = g_my
                 g_params[j, 2] = g_a
