@@ -26,8 +26,6 @@ Stages (one kernel launch per stage, no per-tile Python loop):
 Taichi must have been initialised (taichi_sim.runtime.init_taichi); the kernels take torch
 tensors as ndarrays, so they run in the tensors' precision (f32 or f64).
 """
-import threading
-
 import taichi as ti
 import torch
 
@@ -289,24 +287,6 @@ def _composite_backward(
                 g_params[j, 9] = g_z
 
 
-_SCRATCH = threading.local()
-
-
-def _scratch(name: str, numel: int, like: torch.Tensor) -> torch.Tensor:
-    """A per-thread work buffer of ``numel`` elements of ``like``'s dtype and device, kept between
-    calls: the backward's per-pixel state and per-entry gradients are megabytes that a fresh
-    allocation makes the kernel fault in page by page (measured on 2 cores at 20k Gaussians and
-    256^2: 37 ms with fresh buffers, 29 ms with kept ones). Only ever used within one call."""
-    key = (name, like.dtype, like.device)
-    pool = getattr(_SCRATCH, "pool", None)
-    if pool is None:
-        pool = _SCRATCH.pool = {}
-    buf = pool.get(key)
-    if buf is None or buf.numel() < numel:
-        buf = pool[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
-    return buf[:numel]
-
-
 class _Composite(torch.autograd.Function):
     """Compositing of packed per-(camera, Gaussian) parameters over binned tiles."""
 
@@ -333,8 +313,8 @@ class _Composite(torch.autograd.Function):
         tiles_x, tiles_y, width, height = ctx.dims
         g_packed = torch.zeros_like(values)
         if entry_ids.numel() > 0:
-            g_entries = _scratch("g_entries", entry_ids.numel() * N_PARAMS, values).view(-1, N_PARAMS).zero_()
-            state = _scratch("state", alpha.numel() * STATE, values)
+            g_entries = torch.zeros(entry_ids.numel(), N_PARAMS, dtype=values.dtype, device=values.device)
+            state = torch.empty(alpha.numel() * STATE, dtype=values.dtype, device=values.device)
             _composite_backward(
                 values, entry_ids, tile_offsets, tiles_x, tiles_y, width, height, rgb.view(-1), alpha.view(-1),
                 depth.view(-1), ends.view(-1), g_rgb.contiguous().view(-1), g_alpha.contiguous().view(-1),
