@@ -349,11 +349,10 @@ def paper_stages(data: Path, n_gaussians: int, iterations: int, watch: Stopwatch
     # global search: one "iteration" is one candidate (a forward rollout scored on its cameras): the
     # bracket's k points, the contact offsets and the region round are measured (the CMA-ES round is
     # left out) and the time is divided by the candidates actually scored; the preset's count is
-    # that of global_search.run: grid, offsets, CMA-ES generations and region generations
+    # that of global_search.run's rounds
     full = paper.global_search_settings()
     gs = dataclasses.replace(full, grid_points=max(2, k), cma_generations=0)
-    n_candidates = full.grid_points + full.offset_points + full.cma_population * (
-        full.cma_generations + (full.region_generations if full.regions > 1 else 0))
+    n_candidates = sum(n for _, n in full.rounds())
 
     def run_global(mark):
         mark()

@@ -112,6 +112,20 @@ class GlobalSearchSettings:
             raise SgausError(f"global search: contact_offset_min must lie in -1..0 (a fraction of the object's "
                              f"height), got {self.contact_offset_min}")
 
+    def rounds(self, offsets: bool = True) -> list[tuple[str, int]]:
+        """The rounds :func:`run` scores, as (what, candidates): the stiffness bracket, the contact
+        offsets (where a range is searched and ``offsets``: the model stands on a ground), CMA-ES,
+        and the region round (R > 1)."""
+        out = [(f"{self.grid_points} stiffnesses", self.grid_points)]
+        if offsets and self.contact_offset_max > self.contact_offset_min:
+            out.append((f"{self.offset_points} contact offsets", self.offset_points))
+        out.append((f"{self.cma_generations} x {self.cma_population} CMA-ES",
+                    self.cma_generations * self.cma_population))
+        if self.regions > 1 and self.region_generations:
+            out.append((f"{self.region_generations} x {self.cma_population} for {self.regions} regions",
+                        self.region_generations * self.cma_population))
+        return out
+
 
 @dataclass
 class GlobalResult:
@@ -263,8 +277,7 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
     offset_min, offset_max = settings.contact_offset_min * height, settings.contact_offset_max * height
     offset_points = settings.offset_points if offset_max > offset_min else 0
     n_regions = min(settings.regions, model.n_anchors) if settings.regions > 1 else 0
-    total = settings.grid_points + offset_points + settings.cma_population * (
-        settings.cma_generations + (settings.region_generations if n_regions else 0))
+    total = sum(n for _, n in settings.rounds(offsets=offset_points > 0))
     bar = tqdm(total=total, desc="global", disable=not progress, leave=False)
     best = (math.inf, None)
     rounds = []

@@ -217,14 +217,8 @@ class Fitter:
         key = stage_key("global", parent, settings)
         if not self._cached("global", key):
             lo, hi = settings.log_k_range
-            rounds = [f"{settings.grid_points} stiffnesses"]
-            if settings.contact_offset_max > settings.contact_offset_min:
-                rounds.append(f"{settings.offset_points} contact offsets")
-            rounds.append(f"{settings.cma_generations} x {settings.cma_population} CMA-ES")
-            if settings.regions > 1 and settings.region_generations:
-                rounds.append(f"{settings.region_generations} x {settings.cma_population} for {settings.regions} regions")
             self.log(f"stage 5/6: global search of log10 k in {lo:g}..{hi:g}, friction and kappa "
-                     f"(rollouts: {', '.join(rounds)})")
+                     f"(rollouts: {', '.join(what for what, _ in settings.rounds())})")
             c = self.checkpoint("global", key)
             r = global_stage.run(g, model, a.binding, v0, self.frames, self.facts.fit_frames, self.facts.frame_dt,
                                  settings, self.progress, checkpoint=c)
