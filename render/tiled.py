@@ -91,6 +91,14 @@ def _entry(packed: ti.template(), e):
 
 
 @ti.func
+def _entry_rows(my, ca, det, reach, y0, y1):
+    """1 / a of the entry's conic and the rows [first, last) of the tile [y0, y1) that its q = reach
+    ellipse covers (its half-height is sqrt(reach a / det))."""
+    ry = ti.sqrt(reach * ca / det)
+    return 1.0 / ca, _clamped_range(my - ry, my + ry, y0, y1)
+
+
+@ti.func
 def _row_span(py, mx, my, ca, cb, det, reach, inv_ca, x0, x1):
     """For image row ``py``: dy (the row's centre minus the entry's) and the columns [first, last)
     of the tile [x0, x1) that the entry's q = reach ellipse covers on that row, padded (the chord
@@ -143,9 +151,7 @@ def _composite_forward(
                     break
                 mx, my, ca, cb, cc, op, cr, cg, cbl, cz, det, reach = _entry(packed, entry_ids[j])
                 if reach >= 0.0:
-                    inv_ca = 1.0 / ca
-                    ry = ti.sqrt(reach * ca / det)
-                    rows = _clamped_range(my - ry, my + ry, y0, y1)
+                    inv_ca, rows = _entry_rows(my, ca, det, reach, y0, y1)
                     for py in range(rows[0], rows[1]):
                         dy, cols = _row_span(py, mx, my, ca, cb, det, reach, inv_ca, x0, x1)
                         row = (cam_base + py) * w_img
@@ -224,9 +230,7 @@ def _composite_backward(
                 g_mx, g_my, g_a, g_b, g_c, g_op = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
                 g_r, g_g, g_bl, g_z = 0.0, 0.0, 0.0, 0.0
                 if reach >= 0.0:
-                    inv_ca = 1.0 / ca
-                    ry = ti.sqrt(reach * ca / det)
-                    rows = _clamped_range(my - ry, my + ry, y0, y1)
+                    inv_ca, rows = _entry_rows(my, ca, det, reach, y0, y1)
                     for py in range(rows[0], rows[1]):
                         dy, cols = _row_span(py, mx, my, ca, cb, det, reach, inv_ca, x0, x1)
                         row = (cam_base + py) * w_img
