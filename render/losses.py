@@ -1,6 +1,8 @@
 """Image losses and quality measures for renders in [0, 1], images laid out [..., H, W, 3]."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -93,15 +95,48 @@ def _ssim_nchw(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return _SSIM.apply(p, t)
 
 
+def _content_box(p: torch.Tensor, t: torch.Tensor) -> tuple[slice, slice] | None:
+    """Rows and columns of [N,C,H,W] that hold every pixel where p or t is not exactly zero,
+    widened by the SSIM window less one (10 pixels) on each side and clipped to the image; None
+    when nothing is zero-free or no crop is possible (see l1_dssim_loss)."""
+    with torch.no_grad():  # on the [N,H,W,C] storage underneath (contiguous as a rule): faster
+        lit = ((p.permute(0, 2, 3, 1) != 0) | (t.permute(0, 2, 3, 1) != 0)).any(dim=3).any(dim=0)  # [H, W]
+        rows, cols = lit.any(dim=1).nonzero()[:, 0], lit.any(dim=0).nonzero()[:, 0]
+    H, W = lit.shape
+    if len(rows) == 0:
+        return None
+    pad = SSIM_WINDOW - 1
+    r0, r1 = max(0, int(rows[0]) - pad), min(H, int(rows[-1]) + 1 + pad)
+    c0, c1 = max(0, int(cols[0]) - pad), min(W, int(cols[-1]) + 1 + pad)
+    if (r1 - r0) * (c1 - c0) == H * W:
+        return None
+    return slice(r0, r1), slice(c0, c1)
+
+
 def l1_dssim_loss(pred: torch.Tensor, target: torch.Tensor, lambda_dssim: float = 0.2) -> torch.Tensor:
-    """(1 - lambda) L1 + lambda (1 - SSIM), paper Eq. 18; a scalar averaged over all images."""
+    """(1 - lambda) L1 + lambda (1 - SSIM), paper Eq. 18; a scalar averaged over all images.
+
+    Renders on black against images composited on black are zero over most of a frame: there
+    the L1 term is 0 and every SSIM window that sees zeros alone in both images scores exactly 1
+    with exactly zero gradient (its means and variances are 0). So both terms are computed on the
+    box holding every non-zero pixel of either image (widened by the window, see _content_box),
+    and the windows outside it are counted as 1: the same loss and gradient as on the whole
+    image up to the order of floating-point sums, for a fraction of the work (a 512 x 512 frame
+    of a centred object: about a quarter of the pixels)."""
     if not 0.0 <= lambda_dssim <= 1.0:
         raise SgausError(f"lambda_dssim must lie in [0, 1], got {lambda_dssim}")
     p, t = _pair(pred, target)
-    l1 = (p - t).abs().mean()
+    n_pixels, windows = p.numel(), p.shape[0] * p.shape[1] * math.prod(s - SSIM_WINDOW + 1 for s in p.shape[-2:])
+    box = _content_box(p, t) if lambda_dssim == 0.0 or min(p.shape[-2:]) >= SSIM_WINDOW else None
+    if box is not None:  # contiguous: elementwise ops on the strided view run several times slower
+        p, t = p[..., box[0], box[1]].contiguous(), t[..., box[0], box[1]].contiguous()
+    l1 = (p - t).abs().sum() / n_pixels
     if lambda_dssim == 0.0:
         return l1
-    return (1 - lambda_dssim) * l1 + lambda_dssim * (1 - _ssim_nchw(p, t).mean())
+    s = _ssim_nchw(p, t)  # per image, mean over the box's windows
+    crop_windows = p.shape[0] * p.shape[1] * math.prod(s_ - SSIM_WINDOW + 1 for s_ in p.shape[-2:])
+    ssim_mean = (s.sum() * (crop_windows / p.shape[0]) + (windows - crop_windows)) / windows
+    return (1 - lambda_dssim) * l1 + lambda_dssim * (1 - ssim_mean)
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

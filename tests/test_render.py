@@ -365,3 +365,38 @@ def test_ssim_and_its_gradient_match_pytorch_msssim(rng, dtype):
     expected = 0.8 * (pred - target).abs().mean() + 0.2 * (1 - msssim(pred.permute(0, 3, 1, 2),
                                                                        target.permute(0, 3, 1, 2), data_range=1.0))
     torch.testing.assert_close(loss, expected, **tol)
+
+
+@pytest.mark.parametrize("placement", ["centre", "corner", "edge_to_edge", "black"])
+def test_loss_on_the_content_box_equals_the_whole_image(rng, placement):
+    """l1_dssim_loss computes both terms on the box of non-zero pixels (plus the SSIM window):
+    value and gradients (for both images) equal pytorch-msssim and L1 on the whole image, in
+    f64, whether the content is centred, in a corner (box clipped by the border), spans the
+    image (no crop) or is absent; and the two images' content may lie apart."""
+    from pytorch_msssim import ssim as msssim
+
+    pred = torch.zeros(2, 48, 40, 3, dtype=F64)
+    target = torch.zeros_like(pred)
+    if placement == "centre":
+        pred[:, 20:26, 15:22] = torch.rand(2, 6, 7, 3, generator=rng, dtype=F64)
+        target[:, 22:30, 18:24] = torch.rand(2, 8, 6, 3, generator=rng, dtype=F64)
+    elif placement == "corner":
+        pred[1, 40:, 35:] = torch.rand(8, 5, 3, generator=rng, dtype=F64)
+        target[0, 44:, 37:] = torch.rand(4, 3, 3, generator=rng, dtype=F64)
+    elif placement == "edge_to_edge":
+        pred[:, :, 3:5] = torch.rand(2, 48, 2, 3, generator=rng, dtype=F64)
+        target[:, 1:2, :] = torch.rand(2, 1, 40, 3, generator=rng, dtype=F64)
+    p, t = pred.clone().requires_grad_(), target.clone().requires_grad_()
+    loss = l1_dssim_loss(p, t, 0.2)
+    g_ours = torch.autograd.grad(loss, (p, t))
+    p2, t2 = pred.clone().requires_grad_(), target.clone().requires_grad_()
+    whole = 0.8 * (p2 - t2).abs().mean() + 0.2 * (1 - msssim(p2.permute(0, 3, 1, 2), t2.permute(0, 3, 1, 2),
+                                                              data_range=1.0))
+    g_whole = torch.autograd.grad(whole, (p2, t2))
+    torch.testing.assert_close(loss, whole, rtol=1e-12, atol=1e-14)
+    for a, b in zip(g_ours, g_whole):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+    if placement != "black":
+        assert loss.item() > 0 and g_whole[0].abs().max() > 0
+    l1_only = l1_dssim_loss(pred, target, 0.0)
+    torch.testing.assert_close(l1_only, (pred - target).abs().mean(), rtol=1e-12, atol=0)
