@@ -22,6 +22,14 @@ def test_fit_writes_a_complete_asset(tiny_run):
     assert np.isfinite(phys["log_stiffness"]).all()
     assert json.loads((tiny_run / "run.json").read_text())["stages_run"] == [
         "static", "anchors", "refine", "velocity", "global", "dynamic"]
+    info = {s: json.loads((tiny_run / f"stages/{s}/stage.json").read_text())
+            for s in ("static", "anchors", "refine", "velocity", "global", "dynamic")}
+    assert all(i["seconds"] > 0 for i in info.values())  # each stage's wall time
+    # the number of Gaussians from the start and after each densification that changed it (tiny:
+    # 150 iterations, densified at 39, 64 and 89), then pruned once more at the end
+    counts = info["static"]["gaussian_counts"]
+    assert counts[0][0] == 1 and len(counts) >= 2 and all(it in (40, 65, 90) for it, _ in counts[1:])
+    assert info["static"]["gaussians"] <= counts[-1][1]
 
 
 def test_eval_writes_metrics_table_and_video(tiny_run):

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,12 @@ class Fitter:
         """The checkpoint of stage ``name`` run with ``key`` (beside its output directory)."""
         return stage_checkpoint(self.run, name, key, self.settings, self.log)
 
+    @staticmethod
+    def _seconds(t0: float) -> dict:
+        """The stage's wall time for its stage.json: the process that finished it, from its start
+        or from the checkpoint it resumed (so the parts of a killed and resumed stage add up)."""
+        return {"seconds": round(time.perf_counter() - t0, 2)}
+
     def _written(self, name: str, c: Checkpoint) -> None:
         c.discard()
         self.ran.append(name)
@@ -155,9 +162,16 @@ class Fitter:
         key = stage_key("static", self.root_key, settings)
         if not self._cached("static", key):
             self.log("stage 1/5: static reconstruction of frame 0")
+            t0, counts = time.perf_counter(), []
+
+            def count(it, _loss, gs):  # the number of Gaussians after each densification
+                if not counts or counts[-1][1] != len(gs):
+                    counts.append([it + 1, len(gs)])
+
             c = self.checkpoint("static", key)
-            g = reconstruct_static(self.ds, settings, progress=self.progress, checkpoint=c)
-            with self.run.write_stage("static", key, {"gaussians": len(g)}) as d:
+            g = reconstruct_static(self.ds, settings, progress=self.progress, checkpoint=c, callback=count)
+            with self.run.write_stage("static", key, {"gaussians": len(g), "gaussian_counts": counts,
+                                                      **self._seconds(t0)}) as d:
                 save_ply(d / "gaussians.ply", g)
             self._written("static", c)
         return load_ply(self.run.stage_dir("static") / "gaussians.ply"), key
@@ -167,8 +181,9 @@ class Fitter:
         key = stage_key("anchors", parent, settings)
         if not self._cached("anchors", key):
             self.log(f"stage 2/5: {settings.n_anchors} anchors through the volume, {settings.k_neighbors} springs each")
+            t0 = time.perf_counter()
             a = anchors_stage.run(g, self.frames, settings)
-            with self.run.write_stage("anchors", key, {"anchors": len(a.rest_positions)}) as d:
+            with self.run.write_stage("anchors", key, {"anchors": len(a.rest_positions), **self._seconds(t0)}) as d:
                 save_anchors(a, d / "anchors.npz")
             self.ran.append("anchors")
         return load_anchors(self.run.stage_dir("anchors") / "anchors.npz", len(g)), key
@@ -180,10 +195,10 @@ class Fitter:
             self.log("stage 3/5: refining the Gaussians at their bound positions" if settings.iterations else
                      "stage 3/5: refine skipped (refine_iterations=0): the Gaussians only move to their bound "
                      "positions")
-            c = self.checkpoint("refine", key)
+            t0, c = time.perf_counter(), self.checkpoint("refine", key)
             r = refine_stage.run(g, apply_binding(a.binding, a.rest_positions), self.frames, settings, self.progress,
                                  checkpoint=c)
-            with self.run.write_stage("refine", key, {"losses": r.losses}) as d:
+            with self.run.write_stage("refine", key, {"losses": r.losses, **self._seconds(t0)}) as d:
                 save_ply(d / "gaussians.ply", r.gaussians)
             self._written("refine", c)
         return load_ply(self.run.stage_dir("refine") / "gaussians.ply"), key
@@ -204,10 +219,10 @@ class Fitter:
         key = stage_key("velocity", parent, settings)
         if not self._cached("velocity", key):
             self.log(f"stage 4/5: initial velocity from frames 0..{settings.frames - 1}")
-            c = self.checkpoint("velocity", key)
+            t0, c = time.perf_counter(), self.checkpoint("velocity", key)
             r = velocity_stage.run(g, model, a.binding, self.frames, self.facts.frame_dt, settings, self.progress,
                                    checkpoint=c)
-            with self.run.write_stage("velocity", key) as d:
+            with self.run.write_stage("velocity", key, self._seconds(t0)) as d:
                 write_json(d / "velocity.json", {"v0": r.v0.tolist(), "frames": r.frames, "losses": r.losses})
             self._written("velocity", c)
         return velocity_stage.load_v0(self.run.stage_dir("velocity") / "velocity.json"), key
@@ -219,10 +234,10 @@ class Fitter:
             lo, hi = settings.log_k_range
             self.log(f"stage 5/6: global search of log10 k in {lo:g}..{hi:g}, friction and kappa "
                      f"(rollouts: {', '.join(what for what, _ in settings.rounds())})")
-            c = self.checkpoint("global", key)
+            t0, c = time.perf_counter(), self.checkpoint("global", key)
             r = global_stage.run(g, model, a.binding, v0, self.frames, self.facts.fit_frames, self.facts.frame_dt,
                                  settings, self.progress, checkpoint=c)
-            with self.run.write_stage("global", key) as d:
+            with self.run.write_stage("global", key, self._seconds(t0)) as d:
                 global_stage.save(r, d)
             self._written("global", c)
         return global_stage.load(self.run.stage_dir("global")), key
@@ -234,11 +249,11 @@ class Fitter:
             label = "single k" if settings.single_k else "per-anchor k"
             self.log(f"stage {6 if start is not None else 5}/{6 if start is not None else 5}: stiffness ({label}), "
                      f"soft vector and friction on frames 0..{self.facts.fit_frames - 1}")
-            c = self.checkpoint("dynamic", key)
+            t0, c = time.perf_counter(), self.checkpoint("dynamic", key)
             r = dynamic_stage.run(g, model, a.binding, v0, self.frames, self.facts.fit_frames, self.facts.frame_dt,
                                   settings, self.progress, start=start, checkpoint=c,
                                   min_substeps=min_substeps)
-            with self.run.write_stage("dynamic", key) as d:
+            with self.run.write_stage("dynamic", key, self._seconds(t0)) as d:
                 dynamic_stage.save(r, d)
             self._written("dynamic", c)
         return dynamic_stage.load(self.run.stage_dir("dynamic")), key
