@@ -18,7 +18,13 @@ arrives) and on its inputs (the gradient leaves). The rest is "other" (Python, g
 densification statistics). The estimated total is the sum over stages of seconds per iteration
 times the preset's iteration count; the static stage's seconds per iteration are measured at the
 initial count and at --gaussians, and the count is taken to grow linearly over the densification
-window (3DGS' schedule: iterations 10 % .. 60 %) and to stay there after it.
+window (3DGS' schedule: iterations 10 % .. 60 %) and to stay there after it: an upper bound, as
+densification seldom reaches the cap. With --static-from RUN (a paper fit of the same data, which
+records the count after every densification in RUN/stages/static/stage.json) the count follows
+that fit's record instead, the time per iteration is measured at the initial and the largest count
+(linear in between), and the later stages start from that fit's Gaussians.
+
+    python benchmarks/bench_fit.py --preset paper --static-from RUN
 It also measures the fast preset end to end (`fast_total_s`; --skip-fast leaves it out).
 """
 from __future__ import annotations
@@ -226,8 +232,28 @@ def _iteration_times(stamps: list) -> list:
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
-def paper_stages(data: Path, n_gaussians: int, iterations: int, watch: Stopwatch, log=print) -> dict:
-    """Seconds per iteration and parts of every stage at the paper preset (module docstring)."""
+def static_weights(counts: list, n0: int, n1: int, total: int, schedule: tuple) -> dict:
+    """{count: iterations} of the static stage. ``counts`` [[iteration, n], ...] is a real fit's
+    record (stage.json: n Gaussians from that iteration on); without it the count is taken to grow
+    linearly from n0 to n1 over the densification window and to stay at n1 after it (time per
+    iteration being linear in the count, the ramp costs the mean of both ends)."""
+    if counts:
+        starts = [0] + [int(it) for it, _ in counts[1:]] + [total]
+        out: dict = defaultdict(float)
+        for (_it, n), a, b in zip(counts, starts, starts[1:]):
+            out[int(n)] += max(0, min(b, total) - a)
+        return dict(out)
+    start, stop, _every = schedule
+    if n0 == n1:
+        return {n0: total}
+    return {n0: start + 0.5 * (stop - start), n1: 0.5 * (stop - start) + (total - stop)}
+
+
+def paper_stages(data: Path, n_gaussians: int, iterations: int, watch: Stopwatch, log=print,
+                 static_run: Path | None = None) -> dict:
+    """Seconds per iteration and parts of every stage at the paper preset (module docstring);
+    with ``static_run``, the number of Gaussians over the static stage and the Gaussians the later
+    stages start from are those of that paper fit (RUN/stages/static)."""
     import torch
 
     from pipeline.data.datasets import load_dataset
@@ -280,6 +306,16 @@ def paper_stages(data: Path, n_gaussians: int, iterations: int, watch: Stopwatch
     # the first iteration (kernel compilation) is left out
     n0 = paper.static(scale).n_init
     total_static = paper.static_iterations
+    counts, fitted = [], None
+    if static_run is not None:
+        from pipeline.data.gaussians import load_ply
+
+        info = json.loads((static_run / "stages" / "static" / "stage.json").read_text())
+        counts = info["gaussian_counts"]
+        n_gaussians = max(n for _, n in counts)
+        fitted = load_ply(static_run / "stages" / "static" / "gaussians.ply")
+        log(f"  static: the number of Gaussians of {static_run}: {counts[0][1]} -> {n_gaussians} "
+            f"(at most), {len(fitted)} after the last pruning; its stage took {info.get('seconds', 0) / 60:.1f} min")
     static_at = {}
     gaussians = None
     for n in sorted({n0, n_gaussians}):
@@ -294,19 +330,20 @@ def paper_stages(data: Path, n_gaussians: int, iterations: int, watch: Stopwatch
         g = measure(f"static@{n}", paper.static_iterations, run_static)
         static_at[n] = results.pop(f"static@{n}")
         if n == n_gaussians:
-            gaussians = g
+            gaussians = g if fitted is None else fitted
     s0, s1 = static_at[n0]["s_per_iteration"], static_at[n_gaussians]["s_per_iteration"]
-    start, stop, _every = paper.static(scale).schedule()
-    # N(it): n0 before start, linear to n_gaussians over [start, stop), n_gaussians after; the time
-    # per iteration linear in N, so the ramp costs the mean of both ends
-    weights = {n0: start + 0.5 * (stop - start), n_gaussians: 0.5 * (stop - start) + (total_static - stop)}
-    if n0 == n_gaussians:
-        weights = {n0: total_static}
+    weights = static_weights(counts, n0, n_gaussians, total_static, paper.static(scale).schedule())
+
+    def at(n, key):  # linear in the count between the two measured ones
+        lo, hi = static_at[n0], static_at[n_gaussians]
+        f = 0.0 if n_gaussians == n0 else (n - n0) / (n_gaussians - n0)
+        pick = (lambda s: s[key]) if key == "s_per_iteration" else (lambda s: s["parts_s"][key])
+        return pick(lo) + f * (pick(hi) - pick(lo))
+
     results["static"] = {
-        "s_per_iteration": sum(w * static_at[n]["s_per_iteration"] for n, w in weights.items()) / total_static,
+        "s_per_iteration": sum(w * at(n, "s_per_iteration") for n, w in weights.items()) / total_static,
         "iterations": total_static,
-        "parts_s": {p: sum(w * static_at[n]["parts_s"][p] for n, w in weights.items()) / total_static
-                    for p in (*PARTS, "other")},
+        "parts_s": {p: sum(w * at(n, p) for n, w in weights.items()) / total_static for p in (*PARTS, "other")},
         "s_per_iteration_at": {str(n): v["s_per_iteration"] for n, v in static_at.items()},
     }
     log(f"  static     {results['static']['s_per_iteration']:9.3f} s/iteration over the schedule ({n0} -> "
@@ -380,6 +417,10 @@ def main() -> None:
     ap.add_argument("--gaussians", type=int, default=200000,
                     help="Gaussians the static stage ends with (paper preset; default its cap)")
     ap.add_argument("--iterations", type=int, default=2, help="iterations measured per stage (paper preset)")
+    ap.add_argument("--static-from", type=Path, default=None, metavar="RUN",
+                    help="paper preset: a paper fit of the same data whose static stage gives the number "
+                         "of Gaussians over the static stage and the Gaussians of the later stages "
+                         "(replaces --gaussians)")
     ap.add_argument("--skip-fast", action="store_true", help="paper preset: do not run the fast preset end to end")
     args = ap.parse_args()
 
@@ -393,15 +434,16 @@ def main() -> None:
     report: dict = {"arch": arch, "threads": torch.get_num_threads(), "data": str(data)}
 
     if args.preset == "paper":
-        print(f"paper preset, stage by stage on {data} ({args.gaussians} Gaussians, arch {arch}):", flush=True)
-        stages = paper_stages(data, args.gaussians, args.iterations, Stopwatch())
+        print(f"paper preset, stage by stage on {data} "
+              f"({args.static_from or f'{args.gaussians} Gaussians'}, arch {arch}):", flush=True)
+        stages = paper_stages(data, args.gaussians, args.iterations, Stopwatch(), static_run=args.static_from)
         total = sum(s["s_per_iteration"] * s["iterations"] for s in stages.values())
         report["stage_s_per_iteration"] = {name: s["s_per_iteration"] for name, s in stages.items()}
         report["stage_iterations"] = {name: s["iterations"] for name, s in stages.items()}
         report["stage_parts_s_per_iteration"] = {name: s["parts_s"] for name, s in stages.items()}
         report["static_s_per_iteration_at"] = stages["static"]["s_per_iteration_at"]
         report["paper_total_s_estimate"] = total
-        report["gaussians"] = args.gaussians
+        report["gaussians"] = max(int(n) for n in stages["static"]["s_per_iteration_at"])
         print()
         print("| stage | s / iteration | iterations | total min | " + " | ".join(PARTS) + " | other |")
         print("|---|---|---|---|" + "---|" * (len(PARTS) + 1))

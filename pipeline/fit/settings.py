@@ -39,6 +39,12 @@ class FitSettings:
       static_scale: the constant scale s0 of every Gaussian during this stage (scene units).
       static_max_gaussians: cap on the number of Gaussians after densification.
       static_views: views rendered per iteration (the authors' 3DGS loop renders one).
+      static_densify_every, static_densify_from, static_densify_until: densification period and
+        window in iterations (0, -1, -1: every iterations/30 from 10 % to 60 % of the run).
+      static_grad_threshold: clone Gaussians whose mean view-space (NDC) gradient exceeds this.
+      static_prune_opacity: remove Gaussians less opaque than this at each densification.
+      static_opacity_reset_every: 3DGS' opacity reset period (0: none). The paper preset uses the
+        authors' 3DGS schedule: every 100 from 500 to 15000, 0.0002, 0.005 and a reset every 3000.
     Anchors and springs (Sec. 4.2)
       n_anchors: anchors N_A sampled through the object's volume.
       k_neighbors: springs per anchor (n_k).
@@ -119,6 +125,12 @@ class FitSettings:
     static_scale: float = 0.004
     static_max_gaussians: int = 20000
     static_views: int = 4
+    static_densify_every: int = 0
+    static_densify_from: int = -1
+    static_densify_until: int = -1
+    static_grad_threshold: float = 0.0005
+    static_prune_opacity: float = 0.01
+    static_opacity_reset_every: int = 0
     n_anchors: int = 512
     k_neighbors: int = 64
     n_c: int = 16
@@ -188,6 +200,7 @@ class FitSettings:
             if getattr(self, name) <= 0:
                 raise SgausError(f"setting {name} must be positive, got {getattr(self, name)}")
         for name in ["image_size", "fit_frames", "refine_iterations", "velocity_frames", "checkpoint_s",
+                     "static_densify_every", "static_opacity_reset_every",
                      "checkpoint_every"]:
             if getattr(self, name) < 0:
                 raise SgausError(f"setting {name} must not be negative, got {getattr(self, name)}")
@@ -222,7 +235,12 @@ class FitSettings:
     def static(self, image_scale: float) -> StaticSettings:
         return StaticSettings(iterations=self.static_iterations, scale=self.static_scale, image_scale=image_scale,
                               seed=self.seed, max_gaussians=self.static_max_gaussians,
-                              views_per_iteration=self.static_views)
+                              views_per_iteration=self.static_views,
+                              densify_every=self.static_densify_every or None,
+                              densify_from=None if self.static_densify_from < 0 else self.static_densify_from,
+                              densify_until=None if self.static_densify_until < 0 else self.static_densify_until,
+                              grad_threshold=self.static_grad_threshold, prune_opacity=self.static_prune_opacity,
+                              opacity_reset_every=self.static_opacity_reset_every)
 
     def anchors(self) -> AnchorSettings:
         return AnchorSettings(self.n_anchors, self.k_neighbors, self.n_b, self.p_b, self.seed, self.anchor_splat_hull)
@@ -264,6 +282,8 @@ PRESETS: dict[str, dict] = {
     # the authors' settings (their public code, Colmar-zlicheng/Spring-Gaus, and paper Sec. 5)
     "paper": dict(
         image_size=0, static_iterations=30000, static_scale=0.003, static_max_gaussians=200000, static_views=1,
+        static_densify_every=100, static_densify_from=500, static_densify_until=15000, static_grad_threshold=0.0002,
+        static_prune_opacity=0.005, static_opacity_reset_every=3000,
         velocity_cameras=1, n_anchors=2048, k_neighbors=256, n_c=16, n_b=16, substeps=100, refine_iterations=3000,
         velocity_iterations=200, velocity_lr=1e-3, iterations=300, lr_stiffness=1e-3, lr_kappa=1e-3,
         lr_friction=1e-3, truncate_per_frame=True,

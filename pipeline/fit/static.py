@@ -55,6 +55,11 @@ class StaticSettings:
     densify_every [None]      period of densification and pruning (None: max(25, iterations // 30)).
     grad_threshold [0.0005]   clone Gaussians whose mean view-space gradient (NDC) exceeds this.
     prune_opacity [0.01]      remove Gaussians less opaque than this (also after the last step).
+    opacity_reset_every [0]   3DGS' opacity reset: every this many iterations before densify_until,
+                              every opacity above reset_opacity is lowered to it and its Adam
+                              moments cleared, so the next densifications prune what stays faint
+                              (0: never).
+    reset_opacity [0.01]      the opacity of that reset.
     n_init [2000]             number of initial Gaussians.
     image_scale [1.0]         images resized by this factor before fitting.
     lambda_dssim [0.2]        weight of D-SSIM in the loss (Eq. 18).
@@ -75,6 +80,8 @@ class StaticSettings:
     densify_every: int | None = None
     grad_threshold: float = 0.0005
     prune_opacity: float = 0.01
+    opacity_reset_every: int = 0
+    reset_opacity: float = 0.01
     n_init: int = 2000
     image_scale: float = 1.0
     lambda_dssim: float = 0.2
@@ -99,6 +106,10 @@ class StaticSettings:
             raise SgausError(f"static settings: init_opacity must lie in (0, 1), got {self.init_opacity}")
         if not 0.0 <= self.prune_opacity < 1.0:
             raise SgausError(f"static settings: prune_opacity must lie in [0, 1), got {self.prune_opacity}")
+        if int(self.opacity_reset_every) < 0:
+            raise SgausError(f"static settings: opacity_reset_every must not be negative, got {self.opacity_reset_every}")
+        if not 0.0 < self.reset_opacity < 1.0:
+            raise SgausError(f"static settings: reset_opacity must lie in (0, 1), got {self.reset_opacity}")
         return self
 
     def schedule(self) -> tuple[int, int, int]:
@@ -200,6 +211,19 @@ class _Optimiser:
             if group["name"] == name:
                 group["lr"] = lr
 
+    def reset_opacity(self, value: float) -> None:
+        """3DGS' opacity reset: every opacity above ``value`` set to it, the opacities' Adam
+        moments cleared (in place: the parameter stays the optimiser's)."""
+        logit = math.log(value / (1.0 - value))
+        with torch.no_grad():
+            self.g.opacity_logits.clamp_(max=logit)
+        for group in self.adam.param_groups:
+            if group["name"] == "opacity_logits":
+                for key in ("exp_avg", "exp_avg_sq"):
+                    state = self.adam.state.get(group["params"][0], {})
+                    if key in state:
+                        state[key].zero_()
+
     def gather(self, index: torch.Tensor) -> None:
         """Keep rows ``index`` (repeats clone) of every parameter and of its Adam moments."""
         for group in self.adam.param_groups:
@@ -295,6 +319,9 @@ def reconstruct_static(dataset: VideoDataset, settings: StaticSettings, progress
                     g.means[-n_clones:] += jitter.to(g.means.dtype)
             grad_sum = torch.zeros(len(g), dtype=torch.float64)
             grad_count = torch.zeros(len(g), dtype=torch.float64)
+        reset = settings.opacity_reset_every
+        if reset and it < stop and (it + 1) % reset == 0:
+            opt.reset_opacity(settings.reset_opacity)
         value = loss.item()
         if not math.isfinite(value):
             raise SgausError(f"static reconstruction diverged at iteration {it} (loss {value})")
