@@ -62,6 +62,14 @@ def test_resume_reuses_matching_stages_and_reruns_changed_ones(tiny_data, tiny_r
     r = invoke("fit", tiny_data, "--out", run, *TINY, "--resume", "--set", "refine_iterations=5",
                "--iterations", 2)
     assert json.loads((run / "run.json").read_text())["stages_run"] == ["dynamic"]
+    before = json.loads((run / "stages/dynamic/fitted.json").read_text())["substeps"]
+    # the authors' substep schedule: +50 at every multiple of substeps_raise_every below the
+    # iteration count (1-based): with 5 iterations and 2, at iterations 2 and 4
+    r = invoke("fit", tiny_data, "--out", run, *TINY, "--resume", "--set", "refine_iterations=5",
+               "--iterations", 5, "--set", "substeps_raise_every=2")
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "run.json").read_text())["stages_run"] == ["dynamic"]
+    assert json.loads((run / "stages/dynamic/fitted.json").read_text())["substeps"] == before + 100
     # without the global search the dense stage starts from init_* (sgaus 0.1): only it re-runs
     r = invoke("fit", tiny_data, "--out", run, *TINY, "--resume", "--set", "refine_iterations=5",
                "--iterations", 2, "--set", "global_search=false")

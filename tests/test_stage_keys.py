@@ -90,3 +90,13 @@ def test_paper_preset_renders_as_many_views_as_the_authors_loops():
     assert paper.static(1.0).views_per_iteration == 1 and paper.velocity(3).cameras == 1
     assert paper.dynamic().cameras_per_frame == 1
     assert fast.static(1.0).views_per_iteration == 4 and fast.velocity(3).cameras == 2
+
+
+def test_paper_preset_keeps_the_authors_counts():
+    """Their config: velocity 100 iterations; dynamic 300 iterations at 100 substeps per frame,
+    raised by 50 at iterations 100 and 200 (N_STEP_ITER); the fast preset never raises."""
+    paper = make_settings("paper")
+    assert paper.velocity(3).iterations == 100
+    d = paper.dynamic()
+    assert (d.iterations, d.substeps, d.substeps_raise_every) == (300, 100, 100)
+    assert make_settings("fast").dynamic().substeps_raise_every == 0

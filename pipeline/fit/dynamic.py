@@ -35,7 +35,10 @@ class DynamicSettings:
     stiffness_regions: R > 0 adds a spatially smooth field, R region values spread over the anchors
     by Gaussian weights, learned with the per-anchor deltas (0: per-anchor deltas alone);
     patience: stop once the loss has not improved by 0.5 % for this many iterations (0: never);
-    seed; physics: the model's constants and starting values."""
+    seed; physics: the model's constants and starting values; substeps_raise_every: the authors'
+    schedule of substeps (their N_STEP_ITER): 50 more substeps per frame from their (1-based)
+    iteration k * substeps_raise_every on, for every such iteration below ``iterations`` (300 and
+    100: raised at 100 and 200; 0: never), up to max_substeps."""
 
     iterations: int = 40
     lr_stiffness: float = 0.03
@@ -53,6 +56,10 @@ class DynamicSettings:
     patience: int = 0
     seed: int = 0
     physics: PhysicsSettings = field(default_factory=PhysicsSettings)
+    substeps_raise_every: int = 0
+
+
+SUBSTEPS_RAISE = 50  # the authors' STEP_ADD
 
 
 @dataclass
@@ -173,7 +180,13 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
                 "substeps": integrator.substeps}
 
     bar = tqdm(total=settings.iterations, initial=it, desc=desc, disable=not progress, leave=False)
+    raised = it - 1  # the last iteration whose raise of substeps is done (not redone on a retry)
     while it < settings.iterations:
+        every = settings.substeps_raise_every
+        # the authors raise at the start of their (1-based) iterations every, 2 every, ... below the count
+        if every and it > raised and (it + 1) % every == 0 and it + 1 < settings.iterations:
+            integrator = integrator.with_substeps(min(integrator.substeps + SUBSTEPS_RAISE, settings.max_substeps))
+        raised = it
         try:
             total = 0.0
             if settings.truncate_per_frame:

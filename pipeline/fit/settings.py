@@ -62,6 +62,9 @@ class FitSettings:
         a field that is not uniform does not push the object by itself; with global_regions=0 it is
         what orders the benchmark banana's halves, README "Spring stiffness").
       substeps: simulation substeps per frame (raised by 50 on instability, up to max_substeps).
+      substeps_raise_every: the dynamic stage's substeps rise by 50 at every multiple of this
+        iteration count below its iterations (the authors' N_STEP_ITER; paper preset 100: 100,
+        150, then 200 substeps; 0: never).
     Refine (Gaussians at their bound positions, colour/opacity/scale refined)
       refine_iterations, refine_lr.
     Initial velocity
@@ -145,6 +148,7 @@ class FitSettings:
     spring_stiffness: str = "anchor"
     substeps: int = 60
     max_substeps: int = 500
+    substeps_raise_every: int = 0
     refine_iterations: int = 200
     refine_lr: float = 0.01
     velocity_frames: int = 0
@@ -200,7 +204,7 @@ class FitSettings:
             if getattr(self, name) <= 0:
                 raise SgausError(f"setting {name} must be positive, got {getattr(self, name)}")
         for name in ["image_size", "fit_frames", "refine_iterations", "velocity_frames", "checkpoint_s",
-                     "static_densify_every", "static_opacity_reset_every",
+                     "static_densify_every", "static_opacity_reset_every", "substeps_raise_every",
                      "checkpoint_every"]:
             if getattr(self, name) < 0:
                 raise SgausError(f"setting {name} must not be negative, got {getattr(self, name)}")
@@ -273,7 +277,8 @@ class FitSettings:
             self.iterations, self.lr_stiffness, self.lr_kappa, self.lr_friction, self.lr_decay, self.grad_clip,
             self.lambda_dssim, self.truncate_per_frame, self.cameras_per_frame,
             self.single_k if single_k is None else single_k, self.substeps, self.max_substeps,
-            self.stiffness_regions, self.patience, self.seed, self.physics())
+            self.stiffness_regions, self.patience, self.seed, self.physics(),
+            substeps_raise_every=self.substeps_raise_every)
 
 
 PRESETS: dict[str, dict] = {
@@ -285,7 +290,7 @@ PRESETS: dict[str, dict] = {
         static_densify_every=100, static_densify_from=500, static_densify_until=15000, static_grad_threshold=0.0002,
         static_prune_opacity=0.005, static_opacity_reset_every=3000,
         velocity_cameras=1, n_anchors=2048, k_neighbors=256, n_c=16, n_b=16, substeps=100, refine_iterations=3000,
-        velocity_iterations=200, velocity_lr=1e-3, iterations=300, lr_stiffness=1e-3, lr_kappa=1e-3,
+        velocity_iterations=100, velocity_lr=1e-3, iterations=300, substeps_raise_every=100, lr_stiffness=1e-3, lr_kappa=1e-3,
         lr_friction=1e-3, truncate_per_frame=True,
     ),
     # a tiny configuration for tests and smoke runs
