@@ -398,14 +398,42 @@ def paper_stages(data: Path, n_gaussians: int, iterations: int, watch: Stopwatch
 
     measure("global", n_candidates, run_global)
 
-    def run_dynamic(mark):  # one iteration: frames 1..fit_frames-1, a step after each
-        mark()
-        dyn = dataclasses.replace(paper.dynamic(), iterations=1)
-        return dynamic_stage.run(g2, model, a.binding, v0, frames, facts.fit_frames, facts.frame_dt, dyn,
-                                 False), 1
+    # dynamic: one iteration (frames 1..fit_frames-1, a step after each) at each substep count of the
+    # preset's schedule (substeps_raise_every), weighted by the iterations run at it
+    levels = dynamic_substep_levels(paper.dynamic())
+    for n_sub in levels:
+        def run_dynamic(mark, n_sub=n_sub):
+            mark()
+            dyn = dataclasses.replace(paper.dynamic(), iterations=1, substeps=n_sub, substeps_raise_every=0)
+            return dynamic_stage.run(g2, model, a.binding, v0, frames, facts.fit_frames, facts.frame_dt, dyn,
+                                     False), 1
 
-    measure("dynamic", paper.iterations, run_dynamic)
+        measure(f"dynamic@{n_sub}", levels[n_sub], run_dynamic)
+    parts = [results.pop(f"dynamic@{n_sub}") for n_sub in levels]
+    total_dyn = paper.iterations
+    results["dynamic"] = {
+        "s_per_iteration": sum(p["s_per_iteration"] * p["iterations"] for p in parts) / total_dyn,
+        "iterations": total_dyn,
+        "parts_s": {k: sum(p["parts_s"][k] * p["iterations"] for p in parts) / total_dyn for k in (*PARTS, "other")},
+    }
+    if len(levels) > 1:
+        log(f"  dynamic    {results['dynamic']['s_per_iteration']:9.3f} s/iteration over the substep schedule "
+            + ", ".join(f"{n} substeps x {c}" for n, c in levels.items()))
     return results
+
+
+def dynamic_substep_levels(d) -> dict:
+    """{substeps per frame: iterations run at it} of a dynamic stage's schedule (its
+    substeps_raise_every; instability retries left out)."""
+    from pipeline.fit.dynamic import SUBSTEPS_RAISE
+
+    out: dict = defaultdict(int)
+    n = d.substeps
+    for it in range(d.iterations):
+        if d.substeps_raise_every and (it + 1) % d.substeps_raise_every == 0 and it + 1 < d.iterations:
+            n = min(n + SUBSTEPS_RAISE, d.max_substeps)
+        out[n] += 1
+    return dict(out)
 
 
 def main() -> None:

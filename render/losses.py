@@ -101,10 +101,10 @@ def _content_box(p: torch.Tensor, t: torch.Tensor) -> tuple[slice, slice] | None
     """Rows and columns of [N,C,H,W] that hold every pixel where p or t is not exactly zero,
     widened by the SSIM window less one (10 pixels) on each side and clipped to the image; None
     when nothing is zero-free or no crop is possible (see l1_dssim_loss)."""
-    with torch.no_grad():  # on the [N,H,W,C] storage underneath (contiguous as a rule): faster
-        lit = ((p.permute(0, 2, 3, 1) != 0) | (t.permute(0, 2, 3, 1) != 0)).any(dim=3).any(dim=0)  # [H, W]
-        rows, cols = lit.any(dim=1).nonzero()[:, 0], lit.any(dim=0).nonzero()[:, 0]
-    H, W = lit.shape
+    with torch.no_grad():  # a row (column) holds a non-zero value where its largest or smallest is not 0
+        rows = sum((x.amax(dim=(0, 1, 3)) != 0) | (x.amin(dim=(0, 1, 3)) != 0) for x in (p, t)).nonzero()[:, 0]
+        cols = sum((x.amax(dim=(0, 1, 2)) != 0) | (x.amin(dim=(0, 1, 2)) != 0) for x in (p, t)).nonzero()[:, 0]
+    H, W = p.shape[-2:]
     if len(rows) == 0:
         return None
     pad = SSIM_WINDOW - 1

@@ -210,21 +210,23 @@ def _composite_backward(
             last = start  # entries at or past every pixel's end contribute nothing
             # per pixel: T, the colour and depth of what lies behind the current entry (final colour
             # minus what is in front, updated as the walk goes forward: T is never divided back up),
-            # then the upstream gradients, dL/dA * T_final and the end of the pixel's list
-            for py, px in ti.ndrange((y0, y1), (x0, x1)):
-                pix = (cam_base + py) * w_img + px
-                s = STATE * pix
-                last = ti.max(last, ends[pix])
-                state[s] = 1.0
-                state[s + 1] = rgb[3 * pix] * 1.0
-                state[s + 2] = rgb[3 * pix + 1] * 1.0
-                state[s + 3] = rgb[3 * pix + 2] * 1.0
-                state[s + 4] = depth[pix] * 1.0
-                state[s + 5] = g_rgb[3 * pix] * 1.0
-                state[s + 6] = g_rgb[3 * pix + 1] * 1.0
-                state[s + 7] = g_rgb[3 * pix + 2] * 1.0
-                state[s + 8] = g_depth[pix] * 1.0
-                state[s + 9] = g_alpha[pix] * (1.0 - alpha[pix])
+            # then the upstream gradients, dL/dA * T_final and the end of the pixel's list (none
+            # for a tile without entries)
+            if tile_offsets[tile + 1] > start:
+                for py, px in ti.ndrange((y0, y1), (x0, x1)):
+                    pix = (cam_base + py) * w_img + px
+                    s = STATE * pix
+                    last = ti.max(last, ends[pix])
+                    state[s] = 1.0
+                    state[s + 1] = rgb[3 * pix] * 1.0
+                    state[s + 2] = rgb[3 * pix + 1] * 1.0
+                    state[s + 3] = rgb[3 * pix + 2] * 1.0
+                    state[s + 4] = depth[pix] * 1.0
+                    state[s + 5] = g_rgb[3 * pix] * 1.0
+                    state[s + 6] = g_rgb[3 * pix + 1] * 1.0
+                    state[s + 7] = g_rgb[3 * pix + 2] * 1.0
+                    state[s + 8] = g_depth[pix] * 1.0
+                    state[s + 9] = g_alpha[pix] * (1.0 - alpha[pix])
             for j in range(start, last):
                 mx, my, ca, cb, cc, op, cr, cg, cbl, cz, det, reach = _entry(packed, entry_ids[j])
                 g_mx, g_my, g_a, g_b, g_c, g_op = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
