@@ -32,7 +32,7 @@ import torch
 from render.inputs import finish_images
 from render.projection import (ALPHA_MAX, ALPHA_MIN, CUTOFF_MAHALANOBIS2, T_MIN, conic_of,
                                project_gaussians)
-from taichi_sim.runtime import task_spread
+from taichi_sim.runtime import cpu_threads, task_spread
 
 TILE = 16  # tile side in pixels
 # padding of an entry's reach (see _reach): relative and absolute in q, and per unit of the terms of q
@@ -57,6 +57,23 @@ def _reach(op, ca, cb, cc, det):
         extent2 = q * (ca + cc) / det + 1.0  # >= the squared radius in pixels, + 1
         reach = q * (1.0 + REACH_REL) + REACH_REL + REACH_TERMS * (ca + 2.0 * ti.abs(cb) + cc) * extent2
     return reach
+
+
+@ti.func
+def _slots(n_tiles, threads):
+    """Loop slots for n_tiles dealt round-robin to ``threads``: a multiple of threads >= n_tiles."""
+    return (n_tiles + threads - 1) // threads * threads
+
+
+@ti.func
+def _interleaved(k, n_tiles, threads):
+    """The tile of loop slot k (n_tiles or more: none). Taichi's CPU backend gives each of its
+    threads one contiguous part of a parallel loop, so tiles in their natural order left the
+    object's tiles, which lie together, to one or two threads (the compositing kernels ran at 1.1
+    cores of 2 on a real object); slot k of part k // chunk holds tile (k % chunk) threads +
+    k // chunk, so every thread gets every threads-th tile of the image."""
+    chunk = (n_tiles + threads - 1) // threads
+    return (k % chunk) * threads + k // chunk
 
 
 @ti.func
@@ -123,6 +140,7 @@ def _composite_forward(
     tiles_y: ti.i32,
     width: ti.i32,
     height: ti.i32,
+    threads: ti.i32,  # Taichi's CPU threads (runtime.cpu_threads; 1 on CUDA): tiles dealt round-robin
     out_rgb: ti.types.ndarray(),  # [C*H*W*3] foreground colour (no background)
     out_alpha: ti.types.ndarray(),  # [C*H*W]
     out_depth: ti.types.ndarray(),  # [C*H*W] sum T_i alpha_i z_i
@@ -130,9 +148,9 @@ def _composite_forward(
 ):
     n_tiles = tile_offsets.shape[0] - 1
     spread = ti.static(task_spread(1))
-    for ix in range(n_tiles * spread):  # one task per tile; its pixels' running sums live in the outputs
-        if ix % spread == 0:
-            tile = ix // spread
+    for ix in range(_slots(n_tiles, threads) * spread):  # one task per tile; its pixels' sums live in the outputs
+        tile = _interleaved(ix // spread, n_tiles, threads)
+        if ix % spread == 0 and tile < n_tiles:
             w_img = width
             cam_base, x0, y0, x1, y1 = _tile_box(tile, tiles_x, tiles_y, width, height)
             start = tile_offsets[tile]
@@ -189,6 +207,7 @@ def _composite_backward(
     tiles_y: ti.i32,
     width: ti.i32,
     height: ti.i32,
+    threads: ti.i32,
     rgb: ti.types.ndarray(),  # [C*H*W*3] forward outputs
     alpha: ti.types.ndarray(),  # [C*H*W]
     depth: ti.types.ndarray(),  # [C*H*W]
@@ -201,9 +220,9 @@ def _composite_backward(
 ):
     n_tiles = tile_offsets.shape[0] - 1
     spread = ti.static(task_spread(1))
-    for ix in range(n_tiles * spread):  # one task per tile: its entries' gradients need no atomics
-        if ix % spread == 0:
-            tile = ix // spread
+    for ix in range(_slots(n_tiles, threads) * spread):  # one task per tile: no atomics for its entries' gradients
+        tile = _interleaved(ix // spread, n_tiles, threads)
+        if ix % spread == 0 and tile < n_tiles:
             w_img = width
             cam_base, x0, y0, x1, y1 = _tile_box(tile, tiles_x, tiles_y, width, height)
             start = tile_offsets[tile]
@@ -307,7 +326,8 @@ class _Composite(torch.autograd.Function):
         depth = empty(n_cams, height, width, dtype=dtype, device=device)
         ends = torch.zeros(n_cams, height, width, dtype=torch.int32, device=device)
         if entry_ids.numel() > 0:
-            _composite_forward(values, entry_ids, tile_offsets, tiles_x, tiles_y, width, height, rgb.view(-1),
+            _composite_forward(values, entry_ids, tile_offsets, tiles_x, tiles_y, width, height, cpu_threads(),
+                               rgb.view(-1),
                                alpha.view(-1), depth.view(-1), ends.view(-1))
         ctx.save_for_backward(values, entry_ids, tile_offsets, rgb, alpha, depth, ends)
         ctx.dims = (tiles_x, tiles_y, width, height)
@@ -322,7 +342,8 @@ class _Composite(torch.autograd.Function):
             g_entries = torch.zeros(entry_ids.numel(), N_PARAMS, dtype=values.dtype, device=values.device)
             state = torch.empty(alpha.numel() * STATE, dtype=values.dtype, device=values.device)
             _composite_backward(
-                values, entry_ids, tile_offsets, tiles_x, tiles_y, width, height, rgb.view(-1), alpha.view(-1),
+                values, entry_ids, tile_offsets, tiles_x, tiles_y, width, height, cpu_threads(), rgb.view(-1),
+                alpha.view(-1),
                 depth.view(-1), ends.view(-1), g_rgb.contiguous().view(-1), g_alpha.contiguous().view(-1),
                 g_depth.contiguous().view(-1), state, g_entries,
             )

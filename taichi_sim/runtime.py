@@ -88,6 +88,17 @@ def require_taichi() -> None:
 CPU_LOOP_BLOCK = 512
 
 
+def cpu_threads() -> int:
+    """The threads a parallel loop runs on: Taichi's CPU thread count (``cpu_max_num_threads``,
+    the machine's cores unless set), 1 on CUDA. Taichi 1.7's CPU backend splits a parallel
+    loop's range into that many contiguous parts, one per thread (measured: two tiles of work
+    300 loop slots apart ran on one thread of 2, 600 apart on both), so work that lies together
+    in index order is dealt round-robin by the kernels that know it (render.tiled)."""
+    if _state["arch"] != "cpu":
+        return 1
+    return max(1, int(ti.lang.impl.current_cfg().cpu_max_num_threads))
+
+
 def task_spread(items_per_task: int) -> int:
     """How many loop indices to spend per item so that a parallel loop over n items runs in
     tasks of ``items_per_task`` items: a kernel loops over ``range(n * S)`` and works on item
