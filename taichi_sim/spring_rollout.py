@@ -268,10 +268,10 @@ class FrameStepper:
         gxd, gvd, gforce = scratch
         if self.mutual_k is None:
             self._stiffness_tables()
-        K.ground_backward(gx, gv, vh, contact, self.prm, gxd, gvd, gforce, g_friction)
         law, p_k, pair = self.inputs.law, self.inputs.p_k, self.inputs.pair
-        K.spring_backward(x, v, self.nbr, self.rest, self.inv_rest, self.stiff, self.eta, self.prm, self.mutual_k,
-                          gxd, gvd, gforce, self.deta, gx, gv, g_stiff, g_kappa, law, p_k, pair)
+        K.spring_backward(x, v, vh, contact, self.nbr, self.rest, self.inv_rest, self.stiff, self.eta, self.prm,
+                          self.mutual_k, gxd, gvd, gforce, g_friction, self.deta, gx, gv, g_stiff, g_kappa, law, p_k,
+                          pair)
         K.spring_backward_reverse(x, v, gforce, self.prm, self.rev_ptr, self.rev_src, self.rev_rest,
                                   self.rev_inv_rest, self.rev_k, self.stiff, gx, gv, g_stiff, law, p_k,
                                   pair)
