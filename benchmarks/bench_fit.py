@@ -250,7 +250,7 @@ def static_weights(counts: list, n0: int, n1: int, total: int, schedule: tuple) 
 
 
 def paper_stages(data: Path, n_gaussians: int, iterations: int, watch: Stopwatch, log=print,
-                 static_run: Path | None = None) -> dict:
+                 static_run: Path | None = None, static_counts: list | None = None) -> dict:
     """Seconds per iteration and parts of every stage at the paper preset (module docstring);
     with ``static_run``, the number of Gaussians over the static stage and the Gaussians the later
     stages start from are those of that paper fit (RUN/stages/static)."""
@@ -311,7 +311,7 @@ def paper_stages(data: Path, n_gaussians: int, iterations: int, watch: Stopwatch
         from pipeline.data.gaussians import load_ply
 
         info = json.loads((static_run / "stages" / "static" / "stage.json").read_text())
-        counts = info["gaussian_counts"]
+        counts = static_counts or info["gaussian_counts"]
         n_gaussians = max(n for _, n in counts)
         fitted = load_ply(static_run / "stages" / "static" / "gaussians.ply")
         log(f"  static: the number of Gaussians of {static_run}: {counts[0][1]} -> {n_gaussians} "
@@ -445,6 +445,10 @@ def main() -> None:
     ap.add_argument("--gaussians", type=int, default=200000,
                     help="Gaussians the static stage ends with (paper preset; default its cap)")
     ap.add_argument("--iterations", type=int, default=2, help="iterations measured per stage (paper preset)")
+    ap.add_argument("--static-counts", type=Path, default=None, metavar="JSON",
+                    help="with --static-from: the record of the number of Gaussians ([[iteration, count], ...]) "
+                         "to use instead of RUN's (for a run whose static stage was resumed from a checkpoint "
+                         "written before the record was kept)")
     ap.add_argument("--static-from", type=Path, default=None, metavar="RUN",
                     help="paper preset: a paper fit of the same data whose static stage gives the number "
                          "of Gaussians over the static stage and the Gaussians of the later stages "
@@ -464,7 +468,9 @@ def main() -> None:
     if args.preset == "paper":
         print(f"paper preset, stage by stage on {data} "
               f"({args.static_from or f'{args.gaussians} Gaussians'}, arch {arch}):", flush=True)
-        stages = paper_stages(data, args.gaussians, args.iterations, Stopwatch(), static_run=args.static_from)
+        counts = json.loads(args.static_counts.read_text()) if args.static_counts else None
+        stages = paper_stages(data, args.gaussians, args.iterations, Stopwatch(), static_run=args.static_from,
+                              static_counts=counts)
         total = sum(s["s_per_iteration"] * s["iterations"] for s in stages.values())
         report["stage_s_per_iteration"] = {name: s["s_per_iteration"] for name, s in stages.items()}
         report["stage_iterations"] = {name: s["iterations"] for name, s in stages.items()}

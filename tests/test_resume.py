@@ -94,6 +94,9 @@ def test_a_stage_killed_midway_resumes_from_its_checkpoint_bitwise(stage, killed
     assert f"{stage}: resuming from the checkpoint after iteration {done}" in step["resumed"]
     rel = f"stages/{stage}/{STAGE_FILES[stage]}"
     assert (run / rel).read_bytes() == (reference / rel).read_bytes(), f"{rel} differs from the uninterrupted fit"
+    if stage == "static":  # the record of the number of Gaussians survives the kill (killed after the densification)
+        counts = [json.loads((r / "stages/static/stage.json").read_text())["gaussian_counts"] for r in (run, reference)]
+        assert counts[0] == counts[1] and counts[0][0][0] == 1 and len(counts[0]) >= 2, counts
 
 
 def test_the_fit_killed_in_every_stage_ends_with_the_uninterrupted_asset(killed_in_every_stage, reference):

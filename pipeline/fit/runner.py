@@ -163,13 +163,8 @@ class Fitter:
         if not self._cached("static", key):
             self.log("stage 1/5: static reconstruction of frame 0")
             t0, counts = time.perf_counter(), []
-
-            def count(it, _loss, gs):  # the number of Gaussians after each densification
-                if not counts or counts[-1][1] != len(gs):
-                    counts.append([it + 1, len(gs)])
-
             c = self.checkpoint("static", key)
-            g = reconstruct_static(self.ds, settings, progress=self.progress, checkpoint=c, callback=count)
+            g = reconstruct_static(self.ds, settings, progress=self.progress, checkpoint=c, counts=counts)
             with self.run.write_stage("static", key, {"gaussians": len(g), "gaussian_counts": counts,
                                                       **self._seconds(t0)}) as d:
                 save_ply(d / "gaussians.ply", g)

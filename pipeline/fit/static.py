@@ -240,11 +240,14 @@ class _Optimiser:
 
 
 def reconstruct_static(dataset: VideoDataset, settings: StaticSettings, progress: bool = True,
-                       callback=None, checkpoint: Checkpoint | None = None) -> Gaussians:
+                       callback=None, checkpoint: Checkpoint | None = None, counts: list | None = None) -> Gaussians:
     """Fit isotropic Gaussians of constant scale ``settings.scale`` to frame 0 of every view of
     ``dataset`` (Taichi must be initialised: the renderer uses it). ``callback(iteration, loss,
     gaussians)``, when given, is called after every step. ``checkpoint`` saves the loop's state
-    (pipeline/fit/checkpoint.py) and restores it on resume. Returns detached Gaussians."""
+    (pipeline/fit/checkpoint.py) and restores it on resume. ``counts``, when given, receives the
+    number of Gaussians from the first iteration on and after every densification that changed
+    it, as [iterations done, count] pairs (a resumed loop restores the pairs before the resume).
+    Returns detached Gaussians."""
     from render import l1_dssim_loss
 
     checkpoint = checkpoint or Checkpoint.disabled("static")
@@ -277,11 +280,14 @@ def reconstruct_static(dataset: VideoDataset, settings: StaticSettings, progress
         set_rng_state(rng, saved["rng"])
         gen.set_state(saved["gen"])
         grad_sum, grad_count = saved["grad_sum"].clone(), saved["grad_count"].clone()
+        if counts is not None:
+            counts[:] = [list(pair) for pair in saved.get("counts", [])]
+    history = counts if counts is not None else []
 
     def state() -> dict:
         return {"iteration": it + 1, "gaussians": [t.detach().clone() for t in g.tensors()],
                 "adam": opt.adam.state_dict(), "order": list(order), "rng": rng_state(rng), "gen": gen.get_state(),
-                "grad_sum": grad_sum.clone(), "grad_count": grad_count.clone()}
+                "grad_sum": grad_sum.clone(), "grad_count": grad_count.clone(), "counts": [list(p) for p in history]}
 
     bar = tqdm(range(first, settings.iterations), desc="static", unit="it", disable=not progress, leave=False,
                initial=first, total=settings.iterations)
@@ -327,6 +333,8 @@ def reconstruct_static(dataset: VideoDataset, settings: StaticSettings, progress
             raise SgausError(f"static reconstruction diverged at iteration {it} (loss {value})")
         if progress:
             bar.set_postfix(loss=f"{value:.4f}", n=len(g), refresh=False)
+        if not history or history[-1][1] != len(g):
+            history.append([it + 1, len(g)])
         if callback is not None:
             callback(it, value, g)
         checkpoint.step(it + 1, state)
