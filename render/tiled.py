@@ -149,8 +149,10 @@ def _composite_forward(
     n_tiles = tile_offsets.shape[0] - 1
     spread = ti.static(task_spread(1))
     for ix in range(_slots(n_tiles, threads) * spread):  # one task per tile; its pixels' sums live in the outputs
-        tile = _interleaved(ix // spread, n_tiles, threads)
-        if ix % spread == 0 and tile < n_tiles:
+        tile = n_tiles  # the slot's tile, computed for the first index of each slot only (two divisions)
+        if ix % spread == 0:
+            tile = _interleaved(ix // spread, n_tiles, threads)
+        if tile < n_tiles:
             w_img = width
             cam_base, x0, y0, x1, y1 = _tile_box(tile, tiles_x, tiles_y, width, height)
             start = tile_offsets[tile]
@@ -221,8 +223,10 @@ def _composite_backward(
     n_tiles = tile_offsets.shape[0] - 1
     spread = ti.static(task_spread(1))
     for ix in range(_slots(n_tiles, threads) * spread):  # one task per tile: no atomics for its entries' gradients
-        tile = _interleaved(ix // spread, n_tiles, threads)
-        if ix % spread == 0 and tile < n_tiles:
+        tile = n_tiles  # the slot's tile, computed for the first index of each slot only (two divisions)
+        if ix % spread == 0:
+            tile = _interleaved(ix // spread, n_tiles, threads)
+        if tile < n_tiles:
             w_img = width
             cam_base, x0, y0, x1, y1 = _tile_box(tile, tiles_x, tiles_y, width, height)
             start = tile_offsets[tile]
