@@ -425,12 +425,12 @@ def paper_stages(data: Path, n_gaussians: int, iterations: int, watch: Stopwatch
 def dynamic_substep_levels(d) -> dict:
     """{substeps per frame: iterations run at it} of a dynamic stage's schedule (its
     substeps_raise_every; instability retries left out)."""
-    from pipeline.fit.dynamic import SUBSTEPS_RAISE
+    from pipeline.fit.dynamic import SUBSTEPS_RAISE, raises_substeps
 
     out: dict = defaultdict(int)
     n = d.substeps
     for it in range(d.iterations):
-        if d.substeps_raise_every and (it + 1) % d.substeps_raise_every == 0 and it + 1 < d.iterations:
+        if raises_substeps(d, it):
             n = min(n + SUBSTEPS_RAISE, d.max_substeps)
         out[n] += 1
     return dict(out)

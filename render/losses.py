@@ -97,10 +97,15 @@ def _ssim_nchw(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return _SSIM.apply(p, t)
 
 
+def _windows(x: torch.Tensor) -> int:
+    """Number of SSIM windows (per channel and image, summed) of [N,C,H,W] images."""
+    return x.shape[0] * x.shape[1] * math.prod(s - SSIM_WINDOW + 1 for s in x.shape[-2:])
+
+
 def _content_box(p: torch.Tensor, t: torch.Tensor) -> tuple[slice, slice] | None:
     """Rows and columns of [N,C,H,W] that hold every pixel where p or t is not exactly zero,
     widened by the SSIM window less one (10 pixels) on each side and clipped to the image; None
-    when nothing is zero-free or no crop is possible (see l1_dssim_loss)."""
+    when both images are zero everywhere or the box is the whole image (see l1_dssim_loss)."""
     with torch.no_grad():  # a row (column) holds a non-zero value where its largest or smallest is not 0
         rows = sum((x.amax(dim=(0, 1, 3)) != 0) | (x.amin(dim=(0, 1, 3)) != 0) for x in (p, t)).nonzero()[:, 0]
         cols = sum((x.amax(dim=(0, 1, 2)) != 0) | (x.amin(dim=(0, 1, 2)) != 0) for x in (p, t)).nonzero()[:, 0]
@@ -128,7 +133,7 @@ def l1_dssim_loss(pred: torch.Tensor, target: torch.Tensor, lambda_dssim: float 
     if not 0.0 <= lambda_dssim <= 1.0:
         raise SgausError(f"lambda_dssim must lie in [0, 1], got {lambda_dssim}")
     p, t = _pair(pred, target)
-    n_pixels, windows = p.numel(), p.shape[0] * p.shape[1] * math.prod(s - SSIM_WINDOW + 1 for s in p.shape[-2:])
+    n_pixels, windows = p.numel(), _windows(p)
     box = _content_box(p, t) if lambda_dssim == 0.0 or min(p.shape[-2:]) >= SSIM_WINDOW else None
     if box is not None:  # contiguous: elementwise ops on the strided view run several times slower
         p, t = p[..., box[0], box[1]].contiguous(), t[..., box[0], box[1]].contiguous()
@@ -136,7 +141,7 @@ def l1_dssim_loss(pred: torch.Tensor, target: torch.Tensor, lambda_dssim: float 
     if lambda_dssim == 0.0:
         return l1
     s = _ssim_nchw(p, t)  # per image, mean over the box's windows
-    crop_windows = p.shape[0] * p.shape[1] * math.prod(s_ - SSIM_WINDOW + 1 for s_ in p.shape[-2:])
+    crop_windows = _windows(p)
     ssim_mean = (s.sum() * (crop_windows / p.shape[0]) + (windows - crop_windows)) / windows
     return (1 - lambda_dssim) * l1 + lambda_dssim * (1 - ssim_mean)
 

@@ -62,6 +62,13 @@ class DynamicSettings:
 SUBSTEPS_RAISE = 50  # the authors' STEP_ADD
 
 
+def raises_substeps(settings: DynamicSettings, it: int) -> bool:
+    """Whether the substeps rise by SUBSTEPS_RAISE before (0-based) iteration ``it``: the authors
+    raise at the start of their (1-based) iterations every, 2 every, ... below the count."""
+    every = settings.substeps_raise_every
+    return bool(every) and (it + 1) % every == 0 and it + 1 < settings.iterations
+
+
 @dataclass
 class Dynamic:
     params: SpringParams
@@ -182,9 +189,7 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
     bar = tqdm(total=settings.iterations, initial=it, desc=desc, disable=not progress, leave=False)
     raised = it - 1  # the last iteration whose raise of substeps is done (not redone on a retry)
     while it < settings.iterations:
-        every = settings.substeps_raise_every
-        # the authors raise at the start of their (1-based) iterations every, 2 every, ... below the count
-        if every and it > raised and (it + 1) % every == 0 and it + 1 < settings.iterations:
+        if it > raised and raises_substeps(settings, it):
             integrator = integrator.with_substeps(min(integrator.substeps + SUBSTEPS_RAISE, settings.max_substeps))
         raised = it
         try:

@@ -290,8 +290,8 @@ PRESETS: dict[str, dict] = {
         static_densify_every=100, static_densify_from=500, static_densify_until=15000, static_grad_threshold=0.0002,
         static_prune_opacity=0.005, static_opacity_reset_every=3000,
         velocity_cameras=1, n_anchors=2048, k_neighbors=256, n_c=16, n_b=16, substeps=100, refine_iterations=3000,
-        velocity_iterations=100, velocity_lr=1e-3, iterations=300, substeps_raise_every=100, lr_stiffness=1e-3, lr_kappa=1e-3,
-        lr_friction=1e-3, truncate_per_frame=True,
+        velocity_iterations=100, velocity_lr=1e-3, iterations=300, substeps_raise_every=100, lr_stiffness=1e-3,
+        lr_kappa=1e-3, lr_friction=1e-3, truncate_per_frame=True,
     ),
     # a tiny configuration for tests and smoke runs
     "tiny": dict(

@@ -107,7 +107,8 @@ class StaticSettings:
         if not 0.0 <= self.prune_opacity < 1.0:
             raise SgausError(f"static settings: prune_opacity must lie in [0, 1), got {self.prune_opacity}")
         if int(self.opacity_reset_every) < 0:
-            raise SgausError(f"static settings: opacity_reset_every must not be negative, got {self.opacity_reset_every}")
+            raise SgausError(f"static settings: opacity_reset_every must not be negative, "
+                             f"got {self.opacity_reset_every}")
         if not 0.0 < self.reset_opacity < 1.0:
             raise SgausError(f"static settings: reset_opacity must lie in (0, 1), got {self.reset_opacity}")
         return self
@@ -217,12 +218,10 @@ class _Optimiser:
         logit = math.log(value / (1.0 - value))
         with torch.no_grad():
             self.g.opacity_logits.clamp_(max=logit)
-        for group in self.adam.param_groups:
-            if group["name"] == "opacity_logits":
-                for key in ("exp_avg", "exp_avg_sq"):
-                    state = self.adam.state.get(group["params"][0], {})
-                    if key in state:
-                        state[key].zero_()
+        state = self.adam.state.get(self.g.opacity_logits, {})  # the parameter is the optimiser's own (gather)
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                state[key].zero_()
 
     def gather(self, index: torch.Tensor) -> None:
         """Keep rows ``index`` (repeats clone) of every parameter and of its Adam moments."""
