@@ -32,6 +32,7 @@ import torch
 from render.inputs import finish_images
 from render.projection import (ALPHA_MAX, ALPHA_MIN, CUTOFF_MAHALANOBIS2, T_MIN, conic_of,
                                project_gaussians)
+from taichi_sim.launch import fast
 from taichi_sim.runtime import cpu_threads, task_spread
 
 TILE = 16  # tile side in pixels
@@ -131,6 +132,7 @@ def _row_span(py, mx, my, ca, cb, det, reach, inv_ca, x0, x1):
     return dy, cols
 
 
+@fast
 @ti.kernel
 def _composite_forward(
     packed: ti.types.ndarray(),  # [C*N, 10] per (camera, Gaussian) parameters
@@ -200,6 +202,7 @@ def _composite_forward(
                 out_alpha[pix] = 1.0 - out_alpha[pix]
 
 
+@fast
 @ti.kernel
 def _composite_backward(
     packed: ti.types.ndarray(),  # [C*N, 10]
@@ -355,6 +358,7 @@ class _Composite(torch.autograd.Function):
         return g_packed, None, None, None, None, None
 
 
+@fast
 @ti.kernel
 def _count_tiles(x0: ti.types.ndarray(), x1: ti.types.ndarray(), y0: ti.types.ndarray(), y1: ti.types.ndarray(),
                  n: ti.i32, tiles_x: ti.i32, tiles_y: ti.i32, per_tile: ti.types.ndarray()):
@@ -366,6 +370,7 @@ def _count_tiles(x0: ti.types.ndarray(), x1: ti.types.ndarray(), y0: ti.types.nd
                 ti.atomic_add(per_tile[(base + ty) * tiles_x + tx], 1)
 
 
+@fast
 @ti.kernel
 def _fill_tiles(order: ti.types.ndarray(), x0: ti.types.ndarray(), x1: ti.types.ndarray(), y0: ti.types.ndarray(),
                 y1: ti.types.ndarray(), n: ti.i32, tiles_x: ti.i32, tiles_y: ti.i32, cursor: ti.types.ndarray(),

@@ -41,6 +41,7 @@ exponent lets LLVM turn pow(x, 0.5) into a square root, about ten times cheaper 
 # no "from __future__ import annotations": Taichi reads the annotations as objects
 import taichi as ti
 
+from taichi_sim.launch import fast
 from taichi_sim.runtime import task_spread
 
 NDA = ti.types.ndarray()
@@ -110,6 +111,7 @@ def _rest_1d(rest: ti.template(), e, inv_rest, law: ti.template()):
     return out
 
 
+@fast
 @ti.kernel
 def substep_forward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: NDA, eta: NDA, prm: NDA,
                     x_out: NDA, v_out: NDA, vh_out: NDA, contact: NDA, law: ti.template(), p: ti.template(),
@@ -195,6 +197,7 @@ def _spring_geometry(d, w, inv_rest, rest_l, zeta0, p: ti.template(), dead, law:
     return u, inv_len, phi_rel, dphi_rel, w.dot(u), zeta0 * inv_rest
 
 
+@fast
 @ti.kernel
 def spring_backward(x: NDA, v: NDA, vh: NDA, contact: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: NDA,
                     eta: NDA, prm: NDA, mutual_k: NDA, gx_direct: NDA, gv_direct: NDA, g_force: NDA, g_friction: NDA,
@@ -274,6 +277,7 @@ def spring_backward(x: NDA, v: NDA, vh: NDA, contact: NDA, nbr: NDA, rest: NDA, 
             _put(gv_io, a, gv)
 
 
+@fast
 @ti.kernel
 def spring_backward_reverse(x: NDA, v: NDA, g_force: NDA, prm: NDA, rev_ptr: NDA, rev_src: NDA, rev_rest: NDA,
                             rev_inv_rest: NDA, rev_k: NDA, stiff: NDA, gx_out: NDA, gv_out: NDA, g_stiff: NDA,
@@ -311,6 +315,7 @@ def spring_backward_reverse(x: NDA, v: NDA, g_force: NDA, prm: NDA, rev_ptr: NDA
             _put(gv_out, a, _vec(gv_out, a) + gv)
 
 
+@fast
 @ti.kernel
 def stiffness_tables(nbr: NDA, mutual: NDA, rev_flat: NDA, stiff: NDA, eta: NDA, mutual_k: NDA, rev_k: NDA,
                      pair: ti.template()):
