@@ -28,6 +28,9 @@ of ``BLOCK`` anchors (through :func:`taichi_sim.runtime.task_spread`: left to it
 backend hands out 512 anchors per task, so the default N = 512 ran on one core), and both cores
 stay busy even when the work per anchor varies.
 
+Every kernel is launched through :func:`taichi_sim.launch.fast` (Taichi's own call spent more time
+per launch than a substep at 512 anchors x 64 springs).
+
 Taichi's automatic differentiation is not used: a vector accumulated over a non-static inner loop
 is differentiated wrongly by it (gradients 1-2 % off, and a crash at K = 256; Taichi issues 8356
 and 8027), while hand-written adjoints match f64 finite differences (tests/test_spring_gradients.py).
@@ -206,8 +209,8 @@ def spring_backward(x: NDA, v: NDA, vh: NDA, contact: NDA, nbr: NDA, rest: NDA, 
     """The ground's adjoint (:func:`_ground_backward`: from (gx_io, gv_io), the gradient with
     respect to the substep's output, to gx_direct, gv_direct, g_force and g_friction), then in a
     second loop the springs' (below), which writes the gradient with respect to the substep's
-    input into (gx_io, gv_io): one launch instead of two (a launch costs about 0.2 ms on the CPU, the ground's loop
-    itself microseconds).
+    input into (gx_io, gv_io): one launch instead of two (a launch costs about 0.1 ms on the CPU
+    even through taichi_sim.launch, the ground's loop itself microseconds).
 
     Adjoint of a spring's force f = -K phi/L0 u - c (w.u) u (K = k eta, c = zeta0/L0) for the
     upstream g = dL/df: with P = I - u u^T,
