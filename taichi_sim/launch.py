@@ -18,6 +18,7 @@ non-contiguous tensor is refused like Taichi refuses it.
 from __future__ import annotations
 
 import torch
+from taichi.lang import impl  # importing is not initialising: ti.init stays with the CLI and tests
 
 from taichi_sim.errors import SgausError
 
@@ -71,8 +72,6 @@ class FastKernel:
         return tuple(key)
 
     def __call__(self, *args):
-        from taichi.lang import impl
-
         runtime = impl.get_runtime()
         if runtime.prog is not self._prog:  # first call, or ti.init since: Taichi compiles anew
             self._compiled.clear()
@@ -88,7 +87,7 @@ class FastKernel:
             if key is not None:
                 self._compiled[key] = self._lookup(args)
             return out
-        t_kernel, compiled, prog = entry
+        t_kernel, compiled = entry
         ctx = t_kernel.make_launch_context()
         slot = 0
         for a, kind in zip(args, self._kinds):
@@ -104,18 +103,16 @@ class FastKernel:
             else:
                 ctx.set_arg_int((slot,), int(a))
             slot += 1
-        prog.launch_kernel(compiled, ctx)
+        self._prog.launch_kernel(compiled, ctx)
         return None
 
     def _lookup(self, args):
-        """The kernel Taichi compiled for these arguments (its own call has just run)."""
-        from taichi.lang import impl
-
+        """The kernel Taichi compiled for these arguments (its own call has just run) and its
+        compiled form in the current program."""
         instance_id, _ = self.primal.mapper.lookup(args)
         t_kernel = self.primal.compiled_kernels[(self.primal.func, instance_id, self.primal.autodiff_mode)]
-        prog = impl.get_runtime().prog
-        compiled = prog.compile_kernel(prog.config(), prog.get_device_caps(), t_kernel)
-        return t_kernel, compiled, prog
+        prog = self._prog
+        return t_kernel, prog.compile_kernel(prog.config(), prog.get_device_caps(), t_kernel)
 
 
 def fast(kernel) -> FastKernel:
