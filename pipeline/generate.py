@@ -23,19 +23,24 @@ from pipeline.data.files import atomic_dir, write_json
 from pipeline.data.cameras import Cameras, orbit_cameras
 from pipeline.shapes import SHAPES, ParticleObject, fill_object, shape_names, split_halves
 from taichi_sim.errors import SgausError
-from taichi_sim.mpm import CONTACT_GAP, GROUND_MODES, MODELS, Ground, MPMSimulator, check_material, ground_aligned_lo
+from taichi_sim.mpm import (
+    CONTACT_GAP, GROUND_MODES, MODELS, WALL_CELLS, Ground, MPMSimulator, check_material, ground_aligned_lo, wall_contact,
+)
 
 FORMAT = "sgaus-mpm/1"
 # scene.json's "generator" field says which version of this generator wrote a dataset.
 # 1 (no field): particles rested 0.5 to 0.7 grid cells above the declared ground plane.
 # 2: ground contact at the declared plane (resting particles within a quarter cell of it).
-GENERATOR_VERSION = 2
+# 3: the box follows a throw sideways, and a motion that reaches a wall of the box is refused
+#    (version 2 let a thrown object hit a wall nobody sees and bounce back from it).
+GENERATOR_VERSION = 3
 # shading: colour * (SHADING_AMBIENT + (1 - SHADING_AMBIENT) * max(0, n . LIGHT_DIRECTION)), with n
 # the particle's outward surface normal; the light is distant and fixed in the world, above the
 # ground and to the +x side (and a little +z) of the object
 SHADING_AMBIENT = 0.35
 LIGHT_DIRECTION = tuple(float(c) for c in np.array([0.5, 1.0, 0.3]) / np.linalg.norm([0.5, 1.0, 0.3]))
 BOX_SIZE = 1.0  # metres: the simulation box is a cube of this side above the ground
+WALL_MARGIN = 2.0  # grid cells between the object at rest and the walls' reach when the box follows a throw
 PALETTE = np.array([
     [0.90, 0.25, 0.20], [0.98, 0.78, 0.20], [0.20, 0.65, 0.35], [0.20, 0.45, 0.90], [0.85, 0.85, 0.85],
 ])
@@ -150,6 +155,27 @@ class GenerateConfig:
         that resting particles sit on the plane (taichi_sim.mpm.CONTACT_GAP)."""
         return (-BOX_SIZE / 2, ground_aligned_lo(self.ground_height, self.dx, 0.1 * BOX_SIZE), -BOX_SIZE / 2)
 
+    def simulation_box_lo(self, x: np.ndarray) -> tuple:
+        """The box's lowest corner for the object at rest ``x`` [P,3]: :attr:`box_lo`, its centre
+        moved in x and z (by whole grid cells) toward where a throw would carry the object half
+        way through the clip if nothing slowed it, as far as the object at rest stays WALL_MARGIN
+        cells clear of the walls' reach (taichi_sim.mpm.wall_contact). A drop (no sideways
+        velocity or gravity) keeps :attr:`box_lo`."""
+        lo = list(self.box_lo)
+        t = self.frame_dt * (self.frames - 1)
+        n = self.grid
+        for a in (0, 2):
+            travel = self.velocity[a] * t + 0.5 * self.gravity[a] * t * t
+            if travel == 0.0:
+                continue
+            x_lo, x_hi = float(x[:, a].min()), float(x[:, a].max())
+            want = 0.5 * (x_lo + x_hi) + 0.5 * travel - BOX_SIZE / 2
+            lowest = x_hi - (n - WALL_CELLS - 1.5 - WALL_MARGIN) * self.dx  # the box as far forward ...
+            highest = x_lo - (WALL_CELLS + 0.5 + WALL_MARGIN) * self.dx  # ... and back as allowed
+            if lowest <= highest:
+                lo[a] = min(max(self.dx * round(want / self.dx), lowest), highest)
+        return tuple(lo)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -162,6 +188,7 @@ class SimResult:
     positions: np.ndarray
     obj: ParticleObject
     youngs_modulus: np.ndarray  # [P]
+    box_lo: tuple
     substeps_per_frame: int
     contact_frame: int | None
     kinetic_energy: np.ndarray  # [T]
@@ -184,7 +211,7 @@ def build_object(cfg: GenerateConfig) -> tuple[ParticleObject, np.ndarray]:
 def make_simulator(cfg: GenerateConfig, obj: ParticleObject, E: np.ndarray) -> MPMSimulator:
     ground = Ground(point=(0.0, cfg.ground_height, 0.0), normal=(0.0, 1.0, 0.0), mode=cfg.ground,
                     friction=cfg.friction)
-    sim = MPMSimulator(obj.x, E, cfg.poisson_ratio, cfg.density, grid=cfg.grid, box_lo=cfg.box_lo,
+    sim = MPMSimulator(obj.x, E, cfg.poisson_ratio, cfg.density, grid=cfg.grid, box_lo=cfg.simulation_box_lo(obj.x),
                        box_size=BOX_SIZE, model=cfg.model, gravity=cfg.gravity, ground=ground)
     sim.set_velocity(cfg.velocity)
     return sim
@@ -217,12 +244,19 @@ def simulate_object(cfg: GenerateConfig, progress: bool = True) -> SimResult:
             normals[f] = deformed_normals((np.eye(3) + h * C) @ F, normals[0])
         bar.set_postfix(substeps=n_sub)
     seconds = time.perf_counter() - t0
+    hit = wall_contact(positions, sim.box_lo, BOX_SIZE, cfg.grid)
+    if hit is not None:
+        f, axis, side = hit
+        where = float((positions[f, :, axis].max() if side > 0 else positions[f, :, axis].min()))
+        raise SgausError(f"the object reached a wall of the {BOX_SIZE:g} m simulation box at frame {f} "
+                         f"({'xyz'[axis]} = {where:.3f} m), which would bounce it back; lower --velocity or "
+                         f"--frames (or --drop-height)")
     # the highest node row the ground holds lies CONTACT_GAP cells below the plane (box_lo), and
     # the B-spline stencil reaches 1.5 cells above it
     contact = first_contact_frame(positions, cfg.ground_height, cfg.gravity[1], cfg.frame_dt,
                                   (1.5 - CONTACT_GAP) * cfg.dx)
-    return SimResult(positions, obj, E, int(sim.substeps_per_frame or 0), contact, energy, sim.particle_mass, seconds,
-                     normals)
+    return SimResult(positions, obj, E, tuple(float(c) for c in sim.box_lo), int(sim.substeps_per_frame or 0),
+                     contact, energy, sim.particle_mass, seconds, normals)
 
 
 def deformed_normals(F: np.ndarray, normals: np.ndarray) -> np.ndarray:
@@ -331,7 +365,7 @@ def scene_json(cfg: GenerateConfig, sim: SimResult, variant_of: dict | None = No
         "n_frames": int(cfg.frames),
         "substeps_per_frame": int(sim.substeps_per_frame),
         "grid": int(cfg.grid),
-        "box": {"lo": list(cfg.box_lo), "size": BOX_SIZE},
+        "box": {"lo": list(sim.box_lo), "size": BOX_SIZE},
         "seed": int(cfg.seed),
         "contact_frame": sim.contact_frame,
         "split": {"fit": [0, int(cfg.fit_frames)], "future": [int(cfg.fit_frames), int(cfg.frames)]},

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import invoke
+from pipeline.generate import GENERATOR_VERSION
 from pipeline.data.scene import load_particles
 
 KEYS = {"cd", "emd", "psnr", "ssim"}
@@ -78,7 +79,7 @@ def test_variant_of_refuses_what_it_cannot_vary(tiny_data, tmp_path):
     scene["generator"]["version"] = 1
     (old / "scene.json").write_text(json.dumps(scene))
     refused("--variant-of", old, "--velocity", "1,0,0", says="generator version 1")
-    scene["generator"]["version"] = 2
+    scene["generator"]["version"] = GENERATOR_VERSION
     del scene["options"]
     (old / "scene.json").write_text(json.dumps(scene))
     refused("--variant-of", old, "--velocity", "1,0,0", says="no 'options'")

@@ -89,7 +89,8 @@ def test_dataset_files_and_scene_json(dataset):
     assert names == ["images", "masks", "particles", "scene.json", "transforms.json"]
     scene = load_scene(dataset)
     assert scene["format"] == "sgaus-mpm/1"
-    assert scene["generator"] == {"name": "sgaus generate-mpm", "version": 2} and gen.GENERATOR_VERSION == 2
+    assert scene["generator"] == {"name": "sgaus generate-mpm", "version": 3} and gen.GENERATOR_VERSION == 3
+    assert scene["box"] == {"lo": list(_tiny().box_lo), "size": 1.0}  # a drop keeps the box where it was
     assert scene["shading"] == {"enabled": False}
     for key in ("object", "material", "gravity", "velocity", "ground", "frame_dt", "n_frames", "substeps_per_frame",
                 "grid", "seed", "contact_frame", "split", "cameras"):
@@ -325,3 +326,53 @@ def test_cli_shading_option_reaches_scene_json(tmp_path):
                                   "--views", "1", "--resolution", "16", "--quiet", flag, "--out", str(out)])
         assert res.exit_code == 0, res.output
         assert load_scene(out)["shading"]["enabled"] is enabled
+
+
+def test_wall_contact_finds_the_first_frame_near_a_wall():
+    from taichi_sim.mpm import WALL_CELLS, wall_contact
+
+    n, lo = 20, (-0.5, -0.1, -0.5)
+    dx = 1.0 / n
+    pos = np.zeros((4, 2, 3))  # two particles in the middle of the box, then one moves to +x
+    pos[:, :, 1] = 0.3
+    pos[2, 1, 0] = 0.5 - (WALL_CELLS + 1.5 + 1.0) * dx + 1e-9  # high face: the stencil (+1 cell) reaches the wall
+    pos[3, 1, 0] = 0.5 - 1.5 * dx
+    assert wall_contact(pos, lo, 1.0, n) == (2, 0, 1)
+    assert wall_contact(pos[:2], lo, 1.0, n) is None
+    pos[2, 1, 0] = 0.5 - (WALL_CELLS + 1.5 + 1.0) * dx - 1e-6  # just clear of it
+    assert wall_contact(pos[:3], lo, 1.0, n) is None
+    low = np.zeros((1, 1, 3))
+    low[0, 0] = (0.0, -0.1, -0.5 + (WALL_CELLS + 0.5) * dx)  # z low face within reach; y at the box floor is skipped
+    assert wall_contact(low, lo, 1.0, n) == (0, 2, -1)
+    low[0, 0, 2] = 0.0
+    assert wall_contact(low, lo, 1.0, n) is None
+
+
+def test_the_box_follows_a_throw_and_keeps_the_object_clear():
+    from taichi_sim.mpm import wall_contact
+
+    drop = _tiny()
+    drop.validate()
+    obj, _ = gen.build_object(drop)
+    assert drop.simulation_box_lo(obj.x) == drop.box_lo
+    for velocity in ((0.8, 0.0, -0.5), (50.0, 0.0, 50.0), (-50.0, 0.0, 0.0)):
+        cfg = _tiny(velocity=velocity)
+        cfg.validate()
+        lo = cfg.simulation_box_lo(obj.x)
+        assert lo[1] == drop.box_lo[1]
+        for a in (0, 2):
+            shift = lo[a] - drop.box_lo[a]
+            assert np.sign(shift) == np.sign(velocity[a])  # moved toward the throw (not at all without one)
+        assert wall_contact(obj.x[None], lo, 1.0, cfg.grid, margin=gen.WALL_MARGIN - 1e-6) is None  # clear at rest
+    cfg = _tiny(velocity=(0.8, 0.0, -0.5))
+    lo = cfg.simulation_box_lo(obj.x)
+    assert np.allclose(np.array(lo)[[0, 2]] / cfg.dx, np.round(np.array(lo)[[0, 2]] / cfg.dx))  # whole cells
+
+
+def test_a_throw_into_a_wall_is_refused_and_nothing_is_written(tmp_path):
+    from taichi_sim.errors import SgausError
+
+    out = tmp_path / "hit"
+    with pytest.raises(SgausError, match=r"reached a wall of the 1 m simulation box at frame \d+ \(x = "):
+        generate(_tiny(velocity=(6.0, 0.0, 0.0), frames=12), out, progress=False)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
