@@ -4,9 +4,9 @@
 
 Generates each scene once (cached in DIR/data, default bench_out/identify; again when an older
 generator wrote it), fits it with the preset (cached with --resume), evaluates it with the hold
-and single-k baselines, and prints one row per scene: the true Young's modulus, the fitted mean log10 k, kappa, the friction factor,
-future CD / PSNR for sgaus, hold and single k, and the fit's wall time. Scenes (5 views, 128 px,
-30 frames, 20 fitted, as the issue measured them):
+and single-k baselines, and prints one row per scene: the true Young's modulus, the fitted mean
+log10 k, kappa, the friction factor, future CD / PSNR for sgaus, hold and single k, and the fit's
+wall time. Scenes (5 views, 128 px, 30 frames, 20 fitted, as the issue measured them):
 
 * torus_E1e4 .. torus_E1e6: the same torus dropped the same way at E = 1e4, 3e4, 1e5, 3e5, 1e6 Pa
 * pawn_thrown: a soft pawn (E = 1e4) thrown sideways

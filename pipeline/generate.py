@@ -248,6 +248,9 @@ def simulate_object(cfg: GenerateConfig, progress: bool = True) -> SimResult:
     if hit is not None:
         f, axis, side = hit
         where = float((positions[f, :, axis].max() if side > 0 else positions[f, :, axis].min()))
+        if f == 0:
+            raise SgausError(f"the object ({'xyz'[axis]} = {where:.3f} m) lies within reach of a wall of the "
+                             f"{BOX_SIZE:g} m simulation box at --grid {cfg.grid}: make it smaller or the grid finer")
         raise SgausError(f"the object reached a wall of the {BOX_SIZE:g} m simulation box at frame {f} "
                          f"({'xyz'[axis]} = {where:.3f} m), which would bounce it back; lower --velocity or "
                          f"--frames (or --drop-height)")

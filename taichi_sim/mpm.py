@@ -46,8 +46,9 @@ def wall_contact(positions: np.ndarray, box_lo, box_size: float, n_grid: int, ma
     positions [T,P,3]. The walls hold the grid nodes within WALL_CELLS of a face; a particle's
     quadratic stencil reaches the nodes within 1.5 cells, so (the nodes lying at box_lo + i dx,
     i < n_grid) it feels a wall once it lies within WALL_CELLS + 0.5 cells of a low face or
-    WALL_CELLS + 1.5 cells of a high face; ``margin`` cells more cover motion between two frames. The low face of axis 1
-    lies under the ground and is not checked. side: -1 low face, +1 high face."""
+    WALL_CELLS + 1.5 cells of a high face; ``margin`` cells more cover motion between two
+    frames. The low face of axis 1 lies under the ground and is not checked. side: -1 low face,
+    +1 high face."""
     dx = float(box_size) / int(n_grid)
     cells = (np.asarray(positions, dtype=np.float64) - np.asarray(box_lo, dtype=np.float64).reshape(3)) / dx
     low = cells < WALL_CELLS + 0.5 + margin  # [T,P,3]
@@ -57,11 +58,9 @@ def wall_contact(positions: np.ndarray, box_lo, box_size: float, n_grid: int, ma
     if not len(frames):
         return None
     f = int(frames[0])
-    for axis in range(3):
-        for side, hit in ((-1, low), (1, high)):
-            if hit[f, :, axis].any():
-                return f, axis, side
-    return None  # unreachable: frame f has a hit
+    axis, side = next((axis, side) for axis in range(3) for side, hit in ((-1, low), (1, high))
+                      if hit[f, :, axis].any())
+    return f, axis, side
 
 
 @dataclass(frozen=True)

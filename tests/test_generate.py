@@ -376,3 +376,6 @@ def test_a_throw_into_a_wall_is_refused_and_nothing_is_written(tmp_path):
     with pytest.raises(SgausError, match=r"reached a wall of the 1 m simulation box at frame \d+ \(x = "):
         generate(_tiny(velocity=(6.0, 0.0, 0.0), frames=12), out, progress=False)
     assert not out.exists() and list(tmp_path.iterdir()) == []
+    with pytest.raises(SgausError, match=r"lies within reach of a wall of the 1 m simulation box at --grid 16: make it "):
+        generate(_tiny(size=0.5, grid=16, frames=3, fit_frames=2), out, progress=False)  # too wide for the coarse grid's walls
+    assert not out.exists()
