@@ -59,8 +59,8 @@ class FitSettings:
         slide at any substep count) or "per_substep" (every substep, the authors' form).
       spring_stiffness: "anchor" (a spring pulls its owner with the owner's k_i: the authors' form,
         the default) or "pair" (a spring's stiffness is sqrt(k_i k_j), the same from both ends, so
-        a field that is not uniform does not push the object by itself; with global_regions=0 it is
-        what orders the benchmark banana's halves, README "Spring stiffness").
+        a field that is not uniform does not push the object by itself; use it with
+        global_regions=0, README "Spring stiffness").
       substeps: simulation substeps per frame (raised by 50 on instability, up to max_substeps).
       substeps_raise_every: the dynamic stage's substeps rise by 50 at every multiple of this
         iteration count below its iterations (the authors' N_STEP_ITER; paper preset 100: 100,
