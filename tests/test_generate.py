@@ -379,3 +379,16 @@ def test_a_throw_into_a_wall_is_refused_and_nothing_is_written(tmp_path):
     with pytest.raises(SgausError, match=r"lies within reach of a wall of the 1 m simulation box at --grid 16: make it "):
         generate(_tiny(size=0.5, grid=16, frames=3, fit_frames=2), out, progress=False)  # too wide for the coarse grid's walls
     assert not out.exists()
+
+
+def test_a_throw_the_old_box_would_have_stopped_is_simulated_in_a_box_that_follows_it():
+    from taichi_sim.mpm import wall_contact
+
+    cfg = _tiny(velocity=(1.0, 0.0, 0.0), frames=12)
+    res = gen.simulate_object(cfg, progress=False)
+    assert res.box_lo[0] > cfg.box_lo[0] and res.box_lo[2] == cfg.box_lo[2]
+    # in the centred box of version 2 this motion would have reached the +x wall
+    assert wall_contact(res.positions, cfg.box_lo, 1.0, cfg.grid)[1:] == (0, 1)
+    assert wall_contact(res.positions, res.box_lo, 1.0, cfg.grid) is None
+    com_x = res.positions[..., 0].mean(1)
+    assert np.all(np.diff(com_x) > 0)  # carried on along the throw, never sent back
