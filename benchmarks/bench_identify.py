@@ -44,13 +44,6 @@ SCENES = {
 }
 
 
-def generator_version(data: Path) -> int | None:
-    """The version of generate-mpm that wrote the dataset ``data`` (None: no dataset there)."""
-    if not (data / "scene.json").exists():
-        return None
-    return json.loads((data / "scene.json").read_text()).get("generator", {}).get("version", 1)
-
-
 def sgaus(*args) -> None:
     cmd = [sys.executable, "-c", "from cli import main; main()", *map(str, args)]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -96,6 +89,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
+    from pipeline.data.scene import read_scene
     from pipeline.generate import GENERATOR_VERSION
 
     out = Path(args.out)
@@ -107,7 +101,8 @@ def main() -> None:
     for name in names:
         spec = SCENES[name]
         data, run = out / "data" / name, out / "runs" / f"{name}{args.tag}"
-        if generator_version(data) != GENERATOR_VERSION:  # not generated yet, or by an older generator
+        scene = read_scene(data)
+        if scene is None or (scene.generator_version or 1) != GENERATOR_VERSION:  # none yet, or an older one
             print(f"{name}: generating", flush=True)
             sgaus("generate-mpm", *spec["args"], *COMMON, "--out", data, "--quiet", "--overwrite")
         print(f"{name}: fitting", flush=True)

@@ -24,7 +24,7 @@ from pipeline.data.cameras import Cameras, orbit_cameras
 from pipeline.shapes import SHAPES, ParticleObject, fill_object, shape_names, split_halves
 from taichi_sim.errors import SgausError
 from taichi_sim.mpm import (
-    CONTACT_GAP, GROUND_MODES, MODELS, WALL_CELLS, Ground, MPMSimulator, check_material, ground_aligned_lo, wall_contact,
+    CONTACT_GAP, GROUND_MODES, MODELS, WALL_REACH, Ground, MPMSimulator, check_material, ground_aligned_lo, wall_contact,
 )
 
 FORMAT = "sgaus-mpm/1"
@@ -170,8 +170,8 @@ class GenerateConfig:
                 continue
             x_lo, x_hi = float(x[:, a].min()), float(x[:, a].max())
             want = 0.5 * (x_lo + x_hi) + 0.5 * travel - BOX_SIZE / 2
-            lowest = x_hi - (n - WALL_CELLS - 1.5 - WALL_MARGIN) * self.dx  # the box as far forward ...
-            highest = x_lo - (WALL_CELLS + 0.5 + WALL_MARGIN) * self.dx  # ... and back as allowed
+            lowest = x_hi - (n - WALL_REACH[1] - WALL_MARGIN) * self.dx  # the box as far forward ...
+            highest = x_lo - (WALL_REACH[0] + WALL_MARGIN) * self.dx  # ... and back as allowed
             if lowest <= highest:
                 lo[a] = min(max(self.dx * round(want / self.dx), lowest), highest)
         return tuple(lo)

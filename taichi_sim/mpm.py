@@ -28,6 +28,9 @@ from taichi_sim.runtime import current_arch, require_taichi
 MODELS = ("neohookean", "corotated")
 GROUND_MODES = ("sticky", "slip", "friction")
 WALL_CELLS = 3  # grid nodes this close to a face of the box cannot move outwards
+# a particle's quadratic stencil reaches the nodes within 1.5 cells, and the nodes lie at box_lo + i dx
+# (i < n_grid): it reaches a node the walls hold once it lies within this many cells of a low / high face
+WALL_REACH = (WALL_CELLS + 0.5, WALL_CELLS + 1.5)
 # Ground contact. The quadratic B-spline stencil reaches 1.5 cells, so particles stop short of the
 # grid nodes the ground holds. Measured (sticky, slip and friction; grids 24, 32 and 64; several
 # alignments of the plane with the grid), the lowest particles come to rest 0.77 to 0.95 cells
@@ -43,16 +46,13 @@ CONTACT_GAP = 0.78
 def wall_contact(positions: np.ndarray, box_lo, box_size: float, n_grid: int, margin: float = 1.0):
     """The first frame in which a particle comes near the walls, as (frame, axis, side), or None.
 
-    positions [T,P,3]. The walls hold the grid nodes within WALL_CELLS of a face; a particle's
-    quadratic stencil reaches the nodes within 1.5 cells, so (the nodes lying at box_lo + i dx,
-    i < n_grid) it feels a wall once it lies within WALL_CELLS + 0.5 cells of a low face or
-    WALL_CELLS + 1.5 cells of a high face; ``margin`` cells more cover motion between two
-    frames. The low face of axis 1 lies under the ground and is not checked. side: -1 low face,
-    +1 high face."""
+    positions [T,P,3]. A particle feels a wall once it lies within WALL_REACH cells of a face;
+    ``margin`` cells more cover motion between two frames. The low face of axis 1 lies under the
+    ground and is not checked. side: -1 low face, +1 high face."""
     dx = float(box_size) / int(n_grid)
     cells = (np.asarray(positions, dtype=np.float64) - np.asarray(box_lo, dtype=np.float64).reshape(3)) / dx
-    low = cells < WALL_CELLS + 0.5 + margin  # [T,P,3]
-    high = cells >= int(n_grid) - WALL_CELLS - 1.5 - margin
+    low = cells < WALL_REACH[0] + margin  # [T,P,3]
+    high = cells >= int(n_grid) - WALL_REACH[1] - margin
     low[..., 1] = False
     frames = np.flatnonzero(low.any(axis=(1, 2)) | high.any(axis=(1, 2)))
     if not len(frames):
