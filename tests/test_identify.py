@@ -217,3 +217,27 @@ def test_global_search_resumed_from_a_checkpoint_ends_where_it_would_have(tmp_pa
     assert resumed.loss == full.loss and resumed.regions == full.regions
     assert resumed.contact_offset == full.contact_offset and resumed.substeps == full.substeps
     assert [e["loss"] for e in resumed.evaluations] == [e["loss"] for e in full.evaluations]
+
+
+def test_default_springs_leave_a_free_object_in_place_and_the_paper_preset_keeps_the_authors_form():
+    """A weightless blob, no ground, squeezed, with halves 1 decade apart and every anchor linked
+    to every other with soft-vector weight 1 (so each spring has its mirror): under the default
+    settings' springs its centre of mass stays put whatever the field; under the paper preset's
+    (the authors' form, each anchor pulled with its own k) the field pushes it."""
+    g = torch.Generator().manual_seed(5)
+    rest = torch.rand(20, 3, generator=g, dtype=torch.float64) * 0.2
+    start = rest * 0.9  # compressed, so every spring pulls
+    log_k = 2.0 + (rest[:, 0] > rest[:, 0].median()).double()
+    params = SpringParams(log_k, torch.tensor(0.0), torch.tensor(0.0))
+    drift = {}
+    for preset in ("fast", "paper"):
+        physics = make_settings(preset).physics()
+        n = len(rest) - 1
+        model = build_spring_model(rest, n, n_c=n, ground_point=None, gravity=(0.0, 0.0, 0.0), dead_zone=0.0,
+                                   spring_stiffness=physics.spring_stiffness)
+        traj = rollout(model, params, SpringState(start, torch.zeros(3)), 3, Integrator(frame_dt=0.01, substeps=50))
+        assert float((traj.positions[-1] - traj.positions[0]).abs().max()) > 1e-3, "the springs must move the blob"
+        drift[preset] = float((traj.positions[-1].mean(0) - traj.positions[0].mean(0)).norm())
+    assert drift["fast"] < 1e-10
+    assert drift["paper"] > 1e-3
+    assert make_settings("fast").global_regions == 0 and make_settings("paper").global_regions == 4

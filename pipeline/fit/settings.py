@@ -57,10 +57,10 @@ class FitSettings:
       zeta0, mass: damping (Eq. 17) and mass per anchor.
       friction_mode: "per_time" (the ground's tangential factor per 0.3 ms of contact: the same
         slide at any substep count) or "per_substep" (every substep, the authors' form).
-      spring_stiffness: "anchor" (a spring pulls its owner with the owner's k_i: the authors' form,
-        the default) or "pair" (a spring's stiffness is sqrt(k_i k_j), the same from both ends, so
-        a field that is not uniform does not push the object by itself; use it with
-        global_regions=0, README "Spring stiffness").
+      spring_stiffness: "pair" (the default: a spring's stiffness is sqrt(k_i k_j), the same from
+        both ends, so a field that is not uniform does not push the object by itself) or "anchor"
+        (a spring pulls its owner with the owner's k_i: the authors' form, the paper preset's; a
+        non-uniform field then pushes the object, README "Spring stiffness").
       substeps: simulation substeps per frame (raised by 50 on instability, up to max_substeps).
       substeps_raise_every: the dynamic stage's substeps rise by 50 at every multiple of this
         iteration count below its iterations (the authors' N_STEP_ITER; paper preset 100: 100,
@@ -88,9 +88,10 @@ class FitSettings:
       global_offset_points: points of the contact offset's 1-D bracket.
       global_regions, global_region_generations: R > 1 ends the search with CMA-ES over R smooth
         region offsets of log10 k (coarse heterogeneity, before the dense field), for this many
-        generations; 0 = a uniform global value, the dense stage alone learning the field (use 0
-        with "pair" springs: there the regions overfitted homogeneous tori, future CD 0.44 -> 0.63
-        at E = 1e5, and pushed the banana's halves the wrong way).
+        generations; 0 (default) = a uniform global value, the dense stage alone learning the
+        field (with "pair" springs the regions overfitted homogeneous tori, future CD 0.44 -> 0.63
+        at E = 1e5, and pushed the banana's halves the wrong way; the paper preset, with the
+        authors' "anchor" springs, keeps 4).
       silhouette_weight: weight of the rendered-alpha-vs-mask L1 term of the search's score.
     Dynamic stage (per-anchor stiffness, soft vector kappa, ground friction)
       iterations: optimisation iterations over the fitted frames.
@@ -145,7 +146,7 @@ class FitSettings:
     zeta0: float = 0.1
     mass: float = 1.0
     friction_mode: str = "per_time"
-    spring_stiffness: str = "anchor"
+    spring_stiffness: str = "pair"
     substeps: int = 60
     max_substeps: int = 500
     substeps_raise_every: int = 0
@@ -180,7 +181,7 @@ class FitSettings:
     global_contact_offset_max: float = 0.25
     global_contact_offset_min: float = 0.0
     global_offset_points: int = 5
-    global_regions: int = 4
+    global_regions: int = 0
     global_region_generations: int = 4
     silhouette_weight: float = 0.5
     stiffness_regions: int = 16
@@ -291,7 +292,7 @@ PRESETS: dict[str, dict] = {
         static_prune_opacity=0.005, static_opacity_reset_every=3000,
         velocity_cameras=1, n_anchors=2048, k_neighbors=256, n_c=16, n_b=16, substeps=100, refine_iterations=3000,
         velocity_iterations=100, velocity_lr=1e-3, iterations=300, substeps_raise_every=100, lr_stiffness=1e-3,
-        lr_kappa=1e-3, lr_friction=1e-3, truncate_per_frame=True,
+        lr_kappa=1e-3, lr_friction=1e-3, truncate_per_frame=True, spring_stiffness="anchor", global_regions=4,
     ),
     # a tiny configuration for tests and smoke runs
     "tiny": dict(
