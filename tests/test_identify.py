@@ -226,7 +226,7 @@ def test_default_springs_leave_a_free_object_in_place_and_the_paper_preset_keeps
     (the authors' form, each anchor pulled with its own k) the field pushes it."""
     g = torch.Generator().manual_seed(5)
     rest = torch.rand(20, 3, generator=g, dtype=torch.float64) * 0.2
-    start = rest * 0.9  # compressed, so every spring pulls
+    start = rest * 0.9  # compressed: every spring pushes its ends apart
     log_k = 2.0 + (rest[:, 0] > rest[:, 0].median()).double()
     params = SpringParams(log_k, torch.tensor(0.0), torch.tensor(0.0))
     drift = {}

@@ -58,7 +58,7 @@ class FitSettings:
       friction_mode: "per_time" (the ground's tangential factor per 0.3 ms of contact: the same
         slide at any substep count) or "per_substep" (every substep, the authors' form).
       spring_stiffness: "pair" (the default: a spring's stiffness is sqrt(k_i k_j), the same from
-        both ends, so a field that is not uniform does not push the object by itself) or "anchor"
+        both ends, so a field that is not uniform adds no push of its own) or "anchor"
         (a spring pulls its owner with the owner's k_i: the authors' form, the paper preset's; a
         non-uniform field then pushes the object, README "Spring stiffness").
       substeps: simulation substeps per frame (raised by 50 on instability, up to max_substeps).
