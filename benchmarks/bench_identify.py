@@ -102,7 +102,7 @@ def main() -> None:
         spec = SCENES[name]
         data, run = out / "data" / name, out / "runs" / f"{name}{args.tag}"
         scene = read_scene(data)
-        if scene is None or (scene.generator_version or 1) != GENERATOR_VERSION:  # none yet, or an older one
+        if scene is None or scene.generator_version != GENERATOR_VERSION:  # none yet, or an older (or unnamed) one
             print(f"{name}: generating", flush=True)
             sgaus("generate-mpm", *spec["args"], *COMMON, "--out", data, "--quiet", "--overwrite")
         print(f"{name}: fitting", flush=True)
