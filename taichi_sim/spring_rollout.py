@@ -24,9 +24,16 @@ signature. With ``Integrator.checkpoint`` (the default) the forward pass keeps w
 needs of every substep (x, v, the velocity before the ground, the contact flags: about 40 bytes
 per anchor and substep in f32) for as many frames as fit in ``record_mb`` megabytes, and only the
 frames past that budget are recomputed from their frame-boundary state during backward. The state
-is checked for NaN, Inf and runaway speed once per frame (one host synchronisation per frame, none
-inside the substep loop); a failure raises :class:`SimulationUnstable`, which
-:func:`rollout_with_retry` answers with more substeps (:meth:`Integrator.more_substeps`).
+is checked once per frame (one host synchronisation per frame, none inside the substep loop) for
+NaN, Inf, runaway speed and energy it cannot have: springs at rest, damping, the inelastic ground
+and friction only take energy away, so the kinetic plus gravitational energy can exceed its start
+only by the strain energy of a deformed start (and the lift of anchors starting below the ground),
+and by what springs that pull one end only feed it (``Integrator.energy_tolerance``).
+An explicit integrator past its stability limit gains energy geometrically while every speed is
+still plausible (measured: a torus at log10 k 5 with 135 substeps per frame bounced normally, then
+its energy grew 5x per frame from frame 15 and its anchors scattered, all below the speed limit).
+A failure raises :class:`SimulationUnstable`, which :func:`rollout_with_retry` answers with more
+substeps (:meth:`Integrator.more_substeps`).
 """
 from __future__ import annotations
 
@@ -63,6 +70,14 @@ class Integrator:
     retry_substeps: 50     substeps added per frame after an unstable rollout
     max_speed:      None   speed (units/s) above which the state counts as unstable;
                            None = 100 * (extent of the rest anchors) / frame_dt
+    energy_tolerance: 1.0  the state counts as unstable once its kinetic plus gravitational
+                           energy exceeds what it may have (its start plus the start's strain
+                           energy) by this fraction of the energy scale (the start's kinetic
+                           energy plus the work of gravity over the anchors' extent); None = off.
+                           Not 0: springs of the k-nearest graph that are not mirrored pull one
+                           end only, which can feed a stable rollout some energy (a 64-anchor cube
+                           rocking on the ground gained 17 % of that scale in 30 frames at 500
+                           substeps); a blow-up gains it geometrically, a few frames from onset
     record_mb:      512    memory (MB) for substep states kept for the backward pass
     checkpoint:     True   bound the backward's memory by recomputing frames past record_mb
                            (False keeps every substep)
@@ -73,6 +88,7 @@ class Integrator:
     max_substeps: int = 500
     retry_substeps: int = 50
     max_speed: float | None = None
+    energy_tolerance: float | None = 1.0
     record_mb: float = RECORD_MB
     checkpoint: bool = True
 
@@ -86,6 +102,9 @@ class Integrator:
             object.__setattr__(self, name, int(value))
         if self.max_speed is not None and not (float(self.max_speed) > 0):
             raise SgausError(f"max_speed must be positive or None, got {self.max_speed}")
+        if self.energy_tolerance is not None and not (float(self.energy_tolerance) > 0
+                                                      and math.isfinite(float(self.energy_tolerance))):
+            raise SgausError(f"energy_tolerance must be a positive number or None, got {self.energy_tolerance}")
         if not float(self.record_mb) >= 0:
             raise SgausError(f"record_mb must be a number >= 0, got {self.record_mb}")
         object.__setattr__(self, "frame_dt", float(self.frame_dt))
@@ -148,6 +167,7 @@ class RolloutInputs:
     law: int
     p_k: float
     pair: int = 0  # 1: a spring's stiffness is sqrt(k_i k_j) (SpringModel.spring_stiffness "pair")
+    energy_limit: float = math.inf  # the most kinetic + gravitational energy per unit mass (see energy())
 
 
 def _scalar(t, name: str, dtype) -> torch.Tensor:
@@ -207,22 +227,77 @@ def prepare_inputs(model: SpringModel, params: SpringParams, state0: SpringState
     max_speed = integrator.max_speed
     if max_speed is None:
         max_speed = 100.0 * max(model.extent, 1e-6) / integrator.frame_dt
-    return RolloutInputs(
+    inputs = RolloutInputs(
         x0=x0, v0=v0, stiffness=stiffness, kappa=kappa, eta=eta, friction=friction,
         neighbors=model.neighbors.to(dev), rest_length=model.rest_length.to(device=dev, dtype=dtype),
         prm=prm, n_frames=int(n_frames), substeps=integrator.substeps, max_speed=float(max_speed),
         law=FORCE_LAWS.index(model.force_law), p_k=float(model.p_k),
         pair=SPRING_STIFFNESS.index(model.spring_stiffness),
     )
+    if integrator.energy_tolerance is not None and n_frames > 0:
+        inputs.energy_limit = energy_limit(inputs, model, integrator)
+    return inputs
+
+
+def energy(x: torch.Tensor, v: torch.Tensor, prm: torch.Tensor) -> torch.Tensor:
+    """Kinetic plus gravitational energy per unit mass, summed over the anchors (float64)."""
+    g = prm[K.P_G:K.P_G + 3].double()
+    return 0.5 * v.double().square().sum() - (x.double() @ g).sum()
+
+
+def strain_energy_bound(x: torch.Tensor, inputs: RolloutInputs) -> torch.Tensor:
+    """An upper bound of the springs' elastic energy at positions x (a spring's force grows with
+    its extension, so its energy is at most extension x force), float64."""
+    x = x.double()
+    rest = inputs.rest_length.double()
+    ext = (torch.linalg.vector_norm(x[:, None, :] - x[inputs.neighbors], dim=-1) - rest).abs()
+    h = torch.pow(1.0 + ext / rest, inputs.p_k) if inputs.law == 0 else torch.pow(ext, inputs.p_k)
+    k = inputs.stiffness.detach().double()
+    k = torch.sqrt(k[:, None] * k[inputs.neighbors]) if inputs.pair else k[:, None]
+    return (k / rest * inputs.eta.detach().double()[None, :] * ext * h * ext).sum()
+
+
+def energy_limit(inputs: RolloutInputs, model: SpringModel, integrator: Integrator) -> float:
+    """The most kinetic + gravitational energy per unit mass a stable rollout can reach: the
+    start's, plus the start's strain energy (after the ground lifts anchors that start below it)
+    and that lift (both may turn into motion), plus ``energy_tolerance`` times the energy scale (the start's
+    kinetic energy plus gravity's work over the anchors' extent, at least that of moving them 1 %
+    of their extent per frame). One host synchronisation per rollout."""
+    with torch.no_grad():
+        x0, v0, prm = inputs.x0.detach(), inputs.v0.detach(), inputs.prm.detach()
+        n = x0.shape[0]
+        g = float(torch.linalg.vector_norm(prm[K.P_G:K.P_G + 3].double()))
+        extent = max(model.extent, 1e-6)
+        kinetic = 0.5 * v0.double().square().sum()
+        scale = torch.clamp(kinetic + n * g * extent, min=n * (0.01 * extent / integrator.frame_dt) ** 2)
+        start, lift = x0.double(), 0.0
+        if float(prm[K.P_HAS_GROUND]) > 0:  # the first substep lifts anchors below the ground onto it
+            nrm = prm[K.P_GN:K.P_GN + 3].double()
+            depth = torch.clamp(-((start - prm[K.P_GP:K.P_GP + 3].double()) @ nrm), min=0.0)
+            lift = depth.sum() * abs(float(prm[K.P_G:K.P_G + 3].double() @ nrm))
+            start = start + depth[:, None] * nrm
+        gain = torch.maximum(strain_energy_bound(x0, inputs), strain_energy_bound(start, inputs)) / model.mass + lift
+        limit = energy(x0, v0, prm) + gain + float(integrator.energy_tolerance) * scale
+    return float(limit)
 
 
 def check_state(x: torch.Tensor, v: torch.Tensor, frame: int, inputs: RolloutInputs) -> None:
-    """One host synchronisation: raise SimulationUnstable on NaN/Inf or runaway speed."""
+    """One host synchronisation: raise SimulationUnstable on NaN/Inf, runaway speed or energy
+    above ``inputs.energy_limit``."""
     speed = torch.linalg.vector_norm(v, dim=1).max() if len(v) else v.new_zeros(())
     ok = torch.isfinite(x).all() & (speed <= inputs.max_speed)
+    checks_energy = math.isfinite(inputs.energy_limit)
+    if checks_energy:
+        e = energy(x, v, inputs.prm)
+        ok = ok & (e <= inputs.energy_limit)
     if not bool(ok):
-        what = "NaN or Inf in the state" if not bool(torch.isfinite(speed)) or not bool(torch.isfinite(x).all()) \
-            else f"speed {float(speed):.3g} above {inputs.max_speed:.3g}"
+        if not bool(torch.isfinite(speed)) or not bool(torch.isfinite(x).all()):
+            what = "NaN or Inf in the state"
+        elif float(speed) > inputs.max_speed:
+            what = f"speed {float(speed):.3g} above {inputs.max_speed:.3g}"
+        else:
+            what = (f"its energy rose above what its start can supply, {float(e):.4g} > {inputs.energy_limit:.4g} "
+                    "per unit anchor mass")
         raise SimulationUnstable(frame, inputs.substeps, what)
 
 
