@@ -178,6 +178,31 @@ def test_exploding_candidates_are_skipped_and_all_exploding_is_an_error(monkeypa
                           dataclasses.replace(settings, log_k_range=(8.5, 9.5), grid_points=3), progress=False)
 
 
+def test_the_chosen_candidate_must_simulate_the_whole_video_not_only_the_fitted_frames():
+    """The best-scored candidate is stiff: fine over the fitted frames (a free fall before the
+    landing) but blowing up after the landing at the most substeps allowed; the search takes the
+    next candidate that lasts the video's length, and says which it passed over. Without frames
+    beyond the fitted ones it keeps the best."""
+    from types import SimpleNamespace
+
+    model, _binding, _g, _cams = cube_scene(n_side=3, k_neighbors=8, size=24)
+    settings = _search_settings(substeps=40, max_substeps=40)
+    stiff, soft = 6.0, 2.0
+    entry = lambda log_k, loss: {"log_k": log_k, "friction_logit": 0.0, "kappa": 0.0,  # noqa: E731
+                                 "contact_offset": 0.0, "loss": loss, "substeps": 40}
+    score = SimpleNamespace(evaluations=[entry(soft, 0.2), entry(stiff, 0.1), entry(4.0, math.inf)], n_fit=2)
+    integrator = Integrator(frame_dt=0.03, substeps=40, max_substeps=40)
+    params = SpringParams(torch.full((model.n_anchors,), stiff), torch.tensor(0.0), torch.tensor(0.0))
+    rollout(model, params, SpringState(model.rest_positions, V0), 1, integrator)  # the fitted frames: fine
+    with pytest.raises(global_search.SimulationUnstable):
+        rollout(model, params, SpringState(model.rest_positions, V0), 9, integrator)
+    chosen, substeps, passed_over = global_search.stable_choice(score, model, V0, 10, 0.03, settings)
+    assert chosen["log_k"] == soft and substeps == 40
+    assert [e["log_k"] for e in passed_over] == [stiff]
+    chosen, _, passed_over = global_search.stable_choice(score, model, V0, 2, 0.03, settings)
+    assert chosen["log_k"] == stiff and passed_over == []
+
+
 def _slide(substeps: int, mode: str) -> float:
     """Tangential speed left of a sheet sliding on the ground at 1 m/s after 0.15 s."""
     side = torch.linspace(0.0, 0.2, 3, dtype=torch.float64)

@@ -334,7 +334,7 @@ def _stages(cap, run: RunDir, data, settings: FitSettings, cs, loss, imported, s
         def compute_global(c):
             log("stage 6/7: global search of log10 k, friction, kappa and the contact offset (masks)")
             return global_stage.run(gw, model, a_dyn.binding, v0, mframes, facts.fit_frames, facts.frame_dt, gs,
-                                    progress, checkpoint=c), {}
+                                    progress, checkpoint=c, horizon=facts.n_frames), {}
         found = stage("global", key, compute_global, lambda r, d: global_stage.save(r, d), global_stage.load)
         start, min_substeps = found.params, found.substeps
         model = global_stage.placed(model, found.contact_offset)  # the unseen underside, as in runner.py

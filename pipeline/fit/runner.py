@@ -231,7 +231,12 @@ class Fitter:
                      f"(rollouts: {', '.join(what for what, _ in settings.rounds())})")
             t0, c = time.perf_counter(), self.checkpoint("global", key)
             r = global_stage.run(g, model, a.binding, v0, self.frames, self.facts.fit_frames, self.facts.frame_dt,
-                                 settings, self.progress, checkpoint=c)
+                                 settings, self.progress, checkpoint=c, horizon=self.facts.n_frames)
+            if r.passed_over:
+                ks = ", ".join(f"{e['log_k']:.2f}" for e in r.passed_over)
+                self.log(f"global search: {len(r.passed_over)} better-scored candidate(s) blew up within the video's "
+                         f"{self.facts.n_frames} frames (log10 k {ks}); took log10 k "
+                         f"{float(r.params.log_stiffness.mean()):.2f}")
             with self.run.write_stage("global", key, self._seconds(t0)) as d:
                 global_stage.save(r, d)
             self._written("global", c)
