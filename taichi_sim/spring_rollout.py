@@ -260,9 +260,9 @@ def strain_energy_bound(x: torch.Tensor, inputs: RolloutInputs) -> torch.Tensor:
 def energy_limit(inputs: RolloutInputs, model: SpringModel, integrator: Integrator) -> float:
     """The most kinetic + gravitational energy per unit mass a stable rollout can reach: the
     start's, plus the start's strain energy (after the ground lifts anchors that start below it)
-    and that lift (both may turn into motion), plus ``energy_tolerance`` times the energy scale (the start's
-    kinetic energy plus gravity's work over the anchors' extent, at least that of moving them 1 %
-    of their extent per frame). One host synchronisation per rollout."""
+    and that lift (both may turn into motion), plus ``energy_tolerance`` times the energy scale
+    (the start's kinetic energy plus gravity's work over the anchors' extent, at least that of
+    moving them 1 % of their extent per frame). One host synchronisation per rollout."""
     with torch.no_grad():
         x0, v0, prm = inputs.x0.detach(), inputs.v0.detach(), inputs.prm.detach()
         n = x0.shape[0]
@@ -286,8 +286,7 @@ def check_state(x: torch.Tensor, v: torch.Tensor, frame: int, inputs: RolloutInp
     above ``inputs.energy_limit``."""
     speed = torch.linalg.vector_norm(v, dim=1).max() if len(v) else v.new_zeros(())
     ok = torch.isfinite(x).all() & (speed <= inputs.max_speed)
-    checks_energy = math.isfinite(inputs.energy_limit)
-    if checks_energy:
+    if math.isfinite(inputs.energy_limit):
         e = energy(x, v, inputs.prm)
         ok = ok & (e <= inputs.energy_limit)
     if not bool(ok):
