@@ -411,7 +411,12 @@ def stable_choice(score: _Scorer, model: SpringModel, v0: torch.Tensor, horizon:
     on the stiffness, the search chose log10 k 5.8, which scored the fitted frames well and blew up
     two frames later even at 3000 substeps. Where none of the first STABLE_TRIES is stable over the
     horizon, the best one is kept (the fitted frames were fine; simulating further is what fails)."""
-    ranked = sorted((e for e in score.evaluations if math.isfinite(e["loss"])), key=lambda e: e["loss"])
+    ranked, seen = [], set()
+    for e in sorted((e for e in score.evaluations if math.isfinite(e["loss"])), key=lambda e: e["loss"]):
+        what = (e["log_k"], e["friction_logit"], e["kappa"], e["contact_offset"], tuple(e.get("regions", ())))
+        if what not in seen:  # CMA-ES may propose a point twice (its bounds clip to the same corner)
+            seen.add(what)
+            ranked.append(e)
     passed_over = []
     for e in ranked[:STABLE_TRIES]:
         if horizon <= score.n_fit:
