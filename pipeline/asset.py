@@ -94,6 +94,7 @@ def _model_constants(doc: dict, path: Path) -> dict:
            "contact_offset": number(m, "contact_offset", path, "model", low=0) if "contact_offset" in m else 0.0}
     # assets written before "pair" existed gave each anchor's springs its own stiffness
     m = {"spring_stiffness": "anchor", **m}
+    m = {"springs": "directed", **m}  # and before mirrored springs, each spring acted on its owner alone
     for key, allowed in CHOICES.items():
         if m.get(key) not in allowed:
             raise SgausError(f"{path}: 'model.{key}' must be one of {', '.join(allowed)}, got {m.get(key)!r}")

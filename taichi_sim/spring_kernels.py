@@ -117,8 +117,13 @@ def _rest_1d(rest: ti.template(), e, inv_rest, law: ti.template()):
 @fast
 @ti.kernel
 def substep_forward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: NDA, eta: NDA, prm: NDA,
-                    x_out: NDA, v_out: NDA, vh_out: NDA, contact: NDA, law: ti.template(), p: ti.template(),
-                    pair: ti.template()):
+                    x_out: NDA, v_out: NDA, vh_out: NDA, contact: NDA, mutual_k: NDA, rev_ptr: NDA, rev_src: NDA,
+                    rev_rest: NDA, rev_inv_rest: NDA, rev_k: NDA, law: ti.template(), p: ti.template(),
+                    pair: ti.template(), mirror: ti.template()):
+    """One substep (Eq. 9-14). With ``mirror`` every spring acts on both its ends with half its
+    force: an anchor also feels the other half of its mutual partners' springs (``mutual_k``, see
+    :func:`spring_backward`) and of the springs of the reverse adjacency (``rev_*``, ``rev_k``);
+    without it those tables are not read."""
     n_springs = nbr.shape[1]
     spread = ti.static(task_spread(BLOCK))
     for ix in range(x.shape[0] * spread):
@@ -146,7 +151,24 @@ def substep_forward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: N
                 if ti.static(pair):  # the spring's own stiffness sqrt(k_i k_n): the same at both ends
                     kij = ti.sqrt(ki * stiff[n])
                 # Eq. 9 with k_ij = k_i / L0 (Eq. 16) and Eq. 10 with zeta_ij = zeta0 / L0 (Eq. 17)
-                force -= (kij * eta[jj] * phi_rel + (zeta0 * il) * w.dot(u)) * u
+                if ti.static(mirror):  # half of i's spring, and half of n's spring to i when mutual
+                    k2 = ti.max(mutual_k[i, jj], 0)
+                    two = ti.select(mutual_k[i, jj] >= 0, ki * 0 + 2, ki * 0 + 1)
+                    force -= (0.5 * (kij * eta[jj] + k2) * phi_rel + (0.5 * two * zeta0 * il) * w.dot(u)) * u
+                else:
+                    force -= (kij * eta[jj] * phi_rel + (zeta0 * il) * w.dot(u)) * u
+            if ti.static(mirror):  # the other half of the springs of other anchors that end at i
+                for e in range(rev_ptr[i], rev_ptr[i + 1]):
+                    src = rev_src[e]
+                    il = rev_inv_rest[e]
+                    d = _vec(x, src) - xi
+                    length = ti.sqrt(d.dot(d))
+                    u = d * ti.select(length > TINY, 1 / ti.max(length, TINY), length * 0)
+                    ext_rel = length * il - 1
+                    phi_rel, _dphi = _law(ext_rel, _rest_1d(rev_rest, e, il, law), p, law)
+                    phi_rel = ti.select(ti.abs(ext_rel) >= dead * il, phi_rel, phi_rel * 0)
+                    w = _vec(v, src) - vi
+                    force += 0.5 * (rev_k[e] * phi_rel + (zeta0 * il) * w.dot(u)) * u
             vh = vi + (force * prm[P_INV_MASS] + _prm_vec(prm, P_G)) * dt  # Eq. 12
             xh = xi + vh * dt  # Eq. 13
             touching = 0
@@ -205,7 +227,7 @@ def _spring_geometry(d, w, inv_rest, rest_l, zeta0, p: ti.template(), dead, law:
 def spring_backward(x: NDA, v: NDA, vh: NDA, contact: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: NDA,
                     eta: NDA, prm: NDA, mutual_k: NDA, gx_direct: NDA, gv_direct: NDA, g_force: NDA, g_friction: NDA,
                     deta: NDA, gx_io: NDA, gv_io: NDA, g_stiff: NDA, g_kappa: NDA, law: ti.template(),
-                    p: ti.template(), pair: ti.template()):
+                    p: ti.template(), pair: ti.template(), mirror: ti.template()):
     """The ground's adjoint (:func:`_ground_backward`: from (gx_io, gv_io), the gradient with
     respect to the substep's output, to gx_direct, gv_direct, g_force and g_friction), then in a
     second loop the springs' (below), which writes the gradient with respect to the substep's
@@ -221,7 +243,10 @@ def spring_backward(x: NDA, v: NDA, vh: NDA, contact: NDA, nbr: NDA, rest: NDA, 
     the same rest length (a mutual pair, handled here from both ends), else -1. ``rev_k`` [E]:
     stiff * eta of the remaining springs of other anchors that end at a (reverse adjacency), which
     :func:`spring_backward_reverse` adds afterwards (in one kernel with this loop, LLVM compiles both
-    loops worse: together they took 30 % longer than apart)."""
+    loops worse: together they took 30 % longer than apart).
+
+    With ``mirror`` a spring's force acts half on its owner and half, opposite, on its end, so the
+    upstream of a spring owned by o and ending at t is (g_o - g_t) / 2 instead of g_o."""
     _ground_backward(gx_io, gv_io, vh, contact, prm, gx_direct, gv_direct, g_force, g_friction)
     n_springs = nbr.shape[1]
     spread = ti.static(task_spread(BLOCK))
@@ -253,14 +278,21 @@ def spring_backward(x: NDA, v: NDA, vh: NDA, contact: NDA, nbr: NDA, rest: NDA, 
                 k1 = kp * eta_j
                 km = mutual_k[a, jj]
                 gn = _vec(g_force, n) * ti.select(km >= 0, ka * 0 + 1, ka * 0)  # zero unless mutual
+                g1 = ga
+                if ti.static(mirror):  # a's spring: (g_a - g_n) / 2; n's spring to a: (g_n - g_a) / 2
+                    g1 = 0.5 * (ga - _vec(g_force, n))
+                    gn = -g1 * ti.select(km >= 0, ka * 0 + 1, ka * 0)
                 k2 = ti.max(km, 0)
                 cl = c * inv_len
                 b = cl * wu
-                ug1 = u.dot(ga)
+                ug1 = u.dot(g1)
                 ugn = u.dot(gn)  # u'.g_n = -ugn
                 a1 = inv_len * k1 * phi_rel + b
                 a2 = inv_len * k2 * phi_rel + b
-                coef_ga -= a1
+                if ti.static(mirror):
+                    gx -= a1 * g1
+                else:
+                    coef_ga -= a1
                 gphi = -phi_rel * ug1  # d L / d k1, the stiffness of a's spring
                 if ti.static(pair):  # k1 = sqrt(k_a k_n) eta_j and n's mutual spring k2 = sqrt(k_n k_a) eta_q
                     gk += (gphi * k1 + phi_rel * ugn * k2) * (0.5 / ka)
@@ -284,10 +316,10 @@ def spring_backward(x: NDA, v: NDA, vh: NDA, contact: NDA, nbr: NDA, rest: NDA, 
 @ti.kernel
 def spring_backward_reverse(x: NDA, v: NDA, g_force: NDA, prm: NDA, rev_ptr: NDA, rev_src: NDA, rev_rest: NDA,
                             rev_inv_rest: NDA, rev_k: NDA, stiff: NDA, gx_out: NDA, gv_out: NDA, g_stiff: NDA,
-                            law: ti.template(), p: ti.template(), pair: ti.template()):
+                            law: ti.template(), p: ti.template(), pair: ti.template(), mirror: ti.template()):
     """Adds to (gx_out, gv_out) the gradient through the springs of the reverse adjacency (see
     :func:`spring_backward`), and with ``pair`` to g_stiff the gradient of their stiffness
-    sqrt(k_src k_a) eta with respect to k_a."""
+    sqrt(k_src k_a) eta with respect to k_a; with ``mirror`` their upstream is (g_src - g_a) / 2."""
     spread = ti.static(task_spread(BLOCK))
     for ix in range(x.shape[0] * spread):
         if ix % spread == 0:
@@ -303,6 +335,8 @@ def spring_backward_reverse(x: NDA, v: NDA, g_force: NDA, prm: NDA, rev_ptr: NDA
                 u, inv_len, phi_rel, dphi_rel, wu, c = _spring_geometry(
                     _vec(x, i) - xa, w, il, _rest_1d(rev_rest, e, il, law), zeta0, p, dead, law)
                 g = _vec(g_force, i)
+                if ti.static(mirror):
+                    g = 0.5 * (g - _vec(g_force, a))
                 k = rev_k[e]
                 ug = u.dot(g)
                 cl = c * inv_len

@@ -33,9 +33,11 @@ FORCE_LAWS = ("smooth", "paper")
 # means the same at any substep count. "per_substep" applies it once per substep, as the authors do.
 FRICTION_MODES = ("per_time", "per_substep")
 SPRING_STIFFNESS = ("anchor", "pair")
+SPRINGS = ("directed", "mirrored")
 # the model's constants that take one of a few names (checked here, by the fit's settings and by
 # an asset's loader)
-CHOICES = {"force_law": FORCE_LAWS, "friction_mode": FRICTION_MODES, "spring_stiffness": SPRING_STIFFNESS}
+CHOICES = {"force_law": FORCE_LAWS, "friction_mode": FRICTION_MODES, "spring_stiffness": SPRING_STIFFNESS,
+           "springs": SPRINGS}
 FRICTION_REFERENCE_DT = 3e-4
 
 
@@ -81,6 +83,12 @@ class SpringModel:
                     stiffness field that is not uniform pushes the object by itself); "pair": a
                     spring's stiffness is sqrt(k_i k_j), the same seen from both ends (a mutual pair
                     then pulls both ends equally, whatever the field)
+    springs: "directed"  "directed": each anchor's k-nearest springs act on it alone (the authors'
+                    form: a spring that is not mirrored in its neighbour's list pulls one end only,
+                    so the model conserves neither momentum nor energy, and a stiff one gains energy
+                    of its own on the ground); "mirrored": every spring acts on both its ends with
+                    half its force (Newton's third law; a mutual pair is one spring whose stiffness
+                    is the mean of its two directions), a passive model at any stiffness
     """
 
     rest_positions: torch.Tensor
@@ -98,10 +106,11 @@ class SpringModel:
     friction_mode: str = "per_substep"
     contact_offset: float = 0.0
     spring_stiffness: str = "anchor"
+    springs: str = "directed"
     tables: dict = field(default_factory=dict, repr=False, compare=False)
 
     PHYSICS = ("mass", "gravity", "ground_point", "ground_normal", "force_law", "p_k", "zeta0", "n_c",
-               "dead_zone", "friction_mode", "contact_offset", "spring_stiffness")
+               "dead_zone", "friction_mode", "contact_offset", "spring_stiffness", "springs")
 
     def __post_init__(self) -> None:
         put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -288,4 +297,4 @@ def build_spring_model(anchors: torch.Tensor, k_neighbors: int, **physics) -> Sp
 
 
 __all__ = ["SpringModel", "build_spring_model", "check_choices", "nearest_springs", "vec3", "CHOICES", "FORCE_LAWS",
-           "FRICTION_MODES", "SPRING_STIFFNESS", "FRICTION_REFERENCE_DT"]
+           "FRICTION_MODES", "SPRING_STIFFNESS", "SPRINGS", "FRICTION_REFERENCE_DT"]

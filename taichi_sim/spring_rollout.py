@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from taichi_sim import spring_kernels as K
 from taichi_sim.runtime import require_taichi
-from taichi_sim.spring_model import FORCE_LAWS, FRICTION_REFERENCE_DT, SPRING_STIFFNESS, SpringModel
+from taichi_sim.spring_model import FORCE_LAWS, FRICTION_REFERENCE_DT, SPRING_STIFFNESS, SPRINGS, SpringModel
 from taichi_sim.spring_params import SpringParams, friction_from_logit, soft_vector
 from taichi_sim.errors import SgausError
 
@@ -167,6 +167,7 @@ class RolloutInputs:
     law: int
     p_k: float
     pair: int = 0  # 1: a spring's stiffness is sqrt(k_i k_j) (SpringModel.spring_stiffness "pair")
+    mirror: int = 0  # 1: every spring acts on both its ends, half each (SpringModel.springs "mirrored")
     energy_limit: float = math.inf  # the most kinetic + gravitational energy per unit mass (see energy())
 
 
@@ -232,7 +233,7 @@ def prepare_inputs(model: SpringModel, params: SpringParams, state0: SpringState
         neighbors=model.neighbors.to(dev), rest_length=model.rest_length.to(device=dev, dtype=dtype),
         prm=prm, n_frames=int(n_frames), substeps=integrator.substeps, max_speed=float(max_speed),
         law=FORCE_LAWS.index(model.force_law), p_k=float(model.p_k),
-        pair=SPRING_STIFFNESS.index(model.spring_stiffness),
+        pair=SPRING_STIFFNESS.index(model.spring_stiffness), mirror=SPRINGS.index(model.springs),
     )
     if integrator.energy_tolerance is not None and n_frames > 0:
         inputs.energy_limit = energy_limit(inputs, model, integrator)
@@ -315,7 +316,7 @@ class FrameStepper:
         eta, deta = torch.func.jvp(lambda kap: soft_vector(kap, k, n_c), (kappa,), (torch.ones_like(kappa),))
         self.eta, self.deta = eta.to(dev).contiguous(), deta.to(dev).contiguous()
         self.prm = inputs.prm.contiguous()
-        self.mutual_k = self.rev_k = None  # made by the first grad_step
+        self.mutual_k = self.rev_k = None  # made by the first grad_step (by the first step when mirrored)
         x = inputs.x0
         n = x.shape[0]
         self.tmp = [torch.empty(n, 3, dtype=x.dtype, device=x.device) for _ in range(5)]
@@ -331,8 +332,14 @@ class FrameStepper:
                            self.inputs.pair)
 
     def step(self, x, v, x_out, v_out, vh_out, contact_out) -> None:
+        mirror = self.inputs.mirror
+        if mirror and self.mutual_k is None:
+            self._stiffness_tables()
+        # without mirrored springs the kernel reads none of the last six tables: any arrays of their kinds do
+        mutual_k, rev_k = (self.mutual_k, self.rev_k) if mirror else (self.rest, self.rev_rest)
         K.substep_forward(x, v, self.nbr, self.rest, self.inv_rest, self.stiff, self.eta, self.prm,
-                          x_out, v_out, vh_out, contact_out, self.inputs.law, self.inputs.p_k, self.inputs.pair)
+                          x_out, v_out, vh_out, contact_out, mutual_k, self.rev_ptr, self.rev_src, self.rev_rest,
+                          self.rev_inv_rest, rev_k, self.inputs.law, self.inputs.p_k, self.inputs.pair, mirror)
 
     def grad_step(self, x, v, vh, contact, gx, gv, g_stiff, g_kappa, g_friction, scratch) -> None:
         """Adjoint of one substep from (x, v) (and its recorded vh, contact): (gx, gv), the gradient
@@ -342,13 +349,13 @@ class FrameStepper:
         gxd, gvd, gforce = scratch
         if self.mutual_k is None:
             self._stiffness_tables()
-        law, p_k, pair = self.inputs.law, self.inputs.p_k, self.inputs.pair
+        law, p_k, pair, mirror = self.inputs.law, self.inputs.p_k, self.inputs.pair, self.inputs.mirror
         K.spring_backward(x, v, vh, contact, self.nbr, self.rest, self.inv_rest, self.stiff, self.eta, self.prm,
                           self.mutual_k, gxd, gvd, gforce, g_friction, self.deta, gx, gv, g_stiff, g_kappa, law, p_k,
-                          pair)
+                          pair, mirror)
         K.spring_backward_reverse(x, v, gforce, self.prm, self.rev_ptr, self.rev_src, self.rev_rest,
                                   self.rev_inv_rest, self.rev_k, self.stiff, gx, gv, g_stiff, law, p_k,
-                                  pair)
+                                  pair, mirror)
 
     def run(self, x, v, x_out, v_out) -> None:
         """Advance one frame from (x, v), writing the end state into (x_out, v_out)."""

@@ -23,10 +23,11 @@ from taichi_sim.spring_rollout import (
 
 def substep(x: torch.Tensor, v: torch.Tensor, neighbors: torch.Tensor, rest_length: torch.Tensor,
             stiffness: torch.Tensor, eta: torch.Tensor, friction: torch.Tensor, prm: torch.Tensor,
-            law: int, pair: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+            law: int, pair: int = 0, mirror: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """One substep: x, v [N,3] -> x', v' [N,3] (Eq. 9-14). ``prm`` as in spring_kernels.py;
     ``friction`` is taken from its own (differentiable) argument, not from prm; ``pair``: a
-    spring's stiffness is sqrt(k_i k_j) instead of its owner's k_i."""
+    spring's stiffness is sqrt(k_i k_j) instead of its owner's k_i; ``mirror``: every spring acts
+    on both its ends with half its force."""
     dt, inv_m, zeta0, p, dead = (prm[i] for i in (P_DT, P_INV_MASS, P_ZETA0, P_PK, P_DEAD))
     d = x[:, None, :] - x[neighbors]  # [N,K,3] from neighbour to anchor
     length = torch.linalg.vector_norm(d, dim=-1)  # [N,K]
@@ -45,7 +46,11 @@ def substep(x: torch.Tensor, v: torch.Tensor, neighbors: torch.Tensor, rest_leng
                             torch.zeros_like(ext))
     w = v[:, None, :] - v[neighbors]
     damping = torch.where(live, zeta0 / rest_length * (w * u).sum(-1), torch.zeros_like(ext))
-    force = -((magnitude + damping)[..., None] * u).sum(1)
+    per_spring = (magnitude + damping)[..., None] * u  # [N,K,3]: minus the force on the owner
+    if mirror:
+        force = (-0.5 * per_spring.sum(1)).index_add(0, neighbors.reshape(-1), 0.5 * per_spring.reshape(-1, 3))
+    else:
+        force = -per_spring.sum(1)
     vh = v + (force * inv_m + prm[P_G:P_G + 3]) * dt
     xh = x + vh * dt
     if float(prm[P_HAS_GROUND]) > 0:
@@ -60,7 +65,7 @@ def substep(x: torch.Tensor, v: torch.Tensor, neighbors: torch.Tensor, rest_leng
 def _frame(x, v, stiffness, eta, friction, prep: RolloutInputs):
     for _ in range(prep.substeps):
         x, v = substep(x, v, prep.neighbors, prep.rest_length, stiffness, eta, friction, prep.prm, prep.law,
-                       prep.pair)
+                       prep.pair, prep.mirror)
     return x, v
 
 

@@ -60,9 +60,12 @@ def _rel(a, b):
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
-@pytest.mark.parametrize("force_law,spring_stiffness", [("smooth", "anchor"), ("paper", "anchor"), ("smooth", "pair")])
-def test_taichi_matches_torch_twin_with_ground_contact(force_law, spring_stiffness):
-    model, integ = _setup(_blob(40, 0), 8, 0.03, 20, n_c=3, force_law=force_law, spring_stiffness=spring_stiffness)
+@pytest.mark.parametrize("force_law,spring_stiffness,springs", [
+    ("smooth", "anchor", "directed"), ("paper", "anchor", "directed"), ("smooth", "pair", "directed"),
+    ("smooth", "pair", "mirrored"), ("paper", "anchor", "mirrored")])
+def test_taichi_matches_torch_twin_with_ground_contact(force_law, spring_stiffness, springs):
+    model, integ = _setup(_blob(40, 0), 8, 0.03, 20, n_c=3, force_law=force_law, spring_stiffness=spring_stiffness,
+                          springs=springs)
     ins = _inputs(model, 1)
     out = {}
     for backend in ("taichi", "torch"):
@@ -100,10 +103,11 @@ def _fd_check(model, integ, ins, n_frames, backend="taichi", h=1e-6, tol=1e-4):
         yield name, float(fd)
 
 
-@pytest.mark.parametrize("spring_stiffness", ["anchor", "pair"])
-def test_finite_differences_with_ground_contact(spring_stiffness):
+@pytest.mark.parametrize("spring_stiffness,springs", [("anchor", "directed"), ("pair", "directed"),
+                                                      ("pair", "mirrored")])
+def test_finite_differences_with_ground_contact(spring_stiffness, springs):
     model, integ = _setup(_blob(30, 2, lift=0.01), 10, 0.03, 15, n_c=4, dead_zone=0.0,
-                          spring_stiffness=spring_stiffness)
+                          spring_stiffness=spring_stiffness, springs=springs)
     ins = _inputs(model, 3, v0=(0.5, -2.0, 0.3))
     pos, _ = run(model, integ, *ins, n_frames=2)
     assert (pos[-1][:, 1] <= 1e-12).sum() >= 3, "the test needs anchors in contact with the ground"
@@ -118,13 +122,14 @@ def test_finite_differences_without_ground():
     assert fds["friction_logit"] == 0.0  # no ground, no friction
 
 
-@pytest.mark.parametrize("spring_stiffness", ["anchor", "pair"])
-def test_finite_differences_large_k_strong_forces(spring_stiffness):
+@pytest.mark.parametrize("spring_stiffness,springs", [("anchor", "directed"), ("pair", "directed"),
+                                                      ("pair", "mirrored")])
+def test_finite_differences_large_k_strong_forces(spring_stiffness, springs):
     """Many springs per anchor, all stretched and moving: the case where Taichi's automatic
     differentiation of a vector summed in a non-static inner loop goes wrong (Taichi issues 8356, 8027).
     With "pair", both mutual and one-way springs carry the stiffness of both their ends."""
     model, integ = _setup(_blob(60, 6), 40, 0.02, 10, n_c=8, ground_point=None, dead_zone=0.0,
-                          spring_stiffness=spring_stiffness)
+                          spring_stiffness=spring_stiffness, springs=springs)
     ins = _inputs(model, 7, log_k=2.8, kappa=1.0, jitter=0.03)
     ins[1] = torch.randn(60, 3, generator=torch.Generator().manual_seed(8), dtype=F64)  # per-anchor v0
     # "pair" makes this rollout about 8x more sensitive to x0: a step of 1e-6 leaves a truncation

@@ -33,7 +33,8 @@ class PhysicsSettings:
     n_c: neighbours with soft-vector weight 1 (Eq. 8); p_k, force_law: the force law (Eq. 9);
     zeta0: damping (Eq. 17); mass: per anchor; friction_mode: "per_substep" (the authors') or
     "per_time" (taichi_sim.spring_model); spring_stiffness: "anchor" (each anchor's own k, the
-    authors') or "pair" (sqrt(k_i k_j) per spring, taichi_sim.spring_model); init_log_stiffness,
+    authors') or "pair" (sqrt(k_i k_j) per spring, taichi_sim.spring_model); springs: "directed" (the
+    authors') or "mirrored" (each spring acts on both ends, taichi_sim.spring_model); init_log_stiffness,
     init_kappa, init_friction_logit: starting log10 k, kappa and phi; soft_vector: False gives every
     spring weight 1 (Table 3).
     """
@@ -49,6 +50,7 @@ class PhysicsSettings:
     init_kappa: float = 0.0
     init_friction_logit: float = -1.0
     soft_vector: bool = True
+    springs: str = "directed"
 
     def initial_params(self, n_anchors: int) -> SpringParams:
         """One stiffness for every anchor; without the soft vector softplus(kappa) -> 0 (Eq. 8)."""
@@ -62,6 +64,7 @@ def spring_model(anchors: Anchors, facts: SceneFacts, physics: PhysicsSettings) 
     model = SpringModel(anchors.rest_positions, anchors.neighbors, anchors.rest_length, mass=physics.mass,
                         gravity=facts.gravity, ground_point=facts.ground_point, ground_normal=facts.ground_normal,
                         force_law=physics.force_law, p_k=physics.p_k, zeta0=physics.zeta0, n_c=physics.n_c,
-                        friction_mode=physics.friction_mode, spring_stiffness=physics.spring_stiffness)
+                        friction_mode=physics.friction_mode, spring_stiffness=physics.spring_stiffness,
+                        springs=physics.springs)
     model.kernel_topology(anchors.rest_positions.device)
     return model

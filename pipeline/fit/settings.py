@@ -61,6 +61,9 @@ class FitSettings:
         both ends, so a field that is not uniform adds no push of its own) or "anchor"
         (a spring pulls its owner with the owner's k_i: the authors' form, the paper preset's; a
         non-uniform field then pushes the object, README "Spring stiffness").
+      springs: "directed" (the default, the authors' k-nearest lists: each spring acts on its
+        owner alone) or "mirrored" (each spring acts on both its ends with half its force: a
+        passive model, which a stiff object needs; README "Spring stiffness").
       substeps: simulation substeps per frame (raised by 50 on instability, up to max_substeps).
       substeps_raise_every: the dynamic stage's substeps rise by 50 at every multiple of this
         iteration count below its iterations (the authors' N_STEP_ITER; paper preset 100: 100,
@@ -147,6 +150,7 @@ class FitSettings:
     mass: float = 1.0
     friction_mode: str = "per_time"
     spring_stiffness: str = "pair"
+    springs: str = "directed"
     substeps: int = 60
     max_substeps: int = 500
     substeps_raise_every: int = 0
@@ -256,7 +260,7 @@ class FitSettings:
     def physics(self) -> PhysicsSettings:
         return PhysicsSettings(self.n_c, self.p_k, self.force_law, self.zeta0, self.mass, self.friction_mode,
                                self.spring_stiffness, self.init_log_stiffness, self.init_kappa,
-                               self.init_friction_logit, self.soft_vector)
+                               self.init_friction_logit, self.soft_vector, springs=self.springs)
 
     def velocity(self, frames: int) -> VelocitySettings:
         """``frames``: the frames before contact, resolved by the caller (velocity_frames or detection)."""
