@@ -246,16 +246,22 @@ def energy(x: torch.Tensor, v: torch.Tensor, prm: torch.Tensor) -> torch.Tensor:
     return 0.5 * v.double().square().sum() - (x.double() @ g).sum()
 
 
+def spring_force(ext, rest_length, stiffness, eta, neighbors, p, law: int, pair: int) -> torch.Tensor:
+    """The magnitude k_ij eta_j (l - L0) h / L0 of every spring's force [N,K] (Eq. 9, 16) from its
+    extension l - L0 [N,K] (nonzero where |l - L0| is taken to a power), without the dead zone."""
+    h = torch.pow(1.0 + ext.abs() / rest_length, p) if law == 0 else torch.pow(ext.abs(), p)
+    k = torch.sqrt(stiffness[:, None] * stiffness[neighbors]) if pair else stiffness[:, None]
+    return k / rest_length * eta[None, :] * ext * h
+
+
 def strain_energy_bound(x: torch.Tensor, inputs: RolloutInputs) -> torch.Tensor:
     """An upper bound of the springs' elastic energy at positions x (a spring's force grows with
     its extension, so its energy is at most extension x force), float64."""
     x = x.double()
     rest = inputs.rest_length.double()
     ext = (torch.linalg.vector_norm(x[:, None, :] - x[inputs.neighbors], dim=-1) - rest).abs()
-    h = torch.pow(1.0 + ext / rest, inputs.p_k) if inputs.law == 0 else torch.pow(ext, inputs.p_k)
-    k = inputs.stiffness.detach().double()
-    k = torch.sqrt(k[:, None] * k[inputs.neighbors]) if inputs.pair else k[:, None]
-    return (k / rest * inputs.eta.detach().double()[None, :] * ext * h * ext).sum()
+    return (ext * spring_force(ext, rest, inputs.stiffness.detach().double(), inputs.eta.detach().double(),
+                               inputs.neighbors, inputs.p_k, inputs.law, inputs.pair)).sum()
 
 
 def energy_limit(inputs: RolloutInputs, model: SpringModel, integrator: Integrator) -> float:
@@ -316,7 +322,14 @@ class FrameStepper:
         eta, deta = torch.func.jvp(lambda kap: soft_vector(kap, k, n_c), (kappa,), (torch.ones_like(kappa),))
         self.eta, self.deta = eta.to(dev).contiguous(), deta.to(dev).contiguous()
         self.prm = inputs.prm.contiguous()
-        self.mutual_k = self.rev_k = None  # made by the first grad_step (by the first step when mirrored)
+        self.mutual_k = self.rev_k = None  # made by the first grad_step (here when mirrored: the forward reads them)
+        if inputs.mirror:
+            self._stiffness_tables()
+        # the forward's tables of the mirrored halves; without mirrored springs the kernel reads none
+        # of them, and any arrays of their kinds do
+        self.forward_tables = (self.mutual_k, self.rev_ptr, self.rev_src, self.rev_rest, self.rev_inv_rest,
+                               self.rev_k) if inputs.mirror else \
+            (self.rest, self.rev_ptr, self.rev_src, self.rev_rest, self.rev_inv_rest, self.rev_rest)
         x = inputs.x0
         n = x.shape[0]
         self.tmp = [torch.empty(n, 3, dtype=x.dtype, device=x.device) for _ in range(5)]
@@ -332,14 +345,9 @@ class FrameStepper:
                            self.inputs.pair)
 
     def step(self, x, v, x_out, v_out, vh_out, contact_out) -> None:
-        mirror = self.inputs.mirror
-        if mirror and self.mutual_k is None:
-            self._stiffness_tables()
-        # without mirrored springs the kernel reads none of the last six tables: any arrays of their kinds do
-        mutual_k, rev_k = (self.mutual_k, self.rev_k) if mirror else (self.rest, self.rev_rest)
         K.substep_forward(x, v, self.nbr, self.rest, self.inv_rest, self.stiff, self.eta, self.prm,
-                          x_out, v_out, vh_out, contact_out, mutual_k, self.rev_ptr, self.rev_src, self.rev_rest,
-                          self.rev_inv_rest, rev_k, self.inputs.law, self.inputs.p_k, self.inputs.pair, mirror)
+                          x_out, v_out, vh_out, contact_out, *self.forward_tables, self.inputs.law, self.inputs.p_k,
+                          self.inputs.pair, self.inputs.mirror)
 
     def grad_step(self, x, v, vh, contact, gx, gv, g_stiff, g_kappa, g_friction, scratch) -> None:
         """Adjoint of one substep from (x, v) (and its recorded vh, contact): (gx, gv), the gradient
@@ -468,4 +476,4 @@ def rollout_with_retry(model: SpringModel, params: SpringParams, state0: SpringS
 
 
 __all__ = ["SpringState", "Integrator", "Trajectory", "SimulationUnstable", "RolloutInputs", "prepare_inputs",
-           "check_state", "rollout", "rollout_with_retry", "RECORD_MB"]
+           "check_state", "spring_force", "rollout", "rollout_with_retry", "RECORD_MB"]

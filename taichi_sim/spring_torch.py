@@ -17,7 +17,7 @@ from taichi_sim.spring_kernels import (
 from taichi_sim.spring_model import SpringModel
 from taichi_sim.spring_params import SpringParams
 from taichi_sim.spring_rollout import (
-    Integrator, RolloutInputs, SpringState, Trajectory, check_state, prepare_inputs,
+    Integrator, RolloutInputs, SpringState, Trajectory, check_state, prepare_inputs, spring_force,
 )
 
 
@@ -37,12 +37,7 @@ def substep(x: torch.Tensor, v: torch.Tensor, neighbors: torch.Tensor, rest_leng
     ext = length - rest_length
     springy = live & (ext.abs() >= dead)
     safe_ext = torch.where(springy, ext, torch.ones_like(ext))  # no inf gradient of |ext|^p at 0
-    if law == 0:
-        h = torch.pow(1.0 + safe_ext.abs() / rest_length, p)
-    else:
-        h = torch.pow(safe_ext.abs(), p)
-    k = torch.sqrt(stiffness[:, None] * stiffness[neighbors]) if pair else stiffness[:, None]
-    magnitude = torch.where(springy, k / rest_length * eta[None, :] * safe_ext * h,
+    magnitude = torch.where(springy, spring_force(safe_ext, rest_length, stiffness, eta, neighbors, p, law, pair),
                             torch.zeros_like(ext))
     w = v[:, None, :] - v[neighbors]
     damping = torch.where(live, zeta0 / rest_length * (w * u).sum(-1), torch.zeros_like(ext))

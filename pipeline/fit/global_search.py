@@ -169,19 +169,14 @@ class _Scorer:
         if log_k >= self.hopeless:  # stiffer than a candidate that blew up at the most substeps allowed
             raise SimulationUnstable(0, self.settings.max_substeps, f"log10 k {log_k:.2f} >= {self.hopeless:.2f}, "
                                      "which blew up at max_substeps")
-        substeps = self._start_substeps(log_k)
-        while True:
-            integrator = Integrator(frame_dt=self.frame_dt, substeps=substeps, max_substeps=self.settings.max_substeps)
-            try:
-                pos = rollout(model, params, SpringState(model.rest_positions, self.v0), self.n_fit - 1,
-                              integrator).positions
-                self.stable.append((log_k, substeps))
-                return pos, substeps
-            except SimulationUnstable:
-                if substeps >= self.settings.max_substeps:
-                    self.hopeless = min(self.hopeless, log_k)
-                    raise
-                substeps = min(self.settings.max_substeps, int(math.ceil(substeps * SUBSTEP_GROWTH)))
+        try:
+            pos, substeps = _rollout_growing(model, params, self.v0, self.n_fit - 1, self.frame_dt,
+                                             self._start_substeps(log_k), self.settings.max_substeps)
+        except SimulationUnstable:
+            self.hopeless = min(self.hopeless, log_k)
+            raise
+        self.stable.append((log_k, substeps))
+        return pos, substeps
 
     def __call__(self, log_k: float, phi: float, kappa: float, offset: float, field=None, regions=None) -> float:
         """The score of a uniform log10 k (plus ``field`` [N], a per-anchor offset made of the
@@ -228,6 +223,32 @@ class _Scorer:
                                  "hopeless": hopeless,
                                  **({} if regions is None else {"regions": [float(v) for v in regions]})})
         return loss
+
+
+def _rollout_growing(model: SpringModel, params: SpringParams, v0: torch.Tensor, n_frames: int, frame_dt: float,
+                     substeps: int, max_substeps: int) -> tuple[torch.Tensor, int]:
+    """A forward rollout's positions from rest, retried with SUBSTEP_GROWTH times the substeps
+    after each blow-up, and the substeps that worked; the last SimulationUnstable is raised again
+    once max_substeps has blown up too."""
+    while True:
+        integrator = Integrator(frame_dt=frame_dt, substeps=substeps, max_substeps=max_substeps)
+        try:
+            with torch.no_grad():
+                return rollout(model, params, SpringState(model.rest_positions, v0), n_frames, integrator).positions, \
+                    substeps
+        except SimulationUnstable:
+            if substeps >= max_substeps:
+                raise
+            substeps = min(max_substeps, int(math.ceil(substeps * SUBSTEP_GROWTH)))
+
+
+def _candidate_params(e: dict, n: int, field_of=None) -> SpringParams:
+    """The parameters of a scored candidate (an entry of the evaluations): its uniform log10 k plus
+    the field of its region values, when it has some."""
+    log_stiffness = torch.full((n,), float(e["log_k"]))
+    if "regions" in e:
+        log_stiffness = log_stiffness + field_of(np.asarray(e["regions"]))
+    return SpringParams(log_stiffness, torch.tensor(float(e["kappa"])), torch.tensor(float(e["friction_logit"])))
 
 
 def placed(model: SpringModel, offset: float) -> SpringModel:
@@ -351,7 +372,6 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
             rounds.append(best[0])
     log_k, phi, kappa, offset = best[1]
     n = model.n_anchors
-    field_, region_values = torch.zeros(n), []
     # 4. coarse heterogeneity: a few smooth regions around the global value, still zero-order
     if n_regions and settings.region_generations:
         from pipeline.fit.dynamic import region_weights
@@ -381,21 +401,13 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
                     bar.set_postfix(loss=f"{value:.4f}", regions=" ".join(f"{v:+.2f}" for v in best_z[1]))
             _tell(es, candidates, values, best_z[0])
             rounds.append(min(best[0], best_z[0]))
-        if best_z[0] < uniform:
-            best = (best_z[0], best[1])
-            field_, region_values = field_of(best_z[1]), [float(v) for v in best_z[1]]
     bar.close()
     field_of_regions = field_of if n_regions and settings.region_generations else None
     chosen, substeps, passed_over = stable_choice(score, model, v0, max(horizon, n_fit), frame_dt, settings,
                                                   field_of_regions)
-    log_k, phi, kappa, offset = (chosen[k] for k in ("log_k", "friction_logit", "kappa", "contact_offset"))
-    if "regions" in chosen:
-        field_, region_values = field_of_regions(np.asarray(chosen["regions"])), [float(v) for v in chosen["regions"]]
-    else:
-        field_, region_values = torch.zeros(n), []
-    params = SpringParams(torch.full((n,), float(log_k)) + field_, torch.tensor(float(kappa)), torch.tensor(float(phi)))
-    return GlobalResult(params, float(chosen["loss"]), score.evaluations, rounds, float(offset), int(substeps),
-                        region_values, passed_over)
+    return GlobalResult(_candidate_params(chosen, n, field_of_regions), float(chosen["loss"]), score.evaluations,
+                        rounds, float(chosen["contact_offset"]), int(substeps),
+                        [float(v) for v in chosen.get("regions", [])], passed_over)
 
 
 STABLE_TRIES = 8  # candidates, best first, tried over the horizon before giving up on stability
@@ -421,21 +433,13 @@ def stable_choice(score: _Scorer, model: SpringModel, v0: torch.Tensor, horizon:
     for e in ranked[:STABLE_TRIES]:
         if horizon <= score.n_fit:
             return e, int(e["substeps"]), passed_over
-        field_ = None if "regions" not in e or field_of is None else field_of(np.asarray(e["regions"]))
-        log_stiffness = torch.full((model.n_anchors,), float(e["log_k"])) + (0.0 if field_ is None else field_)
-        params = SpringParams(log_stiffness, torch.tensor(float(e["kappa"])), torch.tensor(float(e["friction_logit"])))
         placed_model = placed(model, float(e["contact_offset"])) if e["contact_offset"] else model
-        integrator = Integrator(frame_dt=frame_dt, substeps=int(e["substeps"]), max_substeps=settings.max_substeps)
-        while True:
-            try:
-                with torch.no_grad():
-                    rollout(placed_model, params, SpringState(placed_model.rest_positions, v0), horizon - 1, integrator)
-                return e, integrator.substeps, passed_over
-            except SimulationUnstable:
-                if integrator.substeps >= settings.max_substeps:
-                    break
-                integrator = integrator.with_substeps(min(settings.max_substeps,
-                                                          int(math.ceil(integrator.substeps * SUBSTEP_GROWTH))))
+        try:
+            _pos, substeps = _rollout_growing(placed_model, _candidate_params(e, model.n_anchors, field_of), v0,
+                                              horizon - 1, frame_dt, int(e["substeps"]), settings.max_substeps)
+            return e, substeps, passed_over
+        except SimulationUnstable:
+            pass
         passed_over.append({k: e[k] for k in ("log_k", "friction_logit", "kappa", "contact_offset", "loss")})
     best = ranked[0]
     return best, int(best["substeps"]), passed_over
