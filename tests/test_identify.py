@@ -15,7 +15,7 @@ from pipeline.fit.settings import make_settings
 from taichi_sim.errors import SgausError
 from taichi_sim.spring_model import build_spring_model
 from taichi_sim.spring_params import SpringParams, friction_logit
-from taichi_sim.spring_rollout import Integrator, SpringState, rollout
+from taichi_sim.spring_rollout import Integrator, SpringState, Trajectory, rollout
 
 N_FRAMES = 10
 V0 = torch.tensor([0.0, -1.0, 0.0])
@@ -275,3 +275,38 @@ def test_default_springs_leave_a_free_object_in_place_and_the_paper_preset_keeps
     assert drift["fast"] < 1e-10
     assert drift["paper"] > 1e-3
     assert make_settings("fast").global_regions == 0 and make_settings("paper").global_regions == 4
+
+
+def test_a_step_whose_gradient_is_not_finite_is_skipped(monkeypatch, capsys):
+    """A rollout whose gradient comes back NaN (as a stiff model's can in float32) leaves the
+    parameters where they were instead of turning them into NaN."""
+    model, binding, g, cams = cube_scene(n_side=3, k_neighbors=8, size=24)
+    n = model.n_anchors
+    _pos, video = render_video(model, binding, g, cams, SpringParams.uniform(n, 2.0), V0, 4)
+
+    class Poison(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return torch.full_like(grad, math.nan)
+
+    real = dynamic.rollout
+    poison = {"on": True}
+
+    def rollout_poisoned(*args, **kwargs):
+        t = real(*args, **kwargs)
+        return Trajectory(Poison.apply(t.positions), t.v_last, t.substeps) if poison["on"] else t
+
+    monkeypatch.setattr(dynamic, "rollout", rollout_poisoned)
+    s = make_settings("tiny", overrides={"substeps": 20, "iterations": 3}).dynamic()
+    start = SpringParams(torch.full((n,), 2.5), torch.tensor(0.3), torch.tensor(-0.5))
+    r = dynamic.run(g, model, binding, V0, video, 4, 0.03, s, progress=False, start=start)
+    assert torch.equal(r.params.log_stiffness, start.log_stiffness)
+    assert float(r.params.kappa) == pytest.approx(0.3) and float(r.params.friction_logit) == pytest.approx(-0.5)
+    assert "3 step(s) skipped, whose gradient was not finite" in capsys.readouterr().out
+    poison["on"] = False  # the same fit with finite gradients moves
+    moved = dynamic.run(g, model, binding, V0, video, 4, 0.03, s, progress=False, start=start)
+    assert not torch.equal(moved.params.log_stiffness, start.log_stiffness)
