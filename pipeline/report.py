@@ -498,7 +498,8 @@ def collect_run(run_dir) -> dict:
                 data[label] = info[key]
         data["Gaussians"] = len(asset.gaussians)
         data["anchors"] = asset.model.n_anchors
-        data["springs (directed)"] = asset.model.n_anchors * asset.model.n_springs
+        data["springs (k-nearest lists)"] = asset.model.n_anchors * asset.model.n_springs
+        data["springs act on"] = "both ends" if asset.model.springs == "mirrored" else "their owner (directed)"
         data["seconds per frame"] = asset.integrator.frame_dt
         data["substeps per frame"] = asset.integrator.substeps
         out["physics"] = _physics_numbers(asset)

@@ -1,7 +1,7 @@
 """The Model of the spring-mass simulator (paper Sec. 4.2): what stays fixed during a rollout.
 
 A :class:`SpringModel` holds the rest anchors, the k nearest neighbours of every anchor (sorted
-nearest first; directed springs: anchor i only feels the springs in its own list), the rest
+nearest first; each spring acts on its owner alone or on both its ends, see ``springs``), the rest
 lengths, and the physical constants that no optimiser changes: mass, gravity, ground plane,
 force law and exponent, damping, the soft vector's rigid head n_c and the dead zone. It is
 frozen: an edit (other gravity, no ground) makes a new model with :meth:`SpringModel.with_physics`,

@@ -268,13 +268,14 @@ def test_default_springs_leave_a_free_object_in_place_and_the_paper_preset_keeps
         physics = make_settings(preset).physics()
         n = len(rest) - 1
         model = build_spring_model(rest, n, n_c=n, ground_point=None, gravity=(0.0, 0.0, 0.0), dead_zone=0.0,
-                                   spring_stiffness=physics.spring_stiffness)
+                                   spring_stiffness=physics.spring_stiffness, springs=physics.springs)
         traj = rollout(model, params, SpringState(start, torch.zeros(3)), 3, Integrator(frame_dt=0.01, substeps=50))
         assert float((traj.positions[-1] - traj.positions[0]).abs().max()) > 1e-3, "the springs must move the blob"
         drift[preset] = float((traj.positions[-1].mean(0) - traj.positions[0].mean(0)).norm())
     assert drift["fast"] < 1e-10
     assert drift["paper"] > 1e-3
     assert make_settings("fast").global_regions == 0 and make_settings("paper").global_regions == 4
+    assert make_settings("fast").springs == "mirrored" and make_settings("paper").springs == "directed"
 
 
 def test_a_step_whose_gradient_is_not_finite_is_skipped(monkeypatch, capsys):

@@ -417,8 +417,8 @@ def stable_choice(score: _Scorer, model: SpringModel, v0: torch.Tensor, horizon:
                   settings: GlobalSearchSettings, field_of=None) -> tuple[dict, int, list]:
     """The best-scored candidate that also simulates ``horizon`` frames (the video's length, not
     only the fitted frames) without blowing up at up to max_substeps, with the substeps that needed,
-    and the better-scored candidates passed over. The k-nearest springs are directed (a spring
-    that is not mirrored pulls one end only), so a stiff model can gain energy of its own once it
+    and the better-scored candidates passed over. With the authors' directed springs (a spring
+    that is not mirrored pulls one end only) a stiff model can gain energy of its own once it
     touches the ground, whatever the substeps: on a nearly still scene, whose loss hardly depends
     on the stiffness, the search chose log10 k 5.8, which scored the fitted frames well and blew up
     two frames later even at 3000 substeps. Where none of the first STABLE_TRIES is stable over the

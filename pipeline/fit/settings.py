@@ -61,9 +61,10 @@ class FitSettings:
         both ends, so a field that is not uniform adds no push of its own) or "anchor"
         (a spring pulls its owner with the owner's k_i: the authors' form, the paper preset's; a
         non-uniform field then pushes the object, README "Spring stiffness").
-      springs: "directed" (the default, the authors' k-nearest lists: each spring acts on its
-        owner alone) or "mirrored" (each spring acts on both its ends with half its force: a
-        passive model, which a stiff object needs; README "Spring stiffness").
+      springs: "mirrored" (the default: each spring acts on both its ends with half its force, so
+        momentum is kept and the model never gains energy of its own) or "directed" (the authors'
+        k-nearest lists, the paper preset's: each spring acts on its owner alone, and a stiff
+        model gains energy on the ground; README "Spring stiffness").
       substeps: simulation substeps per frame (raised by 50 on instability, up to max_substeps).
       substeps_raise_every: the dynamic stage's substeps rise by 50 at every multiple of this
         iteration count below its iterations (the authors' N_STEP_ITER; paper preset 100: 100,
@@ -150,7 +151,7 @@ class FitSettings:
     mass: float = 1.0
     friction_mode: str = "per_time"
     spring_stiffness: str = "pair"
-    springs: str = "directed"
+    springs: str = "mirrored"
     substeps: int = 60
     max_substeps: int = 500
     substeps_raise_every: int = 0
@@ -296,7 +297,8 @@ PRESETS: dict[str, dict] = {
         static_prune_opacity=0.005, static_opacity_reset_every=3000,
         velocity_cameras=1, n_anchors=2048, k_neighbors=256, n_c=16, n_b=16, substeps=100, refine_iterations=3000,
         velocity_iterations=100, velocity_lr=1e-3, iterations=300, substeps_raise_every=100, lr_stiffness=1e-3,
-        lr_kappa=1e-3, lr_friction=1e-3, truncate_per_frame=True, spring_stiffness="anchor", global_regions=4,
+        lr_kappa=1e-3, lr_friction=1e-3, truncate_per_frame=True, spring_stiffness="anchor", springs="directed",
+        global_regions=4,
     ),
     # a tiny configuration for tests and smoke runs
     "tiny": dict(
