@@ -161,14 +161,9 @@ def substep_forward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: N
                 for e in range(rev_ptr[i], rev_ptr[i + 1]):
                     src = rev_src[e]
                     il = rev_inv_rest[e]
-                    d = _vec(x, src) - xi
-                    length = ti.sqrt(d.dot(d))
-                    u = d * ti.select(length > TINY, 1 / ti.max(length, TINY), length * 0)
-                    ext_rel = length * il - 1
-                    phi_rel, _dphi = _law(ext_rel, _rest_1d(rev_rest, e, il, law), p, law)
-                    phi_rel = ti.select(ti.abs(ext_rel) >= dead * il, phi_rel, phi_rel * 0)
-                    w = _vec(v, src) - vi
-                    force += 0.5 * (rev_k[e] * phi_rel + (zeta0 * il) * w.dot(u)) * u
+                    u, _inv_len, phi_rel, _dphi_rel, wu, c = _spring_geometry(
+                        _vec(x, src) - xi, _vec(v, src) - vi, il, _rest_1d(rev_rest, e, il, law), zeta0, p, dead, law)
+                    force += 0.5 * (rev_k[e] * phi_rel + c * wu) * u
             vh = vi + (force * prm[P_INV_MASS] + _prm_vec(prm, P_G)) * dt  # Eq. 12
             xh = xi + vh * dt  # Eq. 13
             touching = 0
