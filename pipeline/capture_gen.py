@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.data.cameras import Cameras, look_at, orbit_cameras
+from pipeline.data.cameras import Cameras, hemisphere_cameras, look_at, orbit_cameras
 from pipeline.data.capture import CAPTURE_FORMAT
 from pipeline.data.colmap import opencv_matrix
 from pipeline.data.files import atomic_dir, write_json
@@ -65,26 +65,6 @@ def distort_image(img: np.ndarray, K: np.ndarray, dist, interpolation=None) -> n
     out = cv2.remap(img, src[..., 0], src[..., 1], interpolation if interpolation is not None else cv2.INTER_LINEAR,
                     borderMode=cv2.BORDER_REPLICATE)
     return out.reshape(img.shape)
-
-
-def hemisphere_cameras(n: int, centre: np.ndarray, radius: float, up: np.ndarray, fov_x: float, width: int,
-                       height: int) -> Cameras:
-    """``n`` cameras on a spiral over the upper hemisphere (elevation 10..70 degrees) looking at ``centre``."""
-    up = up / np.linalg.norm(up)
-    a = np.array([1.0, 0.0, 0.0]) if abs(up[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
-    e1 = a - up * (a @ up)
-    e1 /= np.linalg.norm(e1)
-    e2 = np.cross(up, e1)
-    mats = []
-    golden = math.pi * (3 - math.sqrt(5))
-    for i in range(n):
-        el = math.radians(10 + 60 * (i + 0.5) / n)
-        az = i * golden
-        d = math.cos(el) * (math.cos(az) * e1 + math.sin(az) * e2) + math.sin(el) * up
-        mats.append(look_at(centre + radius * d, centre, up))
-    fx = 0.5 * width / math.tan(math.radians(fov_x) / 2)
-    K = torch.tensor([[fx, 0, width / 2], [0, fx, height / 2], [0, 0, 1.0]])
-    return Cameras(torch.stack(mats), K, width, height, [f"IMG_{i:04d}" for i in range(n)])
 
 
 def _u8(a: np.ndarray) -> np.ndarray:

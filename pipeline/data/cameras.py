@@ -169,3 +169,28 @@ def orbit_cameras(
         views.append(look_at(target + radius * d, target, up_v))
     K = intrinsics_from_fov(fov_deg, width, height)
     return Cameras(torch.stack(views), K, width, height, [f"{prefix}{i:0{digits}d}" for i in range(n)])
+
+
+def hemisphere_cameras(n: int, centre, radius: float, up, fov_x: float, width: int, height: int,
+                       prefix: str = "IMG_", digits: int = 4) -> Cameras:
+    """``n`` cameras on a golden-angle spiral over the upper hemisphere around ``centre`` (elevation
+    10 to 70 degrees above the plane normal to ``up``), all looking at it from ``radius`` away,
+    named ``prefix`` + index (``digits`` wide): a person walking around an object on a table."""
+    if n <= 0:
+        raise SgausError(f"the number of views must be positive, got {n}")
+    centre = np.asarray(centre, dtype=np.float64)
+    up = np.asarray(up, dtype=np.float64)
+    up = up / np.linalg.norm(up)
+    a = np.array([1.0, 0.0, 0.0]) if abs(up[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    e1 = a - up * (a @ up)
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(up, e1)
+    mats = []
+    golden = math.pi * (3 - math.sqrt(5))
+    for i in range(n):
+        el = math.radians(10 + 60 * (i + 0.5) / n)
+        az = i * golden
+        d = math.cos(el) * (math.cos(az) * e1 + math.sin(az) * e2) + math.sin(el) * up
+        mats.append(look_at(centre + radius * d, centre, up))
+    K = intrinsics_from_fov(fov_x, width, height)
+    return Cameras(torch.stack(mats), K, width, height, [f"{prefix}{i:0{digits}d}" for i in range(n)])
