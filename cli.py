@@ -188,7 +188,10 @@ def reconstruct_cmd(ctx, data, out, iterations, scale, image_size, n_init, init,
               help="real: write a synthetic real capture instead (a COLMAP static capture in an unknown similarity "
                    "frame, --views calibrated 16:9 videos --resolution wide, both capture layouts, ground truth "
                    "aside; pipeline/capture_gen.py).")
-@click.option("--static-views", type=int, default=60, show_default=True, help="With --capture: static photos.")
+@click.option("--static-views", type=int, default=None,
+              help="Photos of the object in its frame-0 pose from the upper hemisphere, which `sgaus fit` uses for "
+                   "the object's shape beside the videos' frame 0 (they see its top); with --capture, the static "
+                   "capture's photos.  [default: 0; with --capture 60]")
 @click.option("--static-resolution", type=int, default=160, show_default=True,
               help="With --capture: width of the static photos (4:3).")
 @click.option("--out", required=True, type=click.Path(), help="Dataset directory to write.")
@@ -235,16 +238,19 @@ def generate_mpm_cmd(ctx, shape, mesh, size, rotate, drop_height, youngs_modulus
         ground=ground, friction=friction, views=views, frames=frames, resolution=resolution, frame_dt=frame_dt,
         grid=grid, seed=seed, fit_frames=fit_frames, shading=shading)
     cfg.validate()  # before Taichi starts: bad options fail fast and write nothing
+    if static_views is not None and static_views < (1 if capture else 0):
+        raise SgausError(f"--static-views must be {'1' if capture else '0'} or more, got {static_views}")
     if capture == "real":
         from pipeline.capture_gen import generate_capture
 
         check_output_dir(out, "capture", overwrite=overwrite, protect=[mesh] if mesh else ())
         _taichi(ctx)
+        static_views = 60 if static_views is None else static_views
         click.echo(f"wrote {generate_capture(cfg, out, static_views, static_resolution, seed, not quiet, click.echo)}")
         return
     check_output_dir(out, "dataset", overwrite=overwrite, protect=[mesh] if mesh else ())
     _taichi(ctx)
-    path = generate(cfg, out, progress=not quiet, log=click.echo)
+    path = generate(cfg, out, progress=not quiet, log=click.echo, static_views=static_views or 0)
     click.echo(f"wrote {path}")
 
 

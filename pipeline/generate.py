@@ -5,8 +5,9 @@ and simulated (taichi_sim.mpm); every frame each particle is rendered as a small
 Gaussian coloured by a texture fixed in the object's rest frame (flat, or with ``shading``
 Lambert-shaded under a fixed light), from cameras orbiting the scene. The dataset directory
 holds transforms.json, images/<camera>/<frame>.png (RGBA on black), masks/<camera>/<frame>.png,
-particles/<frame>.npz (ground-truth positions) and scene.json. It is written into a temporary
-directory and renamed at the end, so bad options write nothing.
+particles/<frame>.npz (ground-truth positions) and scene.json, and with ``static_views`` static/
+(photos of frame 0 from the upper hemisphere, for the object's shape). It is written into a
+temporary directory and renamed at the end, so bad options write nothing.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.data.files import atomic_dir, write_json
-from pipeline.data.cameras import Cameras, orbit_cameras
+from pipeline.data.cameras import Cameras, hemisphere_cameras, orbit_cameras
 from pipeline.shapes import SHAPES, ParticleObject, fill_object, shape_names, split_halves
 from taichi_sim.errors import SgausError
 from taichi_sim.mpm import (
@@ -341,10 +342,10 @@ def _to_u8(a: torch.Tensor) -> np.ndarray:
     return (a.detach().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
 
 
-def scene_json(cfg: GenerateConfig, sim: SimResult, variant_of: dict | None = None) -> dict:
+def scene_json(cfg: GenerateConfig, sim: SimResult, variant_of: dict | None = None, static_views: int = 0) -> dict:
     """scene.json's document; ``options`` holds ``cfg`` itself (the mesh path made absolute), from
     which ``--variant-of`` rebuilds the same object; ``variant_of`` ({data, changed}) is recorded
-    when given."""
+    when given; ``cameras.static_views`` is the number of static photos."""
     parts = [{"id": 0, "youngs_modulus": float(cfg.youngs_modulus), "n_particles": int(np.sum(sim.obj.part == 0))}]
     if cfg.heterogeneous:
         parts[0]["region"] = "x <= median"
@@ -372,7 +373,8 @@ def scene_json(cfg: GenerateConfig, sim: SimResult, variant_of: dict | None = No
         "seed": int(cfg.seed),
         "contact_frame": sim.contact_frame,
         "split": {"fit": [0, int(cfg.fit_frames)], "future": [int(cfg.fit_frames), int(cfg.frames)]},
-        "cameras": {"n": int(cfg.views), "width": int(cfg.resolution), "height": int(cfg.resolution)},
+        "cameras": {"n": int(cfg.views), "width": int(cfg.resolution), "height": int(cfg.resolution),
+                    "static_views": int(static_views)},
         "shading": ({"enabled": True, "model": "lambert", "ambient": SHADING_AMBIENT,
                      "light_direction": list(LIGHT_DIRECTION)} if cfg.shading else {"enabled": False}),
         "options": {**cfg.to_dict(), "mesh": str(Path(cfg.mesh).resolve()) if cfg.mesh else None},
@@ -439,22 +441,49 @@ def variant_config(data: str | Path, **changes) -> tuple[GenerateConfig, dict]:
     return cfg, {"data": str(root.resolve()), "changed": changed}
 
 
+def static_cameras(cfg: GenerateConfig, n: int, positions0: np.ndarray) -> Cameras:
+    """``n`` cameras over the upper hemisphere (elevation 10 to 70 degrees) around the object as it is
+    at frame 0 (``positions0`` [P,3]), at the videos' image size, the object's bounding sphere
+    filling the 40 degree field of view with a margin, named static_000...: the photos a person
+    takes walking around the object, which see its top (a torus's hole) as the videos' low ring
+    of cameras does not."""
+    fov = 40.0
+    lo, hi = positions0.min(axis=0).astype(np.float64), positions0.max(axis=0).astype(np.float64)
+    radius = 0.5 * float(np.linalg.norm(hi - lo)) * 1.08 / math.sin(math.radians(fov / 2))
+    return hemisphere_cameras(n, (lo + hi) / 2, radius, (0.0, 1.0, 0.0), fov, cfg.resolution, cfg.resolution,
+                              prefix="static_", digits=3)
+
+
+def _write_rgba(folder: Path, name: str, rgb: torch.Tensor, alpha: torch.Tensor, mask_folder: Path) -> None:
+    """``folder/name`` as an RGBA PNG and ``mask_folder/name`` its mask, from a render on black."""
+    import imageio.v3 as iio
+
+    # PNG colour is straight (not premultiplied): the renderer's colour on black is
+    # rgb = colour * alpha, so divide it back out where anything was drawn
+    straight = torch.where(alpha > 0, rgb / alpha.clamp_min(1e-6), torch.zeros_like(rgb))
+    iio.imwrite(folder / name, _to_u8(torch.cat([straight.clamp(0, 1), alpha], dim=-1)))
+    iio.imwrite(mask_folder / name, _to_u8((alpha[..., 0] > 0.5).float()))
+
+
 def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True, log=None,
-             timings: dict | None = None, variant_of: dict | None = None) -> Path:
+             timings: dict | None = None, variant_of: dict | None = None, static_views: int = 0) -> Path:
     """Simulate and render ``cfg`` into the dataset directory ``out``; returns its path.
     ``variant_of`` ({data, changed}, from :func:`variant_config`) is recorded in scene.json.
+    ``static_views`` > 0 adds that many photos of frame 0 from the upper hemisphere
+    (:func:`static_cameras`) in ``out/static/`` (a one-frame transforms.json, images/, masks/), which
+    `sgaus fit` uses for the object's shape (static Gaussians and anchors) beside the videos' frame 0.
 
     ``timings``, when given, receives seconds spent: simulate_s, render_s (rasterisation only),
     write_s (PNG and npz encoding), total_s, and substeps (the substeps simulated).
     """
     import time
 
-    import imageio.v3 as iio
-
     from pipeline.data.datasets import write_transforms
 
     t_start = time.perf_counter()
     cfg.validate()
+    if int(static_views) != static_views or static_views < 0:
+        raise SgausError(f"--static-views must be a whole number of photos, 0 or more, got {static_views}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out exists and is not a directory: {out}")
@@ -482,13 +511,19 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True, log=No
                 rgb, alpha = render_frame(sim.positions[f][shown], shown_colors, scale, cameras)
             render_s += time.perf_counter() - t0
             for c, name in enumerate(cameras.names):
-                # PNG colour is straight (not premultiplied): the renderer's colour on black is
-                # rgb = colour * alpha, so divide it back out where anything was drawn
-                straight = torch.where(alpha[c] > 0, rgb[c] / alpha[c].clamp_min(1e-6), torch.zeros_like(rgb[c]))
-                rgba = torch.cat([straight.clamp(0, 1), alpha[c]], dim=-1)
-                iio.imwrite(tmp / "images" / name / f"{f:03d}.png", _to_u8(rgba))
-                iio.imwrite(tmp / "masks" / name / f"{f:03d}.png", _to_u8((alpha[c, ..., 0] > 0.5).float()))
-        write_json(tmp / "scene.json", scene_json(cfg, sim, variant_of))
+                _write_rgba(tmp / "images" / name, f"{f:03d}.png", rgb[c], alpha[c], tmp / "masks" / name)
+        if static_views:
+            scams = static_cameras(cfg, int(static_views), sim.positions[0])
+            write_transforms(tmp / "static", scams, 1, cfg.frame_dt, image_pattern="images/{camera}.png",
+                             mask_pattern="masks/{camera}.png")
+            for sub in ("images", "masks"):
+                (tmp / "static" / sub).mkdir()
+            shown_colors = shade(colors[shown], sim.normals[0]) if cfg.shading else colors[shown]
+            with torch.no_grad():
+                rgb, alpha = render_frame(sim.positions[0][shown], shown_colors, scale, scams)
+            for c, name in enumerate(scams.names):
+                _write_rgba(tmp / "static" / "images", f"{name}.png", rgb[c], alpha[c], tmp / "static" / "masks")
+        write_json(tmp / "scene.json", scene_json(cfg, sim, variant_of, int(static_views)))
     if timings is not None:
         total = time.perf_counter() - t_start
         timings.update(simulate_s=sim.seconds, render_s=render_s, write_s=total - sim.seconds - render_s, total_s=total,

@@ -98,7 +98,7 @@ def test_dataset_files_and_scene_json(dataset):
     assert scene["split"] == {"fit": [0, 7], "future": [7, 10]}
     assert scene["ground"]["normal"] == [0.0, 1.0, 0.0] and scene["ground"]["mode"] == "friction"
     assert 4 <= scene["contact_frame"] <= 9
-    assert scene["cameras"] == {"n": 2, "width": 64, "height": 64}
+    assert scene["cameras"] == {"n": 2, "width": 64, "height": 64, "static_views": 0}
     assert scene["material"]["parts"][0]["youngs_modulus"] == 5e4
     for f in range(10):
         npz = np.load(dataset / "particles" / f"{f:03d}.npz")

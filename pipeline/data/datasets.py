@@ -14,6 +14,8 @@ Layouts :func:`load_dataset` recognises, by the file found in the dataset direct
                      entries with the same pose form one camera, frames are the sorted times.
 
 A ``scene.json`` beside it (written by ``sgaus generate-mpm``) is read into ``scene`` (pipeline.data.scene).
+A ``static/transforms.json`` beside it (``generate-mpm --static-views``) lists photos of the object in
+its frame-0 pose, which :func:`frame0_views` adds to the videos' frame 0 for the object's shape.
 Pixel convention: the centre of pixel (u, v) is at (u + 0.5, v + 0.5) (see pipeline.data.cameras),
 which is nerfstudio's too, so ``cx = w / 2`` is the image centre in both.
 """
@@ -403,3 +405,31 @@ def load_dataset(path) -> VideoDataset:
         frame_dt = scene.frame_dt
     return VideoDataset(root=root, cameras=cams, n_frames=n_frames, frame_dt=frame_dt, scene=scene, layout=layout,
                         files=files, masks=masks)
+
+
+STATIC_DIR = "static"
+
+
+def frame0_views(ds: VideoDataset) -> VideoDataset:
+    """Every view of the object as it is at frame 0, as a one-frame dataset: each camera's frame 0
+    and, when ``ds`` has a static capture in ``static/`` (written by ``sgaus generate-mpm
+    --static-views``: a one-frame transforms.json of photos of the object in its frame-0 pose, in
+    the videos' frame of reference and image size), those photos too. Without one, ``ds`` itself."""
+    path = ds.root / STATIC_DIR / "transforms.json"
+    if not path.is_file():
+        return ds
+    st = load_dataset(path)
+    if st.n_frames != 1:
+        raise SgausError(f"{path}: the static photos are views of frame 0, but it lists {st.n_frames} frames")
+    size, vsize = (st.cameras.width, st.cameras.height), (ds.cameras.width, ds.cameras.height)
+    if size != vsize:
+        raise SgausError(f"{path}: the static photos are {size[0]}x{size[1]}, the videos {vsize[0]}x{vsize[1]}; "
+                         "they must be the same size")
+    clash = sorted(set(st.cameras.names) & set(ds.cameras.names))
+    if clash:
+        raise SgausError(f"{path}: static photo {clash[0]!r} has the name of a video camera")
+    cams = Cameras(torch.cat([ds.cameras.viewmats, st.cameras.viewmats]), torch.cat([ds.cameras.Ks, st.cameras.Ks]),
+                   vsize[0], vsize[1], [*ds.cameras.names, *st.cameras.names])
+    return VideoDataset(root=ds.root, cameras=cams, n_frames=1, frame_dt=ds.frame_dt, scene=ds.scene,
+                        layout=ds.layout, files=[row[:1] for row in ds.files] + st.files,
+                        masks=[row[:1] for row in ds.masks] + st.masks)

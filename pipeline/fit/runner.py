@@ -32,7 +32,7 @@ import torch
 
 from pipeline.asset import Asset, save_asset
 from pipeline.data.anchors import load_anchors, save_anchors
-from pipeline.data.datasets import VideoDataset, load_dataset
+from pipeline.data.datasets import VideoDataset, frame0_views, load_dataset
 from pipeline.data.files import atomic_file, write_json
 from pipeline.data.frames import FrameCache
 from pipeline.data.gaussians import load_ply, save_ply
@@ -122,6 +122,10 @@ class Fitter:
         try:
             self.scale = image_scale(self.ds, settings)
             self.frames = FrameCache(self.ds, self.scale)
+            # the object's shape (static Gaussians, anchors, refine) comes from every view of frame 0:
+            # the videos' and any static photos'
+            self.shape_ds = frame0_views(self.ds)
+            self.shape_frames = self.frames if self.shape_ds is self.ds else FrameCache(self.shape_ds, self.scale)
             self.progress, self.log = progress, log
             self.ran: list[str] = []
             self.run.update_meta(data=str(Path(data).resolve()), facts=dataclasses.asdict(self.facts),
@@ -161,10 +165,11 @@ class Fitter:
         settings = self.settings.static(self.scale)
         key = stage_key("static", self.root_key, settings)
         if not self._cached("static", key):
-            self.log("stage 1/5: static reconstruction of frame 0")
+            extra = len(self.shape_ds.cameras) - len(self.ds.cameras)
+            self.log("stage 1/5: static reconstruction of frame 0" + (f" (and {extra} static photos)" if extra else ""))
             t0, counts = time.perf_counter(), []
             c = self.checkpoint("static", key)
-            g = reconstruct_static(self.ds, settings, progress=self.progress, checkpoint=c, counts=counts)
+            g = reconstruct_static(self.shape_ds, settings, progress=self.progress, checkpoint=c, counts=counts)
             with self.run.write_stage("static", key, {"gaussians": len(g), "gaussian_counts": counts,
                                                       **self._seconds(t0)}) as d:
                 save_ply(d / "gaussians.ply", g)
@@ -177,7 +182,7 @@ class Fitter:
         if not self._cached("anchors", key):
             self.log(f"stage 2/5: {settings.n_anchors} anchors through the volume, {settings.k_neighbors} springs each")
             t0 = time.perf_counter()
-            a = anchors_stage.run(g, self.frames, settings)
+            a = anchors_stage.run(g, self.shape_frames, settings)
             with self.run.write_stage("anchors", key, {"anchors": len(a.rest_positions), **self._seconds(t0)}) as d:
                 save_anchors(a, d / "anchors.npz")
             self.ran.append("anchors")
@@ -191,8 +196,8 @@ class Fitter:
                      "stage 3/5: refine skipped (refine_iterations=0): the Gaussians only move to their bound "
                      "positions")
             t0, c = time.perf_counter(), self.checkpoint("refine", key)
-            r = refine_stage.run(g, apply_binding(a.binding, a.rest_positions), self.frames, settings, self.progress,
-                                 checkpoint=c)
+            r = refine_stage.run(g, apply_binding(a.binding, a.rest_positions), self.shape_frames, settings,
+                                 self.progress, checkpoint=c)
             with self.run.write_stage("refine", key, {"losses": r.losses, **self._seconds(t0)}) as d:
                 save_ply(d / "gaussians.ply", r.gaussians)
             self._written("refine", c)

@@ -385,7 +385,8 @@ def comparison_grid(renders: torch.Tensor, targets: torch.Tensor, pairs_per_row:
 
 def reconstruct_to_dir(data, out, settings: StaticSettings, image_size: int | None = None, progress: bool = True,
                        log=print) -> dict:
-    """``sgaus reconstruct``: fit frame 0 of the dataset ``data`` and write ``out/gaussians.ply``,
+    """``sgaus reconstruct``: fit frame 0 of the dataset ``data`` (every video camera's and any static
+    photos', pipeline.data.datasets.frame0_views) and write ``out/gaussians.ply``,
     ``out/settings.json`` and ``out/renders.png`` (each atomically, all after the fit
     succeeded). ``image_size`` (longest side in pixels), when given, sets
     ``settings.image_scale`` (never above 1). Returns the summary written to settings.json
@@ -395,7 +396,7 @@ def reconstruct_to_dir(data, out, settings: StaticSettings, image_size: int | No
 
     import imageio.v3 as iio
 
-    from pipeline.data.datasets import load_dataset
+    from pipeline.data.datasets import frame0_views, load_dataset
     from pipeline.data.files import write_bytes, write_json
     from pipeline.data.gaussians import save_ply
     from render import psnr
@@ -404,7 +405,7 @@ def reconstruct_to_dir(data, out, settings: StaticSettings, image_size: int | No
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out exists and is not a directory: {out}")
     settings.validate()
-    ds = load_dataset(data)
+    ds = frame0_views(load_dataset(data))
     if image_size:
         settings.image_scale = min(1.0, image_size / max(ds.cameras.width, ds.cameras.height))
     start = time.perf_counter()
