@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 # with the fast preset, evaluate it, then re-simulate the asset with zero gravity and a sticky ground.
 DEMO := demo_out
 demo: $(STAMP)
-	$(VENV)/bin/sgaus generate-mpm --shape torus --views 6 --frames 30 --resolution 128 --out $(DEMO)/data --overwrite
+	$(VENV)/bin/sgaus generate-mpm --shape torus --views 6 --frames 30 --resolution 128 --static-views 24 --out $(DEMO)/data --overwrite
 	$(VENV)/bin/sgaus fit $(DEMO)/data --out $(DEMO)/run --preset fast --resume
 	$(VENV)/bin/sgaus eval $(DEMO)/run
 	$(VENV)/bin/sgaus simulate $(DEMO)/run --gravity 0 --velocity 0.3,0,0 --out $(DEMO)/run/sims/zero_gravity --overwrite
