@@ -305,6 +305,15 @@ def particle_colors(obj: ParticleObject, rest: np.ndarray | None = None) -> np.n
     return PALETTE[k]
 
 
+CAMERA_FOV = 40.0  # degrees, horizontal, of every generated camera
+
+
+def _framing_distance(lo: np.ndarray, hi: np.ndarray) -> float:
+    """How far from the centre of the box [lo, hi] a camera of CAMERA_FOV stands for the box's
+    bounding sphere to fill its view with an 8 % margin."""
+    return 0.5 * float(np.linalg.norm(hi - lo)) * 1.08 / math.sin(math.radians(CAMERA_FOV / 2))
+
+
 def scene_cameras(cfg: GenerateConfig, positions: np.ndarray | None = None) -> Cameras:
     """``views`` cameras around and above the motion, y up, every one seeing all of it.
 
@@ -312,15 +321,13 @@ def scene_cameras(cfg: GenerateConfig, positions: np.ndarray | None = None) -> C
     distance at which the box's bounding sphere fills the 40 degree field of view with a margin;
     without positions, the box of the drop (object size, drop height, ground) stands in.
     """
-    fov = 40.0
     if positions is None:
         lo = np.array([-cfg.size / 2, cfg.ground_height, -cfg.size / 2])
         hi = np.array([cfg.size / 2, cfg.drop_height + cfg.size, cfg.size / 2])
     else:
         lo, hi = positions.min(axis=(0, 1)).astype(np.float64), positions.max(axis=(0, 1)).astype(np.float64)
-    radius = 0.5 * float(np.linalg.norm(hi - lo)) * 1.08 / math.sin(math.radians(fov / 2))
-    return orbit_cameras(cfg.views, radius, target=tuple((lo + hi) / 2), elevation_deg=20.0, fov_deg=fov,
-                         width=cfg.resolution, height=cfg.resolution, elevation_jitter_deg=10.0,
+    return orbit_cameras(cfg.views, _framing_distance(lo, hi), target=tuple((lo + hi) / 2), elevation_deg=20.0,
+                         fov_deg=CAMERA_FOV, width=cfg.resolution, height=cfg.resolution, elevation_jitter_deg=10.0,
                          azimuth0_deg=15.0)
 
 
@@ -447,11 +454,9 @@ def static_cameras(cfg: GenerateConfig, n: int, positions0: np.ndarray) -> Camer
     filling the 40 degree field of view with a margin, named static_000...: the photos a person
     takes walking around the object, which see its top (a torus's hole) as the videos' low ring
     of cameras does not."""
-    fov = 40.0
     lo, hi = positions0.min(axis=0).astype(np.float64), positions0.max(axis=0).astype(np.float64)
-    radius = 0.5 * float(np.linalg.norm(hi - lo)) * 1.08 / math.sin(math.radians(fov / 2))
-    return hemisphere_cameras(n, (lo + hi) / 2, radius, (0.0, 1.0, 0.0), fov, cfg.resolution, cfg.resolution,
-                              prefix="static_", digits=3)
+    return hemisphere_cameras(n, (lo + hi) / 2, _framing_distance(lo, hi), (0.0, 1.0, 0.0), CAMERA_FOV,
+                              cfg.resolution, cfg.resolution, prefix="static_", digits=3)
 
 
 def _write_rgba(folder: Path, name: str, rgb: torch.Tensor, alpha: torch.Tensor, mask_folder: Path) -> None:
