@@ -95,6 +95,10 @@ def _model_constants(doc: dict, path: Path) -> dict:
     # assets written before "pair" existed gave each anchor's springs its own stiffness
     m = {"spring_stiffness": "anchor", **m}
     m = {"springs": "directed", **m}  # and before mirrored springs, each spring acted on its owner alone
+    m = {"contact": "projection", **m}  # and before the penalty ground, the ground projected the anchors
+    if m["contact"] == "penalty":
+        out["contact_time"] = number(m, "contact_time", path, "model", positive=True)
+        out["restitution"] = number(m, "restitution", path, "model", low=0)
     for key, allowed in CHOICES.items():
         if m.get(key) not in allowed:
             raise SgausError(f"{path}: 'model.{key}' must be one of {', '.join(allowed)}, got {m.get(key)!r}")

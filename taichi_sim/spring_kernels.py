@@ -36,7 +36,17 @@ is differentiated wrongly by it (gradients 1-2 % off, and a crash at K = 256; Ta
 and 8027), while hand-written adjoints match f64 finite differences (tests/test_spring_gradients.py).
 
 ``prm`` packs the scalars, in the dtype of the state:
-``[dt, 1/m, zeta0, p_k, dead_zone, g(3), ground point(3), ground unit normal(3), has_ground, friction]``.
+``[dt, 1/m, zeta0, p_k, dead_zone, g(3), ground point(3), ground unit normal(3), has_ground, friction,
+omega^2, c]``, the last two the penalty ground's acceleration per unit of depth and damping rate
+(SpringModel.penalty_constants; read only with ``penalty``).
+
+The ground (Eq. 14) is a compile-time choice, ``penalty``: 0 is the authors' projection (an anchor
+past the plane after the step is put back onto it and loses its normal velocity); 1 is a penalty
+ground: an anchor below the plane at the start of the substep is pushed out along the normal with
+acceleration max(-omega^2 s - c v.n, 0) (s its signed distance, v.n its normal speed), and
+its tangential velocity is multiplied by the friction factor as in the projection; the position
+then moves with the velocity after both. ``contact`` records 0 (free), 1 (touching, pushed) or 2
+(touching, the push clamped to zero: leaving faster than the spring returns).
 ``law`` is 0 for the "smooth" force law, 1 for the "paper" one, and ``p`` the exponent p_k; both
 are compile-time constants (the slot in ``prm`` is read by the PyTorch twin only): a constant
 exponent lets LLVM turn pow(x, 0.5) into a square root, about ten times cheaper than powf.
@@ -49,7 +59,7 @@ from taichi_sim.runtime import task_spread
 
 NDA = ti.types.ndarray()
 P_DT, P_INV_MASS, P_ZETA0, P_PK, P_DEAD = 0, 1, 2, 3, 4
-P_G, P_GP, P_GN, P_HAS_GROUND, P_FRICTION = 5, 8, 11, 14, 15
+P_G, P_GP, P_GN, P_HAS_GROUND, P_FRICTION, P_CONTACT_K, P_CONTACT_C = 5, 8, 11, 14, 15, 16, 17
 TINY = 1e-12  # springs shorter than this have no direction and exert nothing
 REV_PAD = 32  # the reverse adjacency of each anchor is padded to a multiple of this (spring_model.py)
 BLOCK = 64  # anchors per parallel task (task_spread; Taichi's CPU backend alone gives 512 or more)
@@ -119,7 +129,7 @@ def _rest_1d(rest: ti.template(), e, inv_rest, law: ti.template()):
 def substep_forward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: NDA, eta: NDA, prm: NDA,
                     x_out: NDA, v_out: NDA, vh_out: NDA, contact: NDA, mutual_k: NDA, rev_ptr: NDA, rev_src: NDA,
                     rev_rest: NDA, rev_inv_rest: NDA, rev_k: NDA, law: ti.template(), p: ti.template(),
-                    pair: ti.template(), mirror: ti.template()):
+                    pair: ti.template(), mirror: ti.template(), penalty: ti.template()):
     """One substep (Eq. 9-14). With ``mirror`` every spring acts on both its ends with half its
     force: an anchor also feels the other half of its mutual partners' springs (``mutual_k``, see
     :func:`spring_backward`) and of the springs of the reverse adjacency (``rev_*``, ``rev_k``);
@@ -168,13 +178,27 @@ def substep_forward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: N
             xh = xi + vh * dt  # Eq. 13
             touching = 0
             vn = vh
-            if prm[P_HAS_GROUND] > 0:  # Eq. 14
-                nrm = _prm_vec(prm, P_GN)
-                sd = (xh - _prm_vec(prm, P_GP)).dot(nrm)
-                if sd < 0:
-                    touching = 1
-                    xh -= sd * nrm
-                    vn = (vh - vh.dot(nrm) * nrm) * prm[P_FRICTION]
+            if ti.static(penalty):  # a damped spring pushes an anchor below the plane out of it
+                if prm[P_HAS_GROUND] > 0:
+                    nrm = _prm_vec(prm, P_GN)
+                    sd = (xi - _prm_vec(prm, P_GP)).dot(nrm)
+                    if sd < 0:
+                        push = -prm[P_CONTACT_K] * sd - prm[P_CONTACT_C] * vi.dot(nrm)
+                        touching = 2
+                        if push > 0:
+                            touching = 1
+                            vh += (push * dt) * nrm
+                        vnn = vh.dot(nrm)
+                        vn = (vh - vnn * nrm) * prm[P_FRICTION] + vnn * nrm
+                        xh = xi + vn * dt
+            else:
+                if prm[P_HAS_GROUND] > 0:  # Eq. 14
+                    nrm = _prm_vec(prm, P_GN)
+                    sd = (xh - _prm_vec(prm, P_GP)).dot(nrm)
+                    if sd < 0:
+                        touching = 1
+                        xh -= sd * nrm
+                        vn = (vh - vh.dot(nrm) * nrm) * prm[P_FRICTION]
             _put(x_out, i, xh)
             _put(v_out, i, vn)
             _put(vh_out, i, vh)
@@ -184,22 +208,52 @@ def substep_forward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: N
 @ti.func
 def _ground_backward(gx: ti.template(), gv: ti.template(), vh: ti.template(), contact: ti.template(),
                      prm: ti.template(), gx_direct: ti.template(), gv_direct: ti.template(), g_force: ti.template(),
-                     g_friction: ti.template()):
+                     g_friction: ti.template(), penalty: ti.template()):
     for i in range(gx.shape[0]):
         dt = prm[P_DT]
         gxh = _vec(gx, i)
         gvh = _vec(gv, i)
-        if contact[i] != 0:
-            nrm = _prm_vec(prm, P_GN)
-            gxh -= gxh.dot(nrm) * nrm  # x' = P x_hat + const
-            vt = _vec(vh, i)
-            vt -= vt.dot(nrm) * nrm
-            g_friction[i] = g_friction[i] + gvh.dot(vt)  # v' = friction * P v_hat
-            gvh = (gvh - gvh.dot(nrm) * nrm) * prm[P_FRICTION]
-        gvh += dt * gxh  # x_hat = x + v_hat dt
-        _put(gx_direct, i, gxh)
-        _put(gv_direct, i, gvh)
-        _put(g_force, i, gvh * (dt * prm[P_INV_MASS]))  # v_hat = v + (F/m + g) dt
+        if ti.static(penalty):
+            # x' = x + v' dt, v' = f P vc + (n.vc) n, vc = v_hat + dt max(-K s(x) - C v.n, 0) n;
+            # vh holds vc (v_hat where the anchor is free)
+            g = gvh + dt * gxh  # the adjoint of v'
+            gvx = gxh * 0  # the push's own adjoints of x and v (the input state)
+            gvv = gxh * 0
+            if contact[i] != 0:
+                nrm = _prm_vec(prm, P_GN)
+                vt = _vec(vh, i)
+                vt -= vt.dot(nrm) * nrm
+                g_friction[i] = g_friction[i] + g.dot(vt)
+                gn = g.dot(nrm)
+                g = (g - gn * nrm) * prm[P_FRICTION] + gn * nrm  # the adjoint of vc
+                if contact[i] == 1:
+                    ga = dt * g.dot(nrm)  # the adjoint of the push
+                    gvx = (-prm[P_CONTACT_K] * ga) * nrm
+                    gvv = (-prm[P_CONTACT_C] * ga) * nrm
+            _put(gx_direct, i, gxh + gvx)
+            _put(gv_direct, i, g + gvv)
+            _put(g_force, i, g * (dt * prm[P_INV_MASS]))
+        else:
+            _projection_backward(gxh, gvh, i, vh, contact, prm, gx_direct, gv_direct, g_force, g_friction)
+
+
+@ti.func
+def _projection_backward(gxh, gvh, i, vh: ti.template(), contact: ti.template(), prm: ti.template(),
+                         gx_direct: ti.template(), gv_direct: ti.template(), g_force: ti.template(),
+                         g_friction: ti.template()):
+    """The adjoint of the projection ground (Eq. 14) and of Euler's update for anchor i."""
+    dt = prm[P_DT]
+    if contact[i] != 0:
+        nrm = _prm_vec(prm, P_GN)
+        gxh -= gxh.dot(nrm) * nrm  # x' = P x_hat + const
+        vt = _vec(vh, i)
+        vt -= vt.dot(nrm) * nrm
+        g_friction[i] = g_friction[i] + gvh.dot(vt)  # v' = friction * P v_hat
+        gvh = (gvh - gvh.dot(nrm) * nrm) * prm[P_FRICTION]
+    gvh += dt * gxh  # x_hat = x + v_hat dt
+    _put(gx_direct, i, gxh)
+    _put(gv_direct, i, gvh)
+    _put(g_force, i, gvh * (dt * prm[P_INV_MASS]))  # v_hat = v + (F/m + g) dt
 
 
 @ti.func
@@ -222,7 +276,7 @@ def _spring_geometry(d, w, inv_rest, rest_l, zeta0, p: ti.template(), dead, law:
 def spring_backward(x: NDA, v: NDA, vh: NDA, contact: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: NDA,
                     eta: NDA, prm: NDA, mutual_k: NDA, gx_direct: NDA, gv_direct: NDA, g_force: NDA, g_friction: NDA,
                     deta: NDA, gx_io: NDA, gv_io: NDA, g_stiff: NDA, g_kappa: NDA, law: ti.template(),
-                    p: ti.template(), pair: ti.template(), mirror: ti.template()):
+                    p: ti.template(), pair: ti.template(), mirror: ti.template(), penalty: ti.template()):
     """The ground's adjoint (:func:`_ground_backward`: from (gx_io, gv_io), the gradient with
     respect to the substep's output, to gx_direct, gv_direct, g_force and g_friction), then in a
     second loop the springs' (below), which writes the gradient with respect to the substep's
@@ -242,7 +296,7 @@ def spring_backward(x: NDA, v: NDA, vh: NDA, contact: NDA, nbr: NDA, rest: NDA, 
 
     With ``mirror`` a spring's force acts half on its owner and half, opposite, on its end, so the
     upstream of a spring owned by o and ending at t is (g_o - g_t) / 2 instead of g_o."""
-    _ground_backward(gx_io, gv_io, vh, contact, prm, gx_direct, gv_direct, g_force, g_friction)
+    _ground_backward(gx_io, gv_io, vh, contact, prm, gx_direct, gv_direct, g_force, g_friction, penalty)
     n_springs = nbr.shape[1]
     spread = ti.static(task_spread(BLOCK))
     for ix in range(x.shape[0] * spread):

@@ -34,10 +34,11 @@ FORCE_LAWS = ("smooth", "paper")
 FRICTION_MODES = ("per_time", "per_substep")
 SPRING_STIFFNESS = ("anchor", "pair")
 SPRINGS = ("directed", "mirrored")
+CONTACTS = ("projection", "penalty")
 # the model's constants that take one of a few names (checked here, by the fit's settings and by
 # an asset's loader)
 CHOICES = {"force_law": FORCE_LAWS, "friction_mode": FRICTION_MODES, "spring_stiffness": SPRING_STIFFNESS,
-           "springs": SPRINGS}
+           "springs": SPRINGS, "contact": CONTACTS}
 FRICTION_REFERENCE_DT = 3e-4
 
 
@@ -89,6 +90,20 @@ class SpringModel:
                     of its own on the ground); "mirrored": every spring acts on both its ends with
                     half its force (Newton's third law; a mutual pair is one spring whose stiffness
                     is the mean of its two directions), a passive model at any stiffness
+    contact: "projection"  how the ground stops an anchor. "projection" (Eq. 14, the authors' form):
+                    an anchor past the plane is put back onto it and loses its normal velocity at
+                    once, so a landing object is stopped anchor by anchor, the first to touch first,
+                    and a stiff one pivots on them and tips over (measured: a torus at log10 k 5-6
+                    tilted 60-75 degrees where the MPM truth stays within 2); "penalty": a damped
+                    stiff spring pushes an anchor below the plane out along the normal, so the anchors
+                    that touch share the impact over a few milliseconds (the same torus: 4 degrees)
+    contact_time:   0.005  "penalty" only: the duration (s) of a lone anchor's contact, pi / omega for
+                    the ground spring's acceleration omega^2 per unit of depth (so it means the same in
+                    any length unit); it must stay above 1.6 substeps (the explicit step's limit)
+    restitution:    0.5    "penalty" only: the normal speed a lone anchor keeps when it leaves the
+                    ground, as a fraction of its landing speed (in 0..1, 0 excluded; 1: no loss; the
+                    ground's damping follows, :func:`damping_ratio`); the fit searches it
+                    (pipeline/fit/global_search.py)
     """
 
     rest_positions: torch.Tensor
@@ -107,10 +122,14 @@ class SpringModel:
     contact_offset: float = 0.0
     spring_stiffness: str = "anchor"
     springs: str = "directed"
+    contact: str = "projection"
+    contact_time: float = 0.005
+    restitution: float = 0.5
     tables: dict = field(default_factory=dict, repr=False, compare=False)
 
     PHYSICS = ("mass", "gravity", "ground_point", "ground_normal", "force_law", "p_k", "zeta0", "n_c",
-               "dead_zone", "friction_mode", "contact_offset", "spring_stiffness", "springs")
+               "dead_zone", "friction_mode", "contact_offset", "spring_stiffness", "springs", "contact", "contact_time",
+               "restitution")
 
     def __post_init__(self) -> None:
         put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -130,6 +149,13 @@ class SpringModel:
             if not (math.isfinite(value) and value >= 0):
                 raise SgausError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
             put(name, value)
+        if not (math.isfinite(float(self.contact_time)) and float(self.contact_time) > 0):
+            raise SgausError(f"contact_time must be a positive number of seconds, got {self.contact_time}")
+        put("contact_time", float(self.contact_time))
+        if not (math.isfinite(float(self.restitution)) and 0 < float(self.restitution) <= 1):
+            raise SgausError(f"restitution must lie in 0..1 (0 excluded: no finite damping stops an anchor dead), "
+                             f"got {self.restitution}")
+        put("restitution", float(self.restitution))
         if not (math.isfinite(float(self.mass)) and float(self.mass) > 0):
             raise SgausError(f"mass must be positive, got {self.mass}")
         put("mass", float(self.mass))
@@ -170,6 +196,15 @@ class SpringModel:
             return None
         return tuple(float(v) for v in np.asarray(self.ground_point) - self.contact_offset * self.unit_normal())
 
+    def penalty_constants(self) -> tuple[float, float]:
+        """The penalty ground's acceleration per unit of depth omega^2 and its damping rate c (per
+        second) from ``contact_time`` and ``restitution``: a lone anchor is a damped oscillator while
+        the ground pushes it, x'' = -omega^2 x - c x' (pushing only: it leaves once that turns to a
+        pull), whose undamped half-period is contact_time and whose exit speed over its landing speed
+        is the restitution (:func:`penalty_restitution`, inverted here)."""
+        omega = math.pi / self.contact_time
+        return omega * omega, 2.0 * damping_ratio(self.restitution) * omega
+
     def physics(self) -> dict:
         """The physical constants as plain values (what an asset saves beside the arrays)."""
         return {name: (list(v) if isinstance(v, tuple) else v) for name in self.PHYSICS
@@ -208,6 +243,42 @@ class SpringModel:
             rev_inv_rest = torch.where(real, 1.0 / rev_rest, torch.zeros((), dtype=dtype, device=device))
             self.tables[key] = (rest, (1.0 / rest).contiguous(), rev_rest.contiguous(), rev_inv_rest.contiguous())
         return self.tables[key]
+
+
+def penalty_restitution(zeta: float) -> float:
+    """The restitution of the penalty ground at damping ratio ``zeta`` = c / (2 omega): the exit speed
+    over the landing speed of x'' = -omega^2 x - c x' from x = 0, x' = 1, released where the push
+    omega^2 x + c x' reaches zero (not where x does: a damped spring that only pushes lets go
+    earlier, so the restitution exp(-pi zeta / sqrt(1 - zeta^2)) of a contact that ends at x = 0 would
+    be too low, and at zeta = 1 would be 0 where it is 0.135). Closed forms of the under- and
+    overdamped motion, in units omega = 1."""
+    zeta = float(zeta)
+    if zeta <= 0:
+        return 1.0
+    if abs(zeta - 1.0) < 1e-6:
+        zeta = 1.0 - 1e-6
+    if zeta < 1.0:
+        s = math.sqrt(1.0 - zeta * zeta)
+        # the push is zero at the phase theta in (pi/2, pi) with tan theta = -2 zeta s / (1 - 2 zeta^2)
+        theta = math.pi - math.atan2(2.0 * zeta * s, 1.0 - 2.0 * zeta * zeta)
+        return math.exp(-zeta * theta / s) * abs(math.cos(theta) - zeta / s * math.sin(theta))
+    q = math.sqrt(zeta * zeta - 1.0)
+    a, b = zeta - q, zeta + q  # the slow and the fast decay rates, a b = 1
+    t = 2.0 * math.log(b / a) / (b - a)  # the push is zero when exp((b - a) t) = (b / a)^2
+    return abs(-a * math.exp(-a * t) + b * math.exp(-b * t)) / (b - a)
+
+
+def damping_ratio(restitution: float) -> float:
+    """The damping ratio zeta whose :func:`penalty_restitution` is ``restitution`` in (0, 1]
+    (bisection in log zeta: the restitution falls steadily with zeta)."""
+    e = float(restitution)
+    if e >= 1.0:
+        return 0.0
+    lo, hi = -8.0, 4.0  # log10 zeta
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if penalty_restitution(10.0 ** mid) > e else (lo, mid)
+    return 10.0 ** (0.5 * (lo + hi))
 
 
 def _shape(t) -> object:
@@ -297,4 +368,5 @@ def build_spring_model(anchors: torch.Tensor, k_neighbors: int, **physics) -> Sp
 
 
 __all__ = ["SpringModel", "build_spring_model", "check_choices", "nearest_springs", "vec3", "CHOICES", "FORCE_LAWS",
-           "FRICTION_MODES", "SPRING_STIFFNESS", "SPRINGS", "FRICTION_REFERENCE_DT"]
+           "FRICTION_MODES", "SPRING_STIFFNESS", "SPRINGS", "CONTACTS", "FRICTION_REFERENCE_DT", "damping_ratio",
+           "penalty_restitution"]

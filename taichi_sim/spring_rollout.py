@@ -16,7 +16,9 @@ with u the unit vector from j to i, h = (1 + |l/L0 - 1|)^p_k ("smooth", the auth
 |l - L0|^p_k ("paper"), and no spring force within ``dead_zone`` of the rest length; then
 semi-implicit Euler with gravity (Eq. 12-13) and the ground (Eq. 14): an anchor past the plane is
 projected onto it, loses its normal velocity, and its tangential velocity is multiplied by the
-friction factor (1 = smooth, 0 = sticky; per substep or per unit of contact time, see the model).
+friction factor (1 = smooth, 0 = sticky; per substep or per unit of contact time, see the model);
+or, with the model's "penalty" contact, a damped stiff spring pushes an anchor below the plane
+out of it over a few milliseconds, with the same friction.
 
 :func:`rollout` runs the Taichi kernels (taichi_sim/spring_kernels.py) with a hand-written
 backward; :func:`taichi_sim.spring_torch.rollout` is its plain-PyTorch twin with the same
@@ -50,6 +52,11 @@ from taichi_sim.spring_params import SpringParams, friction_from_logit, soft_vec
 from taichi_sim.errors import SgausError
 
 RECORD_MB = 512.0  # default memory for substep states kept from the forward pass
+# the penalty ground's contact must span at least this many substeps. The explicit step of its
+# spring is stable above pi / 2 substeps per contact, but a lone anchor landing at restitution 0.5
+# left at 0.58 of its landing speed with 4 substeps per contact, 0.54 with 7, 0.52 with 10 and 0.50
+# with 20 or more (0.8: 0.89 / 0.83 / 0.81 / 0.80)
+PENALTY_MIN_SUBSTEPS = 6.0
 
 
 @dataclass
@@ -150,7 +157,7 @@ class RolloutInputs:
 
     x0, v0 [N,3]; stiffness [N] = 10^log_stiffness; kappa []; eta [K] = soft_vector(kappa);
     friction [] the factor applied per substep (all still attached to the caller's autograd
-    graph); prm [16] the kernel scalars (spring_kernels.py)."""
+    graph); prm [18] the kernel scalars (spring_kernels.py)."""
 
     x0: torch.Tensor
     v0: torch.Tensor
@@ -168,6 +175,7 @@ class RolloutInputs:
     p_k: float
     pair: int = 0  # 1: a spring's stiffness is sqrt(k_i k_j) (SpringModel.spring_stiffness "pair")
     mirror: int = 0  # 1: every spring acts on both its ends, half each (SpringModel.springs "mirrored")
+    penalty: int = 0  # 1: the penalty ground (SpringModel.contact "penalty"), 0: the projection
     energy_limit: float = math.inf  # the most kinetic + gravitational energy per unit mass (see energy())
 
 
@@ -224,7 +232,16 @@ def prepare_inputs(model: SpringModel, params: SpringParams, state0: SpringState
     friction = friction_from_logit(phi)
     if model.friction_mode == "per_time":  # f per FRICTION_REFERENCE_DT of contact -> f^(dt/ref) per substep
         friction = torch.exp(torch.log(friction.clamp_min(1e-12)) * (dt / FRICTION_REFERENCE_DT))
-    prm = torch.cat([prm, friction.detach().reshape(1)])
+    contact_k, contact_c = model.penalty_constants()
+    penalty = int(model.contact == "penalty" and model.ground_point is not None)
+    if penalty and model.contact_time < PENALTY_MIN_SUBSTEPS * dt:
+        raise SimulationUnstable(0, integrator.substeps, f"the penalty ground's contact time {model.contact_time:g} s "
+                                 f"spans fewer than {PENALTY_MIN_SUBSTEPS:g} substeps of {dt:.3g} s")
+    if penalty and contact_c * dt > 1.0:  # an explicit damping step past 1 reverses the speed it damps
+        raise SimulationUnstable(0, integrator.substeps, f"the penalty ground's damping {contact_c:.4g} /s "
+                                 f"(restitution {model.restitution:g}) takes more than all the speed in one substep "
+                                 f"of {dt:.3g} s")
+    prm = torch.cat([prm, friction.detach().reshape(1), torch.tensor([contact_k, contact_c], dtype=dtype, device=dev)])
     max_speed = integrator.max_speed
     if max_speed is None:
         max_speed = 100.0 * max(model.extent, 1e-6) / integrator.frame_dt
@@ -233,7 +250,7 @@ def prepare_inputs(model: SpringModel, params: SpringParams, state0: SpringState
         neighbors=model.neighbors.to(dev), rest_length=model.rest_length.to(device=dev, dtype=dtype),
         prm=prm, n_frames=int(n_frames), substeps=integrator.substeps, max_speed=float(max_speed),
         law=FORCE_LAWS.index(model.force_law), p_k=float(model.p_k),
-        pair=SPRING_STIFFNESS.index(model.spring_stiffness), mirror=SPRINGS.index(model.springs),
+        pair=SPRING_STIFFNESS.index(model.spring_stiffness), mirror=SPRINGS.index(model.springs), penalty=penalty,
     )
     if integrator.energy_tolerance is not None and n_frames > 0:
         inputs.energy_limit = energy_limit(inputs, model, integrator)
@@ -282,6 +299,8 @@ def energy_limit(inputs: RolloutInputs, model: SpringModel, integrator: Integrat
             nrm = prm[K.P_GN:K.P_GN + 3].double()
             depth = torch.clamp(-((start - prm[K.P_GP:K.P_GP + 3].double()) @ nrm), min=0.0)
             lift = depth.sum() * abs(float(prm[K.P_G:K.P_G + 3].double() @ nrm))
+            if inputs.penalty:  # the ground's spring, compressed by that depth, can launch them
+                lift = lift + 0.5 * float(prm[K.P_CONTACT_K]) * depth.square().sum()
             start = start + depth[:, None] * nrm
         gain = torch.maximum(strain_energy_bound(x0, inputs), strain_energy_bound(start, inputs)) / model.mass + lift
         limit = energy(x0, v0, prm) + gain + float(integrator.energy_tolerance) * scale
@@ -347,7 +366,7 @@ class FrameStepper:
     def step(self, x, v, x_out, v_out, vh_out, contact_out) -> None:
         K.substep_forward(x, v, self.nbr, self.rest, self.inv_rest, self.stiff, self.eta, self.prm,
                           x_out, v_out, vh_out, contact_out, *self.forward_tables, self.inputs.law, self.inputs.p_k,
-                          self.inputs.pair, self.inputs.mirror)
+                          self.inputs.pair, self.inputs.mirror, self.inputs.penalty)
 
     def grad_step(self, x, v, vh, contact, gx, gv, g_stiff, g_kappa, g_friction, scratch) -> None:
         """Adjoint of one substep from (x, v) (and its recorded vh, contact): (gx, gv), the gradient
@@ -360,7 +379,7 @@ class FrameStepper:
         law, p_k, pair, mirror = self.inputs.law, self.inputs.p_k, self.inputs.pair, self.inputs.mirror
         K.spring_backward(x, v, vh, contact, self.nbr, self.rest, self.inv_rest, self.stiff, self.eta, self.prm,
                           self.mutual_k, gxd, gvd, gforce, g_friction, self.deta, gx, gv, g_stiff, g_kappa, law, p_k,
-                          pair, mirror)
+                          pair, mirror, self.inputs.penalty)
         K.spring_backward_reverse(x, v, gforce, self.prm, self.rev_ptr, self.rev_src, self.rev_rest,
                                   self.rev_inv_rest, self.rev_k, self.stiff, gx, gv, g_stiff, law, p_k,
                                   pair, mirror)

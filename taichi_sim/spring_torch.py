@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint as torch_checkpoint
 from tqdm.auto import tqdm
 
 from taichi_sim.spring_kernels import (
-    P_DEAD, P_DT, P_G, P_GN, P_GP, P_HAS_GROUND, P_INV_MASS, P_PK, P_ZETA0, TINY,
+    P_CONTACT_C, P_CONTACT_K, P_DEAD, P_DT, P_G, P_GN, P_GP, P_HAS_GROUND, P_INV_MASS, P_PK, P_ZETA0, TINY,
 )
 from taichi_sim.spring_model import SpringModel
 from taichi_sim.spring_params import SpringParams
@@ -23,11 +23,11 @@ from taichi_sim.spring_rollout import (
 
 def substep(x: torch.Tensor, v: torch.Tensor, neighbors: torch.Tensor, rest_length: torch.Tensor,
             stiffness: torch.Tensor, eta: torch.Tensor, friction: torch.Tensor, prm: torch.Tensor,
-            law: int, pair: int = 0, mirror: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+            law: int, pair: int = 0, mirror: int = 0, penalty: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """One substep: x, v [N,3] -> x', v' [N,3] (Eq. 9-14). ``prm`` as in spring_kernels.py;
     ``friction`` is taken from its own (differentiable) argument, not from prm; ``pair``: a
     spring's stiffness is sqrt(k_i k_j) instead of its owner's k_i; ``mirror``: every spring acts
-    on both its ends with half its force."""
+    on both its ends with half its force; ``penalty``: the penalty ground instead of the projection."""
     dt, inv_m, zeta0, p, dead = (prm[i] for i in (P_DT, P_INV_MASS, P_ZETA0, P_PK, P_DEAD))
     d = x[:, None, :] - x[neighbors]  # [N,K,3] from neighbour to anchor
     length = torch.linalg.vector_norm(d, dim=-1)  # [N,K]
@@ -47,6 +47,15 @@ def substep(x: torch.Tensor, v: torch.Tensor, neighbors: torch.Tensor, rest_leng
     else:
         force = -per_spring.sum(1)
     vh = v + (force * inv_m + prm[P_G:P_G + 3]) * dt
+    if penalty and float(prm[P_HAS_GROUND]) > 0:
+        nrm = prm[P_GN:P_GN + 3]
+        sd = (x - prm[P_GP:P_GP + 3]) @ nrm
+        touch = sd < 0
+        push = torch.where(touch, -prm[P_CONTACT_K] * sd - prm[P_CONTACT_C] * (v @ nrm), torch.zeros_like(sd))
+        vh = vh + (push.clamp_min(0) * dt)[:, None] * nrm
+        vn = (vh @ nrm)[:, None] * nrm
+        vh = torch.where(touch[:, None], (vh - vn) * friction + vn, vh)
+        return x + vh * dt, vh
     xh = x + vh * dt
     if float(prm[P_HAS_GROUND]) > 0:
         nrm = prm[P_GN:P_GN + 3]
@@ -60,7 +69,7 @@ def substep(x: torch.Tensor, v: torch.Tensor, neighbors: torch.Tensor, rest_leng
 def _frame(x, v, stiffness, eta, friction, prep: RolloutInputs):
     for _ in range(prep.substeps):
         x, v = substep(x, v, prep.neighbors, prep.rest_length, stiffness, eta, friction, prep.prm, prep.law,
-                       prep.pair, prep.mirror)
+                       prep.pair, prep.mirror, prep.penalty)
     return x, v
 
 

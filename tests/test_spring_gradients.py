@@ -115,6 +115,31 @@ def test_finite_differences_with_ground_contact(spring_stiffness, springs):
     assert abs(fds["friction_logit"]) > 1e-6, "friction must matter in this scene"
 
 
+@pytest.mark.parametrize("springs", ["directed", "mirrored"])
+def test_penalty_ground_taichi_matches_twin_and_finite_differences(springs):
+    """The penalty ground (SpringModel.contact "penalty"): the kernels' values and hand-written
+    gradients against the twin's autograd, and against f64 finite differences, on a blob that lands
+    (anchors pushed by the ground's spring, and friction acting)."""
+    model, integ = _setup(_blob(30, 2, lift=0.01), 10, 0.01, 15, n_c=4, dead_zone=0.0, springs=springs,
+                          spring_stiffness="pair", contact="penalty", contact_time=0.005, restitution=0.3)
+    ins = _inputs(model, 3, v0=(0.5, -2.0, 0.3))
+    out = {}
+    for backend in ("taichi", "torch"):
+        pos, v = run(model, integ, *ins, n_frames=8, backend=backend)
+        out[backend] = (pos, v, _grads(_loss_fn(model, integ, 8, backend), ins)[1])
+    pos_t, v_t, g_t = out["taichi"]
+    pos_r, v_r, g_r = out["torch"]
+    assert (pos_r[1:, :, 1] < 0).any(0).sum() >= 5, "the test needs anchors pushed by the ground"
+    assert _rel(pos_t, pos_r) < 1e-9 and _rel(v_t, v_r) < 1e-9
+    for name, a, b in zip(("x0", "v0", "log_stiffness", "kappa", "friction_logit"), g_t, g_r):
+        assert float(b.abs().max()) > 0, f"{name}: the torch gradient is zero, the test would prove nothing"
+        assert _rel(a, b) < 1e-9, f"{name}: taichi and torch gradients differ ({_rel(a, b):.2e})"
+    fds = dict(_fd_check(model, integ, ins, 8, h=1e-7))
+    assert abs(fds["friction_logit"]) > 1e-6, "friction must matter in this scene"
+    projection = run(model.with_physics(contact="projection"), integ, *ins, n_frames=8)[0]
+    assert float((projection - pos_t).abs().max()) > 1e-3, "the penalty ground must differ from the projection"
+
+
 def test_finite_differences_without_ground():
     model, integ = _setup(_blob(30, 4), 10, 0.03, 15, n_c=4, ground_point=None, dead_zone=0.0)
     ins = _inputs(model, 5)

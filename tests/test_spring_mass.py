@@ -363,6 +363,69 @@ def test_contact_offset_moves_the_collision_plane_not_the_ground(backend, tmp_pa
 
 
 @pytest.mark.parametrize("backend", ["taichi", "torch"])
+@pytest.mark.parametrize("restitution", [0.1, 0.3, 0.8])
+def test_penalty_ground_gives_back_its_restitution_and_holds_a_resting_object(backend, restitution):
+    """Two anchors side by side (an unloaded spring) land flat at 1 m/s without gravity: they leave
+    the ground at restitution x 1 m/s after about contact_time (the damped spring's half-period).
+    A lattice dropped on it comes to rest on the plane, no deeper than its weight presses it."""
+    pair = torch.tensor([[0.0, 0.001, 0.0], [0.05, 0.001, 0.0]], dtype=F64)
+    model = build_spring_model(pair, 1, n_c=1, gravity=(0.0, 0.0, 0.0), contact="penalty", contact_time=0.004,
+                               restitution=restitution)
+    integ = Integrator(frame_dt=0.002, substeps=40)
+    pos, v = run(model, integ, pair, torch.tensor([0.0, -1.0, 0.0], dtype=F64), *_params(model), n_frames=6,
+                 backend=backend)
+    assert float(pos[:, :, 1].min()) < -2e-4, "the anchors must press into the ground"
+    assert torch.allclose(v[:, 1], torch.full((2,), restitution, dtype=F64), atol=0.03), (v[:, 1], restitution)
+    x0 = _lattice(3, 0.05, origin=(0.0, 0.02, 0.0))
+    cube = build_spring_model(x0, 12, n_c=12, contact="penalty", restitution=restitution, springs="mirrored")
+    pos, v = run(cube, Integrator(frame_dt=0.02, substeps=60), x0, torch.zeros(27, 3, dtype=F64),
+                 *_params(cube, log_k=3.5), n_frames=60, backend=backend)
+    assert -1e-3 < float(pos[-1][:, 1].min()) < 0 and float(v.abs().max()) < 0.1  # it lands at 0.63 m/s
+
+
+def test_penalty_contact_shorter_than_two_substeps_is_unstable_and_retried():
+    """A contact time the substeps cannot resolve reads as an unstable simulation (one line saying
+    why) and the retry's extra substeps cure it; a restitution outside 0..1 is named at once."""
+    x0 = _lattice(2, 0.05, origin=(0.0, 0.01, 0.0))
+    model = build_spring_model(x0, 7, n_c=7, contact="penalty", contact_time=0.004)
+    params = SpringParams(*_params(model))
+    with pytest.raises(SimulationUnstable, match="contact time 0.004 s spans fewer than 6 substeps"):
+        rollout(model, params, SpringState(x0, torch.zeros(3, dtype=F64)), 2, Integrator(frame_dt=0.03, substeps=40))
+    traj = rollout_with_retry(model, params, SpringState(x0, torch.zeros(3, dtype=F64)), 2,
+                              Integrator(frame_dt=0.03, substeps=20, retry_substeps=20))
+    assert traj.substeps == 60
+    with pytest.raises(SgausError, match="restitution must lie in 0..1"):
+        model.with_physics(restitution=1.5)
+    with pytest.raises(SimulationUnstable, match="damping .* takes more than all the speed"):
+        rollout(model.with_physics(contact_time=0.01, restitution=0.001), params,
+                SpringState(x0, torch.zeros(3, dtype=F64)), 1, Integrator(frame_dt=0.03, substeps=60))
+    with pytest.raises(SgausError, match="contact must be one of projection, penalty"):
+        model.with_physics(contact="soft")
+
+
+def test_penalty_ground_is_saved_with_an_asset_and_old_assets_keep_the_projection(tmp_path):
+    import json
+
+    from conftest import make_asset
+    from pipeline.asset import load_asset, save_asset
+    from pipeline.data.gaussians import Gaussians
+
+    pts = _lattice(3, 0.05, origin=(0.0, 0.02, 0.0)).float()
+    g = Gaussians(means=pts, log_scales=torch.full((27,), -4.0), colors=torch.rand(27, 3),
+                  opacity_logits=torch.zeros(27))
+    asset = make_asset(pts, g, 12, 12, 40).with_physics(contact="penalty", contact_time=0.004, restitution=0.3)
+    save_asset(tmp_path / "a", asset)
+    loaded = load_asset(tmp_path / "a").model
+    assert (loaded.contact, loaded.contact_time, loaded.restitution) == ("penalty", 0.004, pytest.approx(0.3))
+    doc_path = next(p for p in (tmp_path / "a").glob("*.json") if "restitution" in p.read_text())
+    doc = json.loads(doc_path.read_text())
+    for key in ("contact", "contact_time", "restitution"):
+        del doc["model"][key]
+    doc_path.write_text(json.dumps(doc))
+    assert load_asset(tmp_path / "a").model.contact == "projection"
+
+
+@pytest.mark.parametrize("backend", ["taichi", "torch"])
 def test_pair_stiffness_pulls_both_ends_of_a_spring_equally(backend):
     """Two anchors, each the other's only neighbour, stiffness 100x apart, stretched, weightless:
     with "pair" the spring pulls both ends equally (the centre of mass stays put); with each
