@@ -73,6 +73,8 @@ def summarise(name: str, spec: dict, run: Path, fit_s: float) -> dict:
         "single_k_future_cd": m["baselines"].get("single_k", {}).get("future", {}).get("cd"),
         "single_k_future_psnr": m["baselines"].get("single_k", {}).get("future", {}).get("psnr"),
         "fit_s": fit_s,
+        # the penalty ground's fitted restitution (None with the authors' projection ground)
+        "restitution": asset.model.restitution if asset.model.contact == "penalty" else None,
     }
     if spec.get("heterogeneous"):
         x = asset.model.rest_positions[:, 0].double()
@@ -124,14 +126,15 @@ def main() -> None:
 
     fmt = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
     print()
-    print("| scene | E (Pa) | mean log10 k | kappa | friction | future CD sgaus / hold / single k "
+    print("| scene | E (Pa) | mean log10 k | kappa | friction | restitution | future CD sgaus / hold / single k "
           "| future PSNR sgaus / hold / single k | fit s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         extra = f" (stiff half {r['stiff_half_log_k']:.2f}, soft half {r['soft_half_log_k']:.2f})" \
             if "stiff_half_log_k" in r else ""
         print(f"| {r['name']} | {r['youngs_modulus']:.0e} | {r['mean_log_k']:.2f}{extra} | {r['kappa']:.2f} | "
-              f"{r['friction']:.2f} | {fmt(r['future_cd'])} / {fmt(r['hold_future_cd'])} / {fmt(r['single_k_future_cd'])} "
+              f"{r['friction']:.2f} | {fmt(r['restitution'])} "
+              f"| {fmt(r['future_cd'])} / {fmt(r['hold_future_cd'])} / {fmt(r['single_k_future_cd'])} "
               f"| {fmt(r['future_psnr'])} / {fmt(r['hold_future_psnr'])} / {fmt(r['single_k_future_psnr'])} "
               f"| {r['fit_s']:.0f} |")
     tori = [r for r in rows if r["name"].startswith("torus_E")]

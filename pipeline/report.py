@@ -463,6 +463,9 @@ def _physics_numbers(asset) -> dict:
         "gravity (m/s²)": model.gravity,
         "ground point": "none" if model.ground_point is None else model.ground_point,
         "ground normal": model.ground_normal,
+        "ground contact": "none" if model.ground_point is None else (
+            f"penalty (contact time {model.contact_time * 1e3:g} ms, restitution {model.restitution:.3f})"
+            if model.contact == "penalty" else "projection (the authors' Eq. 14)"),
     }
 
 

@@ -77,6 +77,28 @@ def test_resume_reuses_matching_stages_and_reruns_changed_ones(tiny_data, tiny_r
     assert json.loads((run / "run.json").read_text())["stages_run"] == ["dynamic"]
 
 
+def test_a_fit_on_the_penalty_ground_fits_its_restitution_into_the_asset(tiny_data, tiny_run, tmp_path):
+    """`--set contact=penalty`: the stages from the velocity on re-run (the model changed), the global
+    search fits the ground's restitution, and the asset, its evaluation and its report carry it."""
+    from pipeline.asset import load_asset
+
+    run = tmp_path / "penalty"
+    shutil.copytree(tiny_run, run)
+    r = invoke("fit", tiny_data, "--out", run, *TINY, "--resume", "--set", "contact=penalty")
+    assert r.exit_code == 0, r.output
+    assert "the ground's restitution" in r.output
+    assert json.loads((run / "run.json").read_text())["stages_run"] == ["velocity", "global", "dynamic"]
+    found = json.loads((run / "stages/global/global.json").read_text())
+    tried = {e["restitution"] for e in found["evaluations"]}
+    assert len(tried) > 1 and all(0.1 <= e <= 1.0 for e in tried)  # CMA-ES moved it within its range
+    model = load_asset(run).model
+    assert model.contact == "penalty" and model.restitution == pytest.approx(found["restitution"])
+    assert "penalty (contact time 5 ms" in (run / "report.html").read_text()
+    r = invoke("eval", run, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tiny_run / "asset/physics.json").read_text())["model"]["contact"] == "projection"
+
+
 def test_resume_after_a_kill_mid_stage(tiny_data, tmp_path, monkeypatch):
     from pipeline.fit import velocity
     from pipeline.fit.runner import fit

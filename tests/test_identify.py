@@ -85,6 +85,26 @@ def test_a_ground_declared_too_low_is_raised_by_a_negative_offset():
         dataclasses.replace(settings, contact_offset_min=0.1).check()
 
 
+def test_global_search_finds_the_restitution_of_a_penalty_ground():
+    """A cube that lands on a penalty ground keeping 30 % of its landing speed: with the stiffness
+    about known, the search (starting at 0.5) finds that restitution from how high it bounces.
+    With the projection ground the restitution is no dimension of the search."""
+    model, binding, g, cams = cube_scene()
+    model = model.with_physics(contact="penalty")
+    n = model.n_anchors
+    true = SpringParams(torch.full((n,), 2.5), torch.tensor(0.0), torch.tensor(friction_logit(0.5)))
+    _pos, video = render_video(model.with_physics(restitution=0.3), binding, g, cams, true, V0 * 2, N_FRAMES,
+                               substeps=60)
+    settings = _search_settings(search_friction=False, search_kappa=False, log_k_range=(2.49, 2.51), grid_points=2,
+                                cma_generations=8, cma_population=6, contact_offset_max=0.0, substeps=60)
+    r = global_search.run(g, model, binding, V0 * 2, video, N_FRAMES, 0.03, settings, progress=False)
+    assert abs(r.restitution - 0.3) < 0.08, f"restitution {r.restitution:.3f}, the video's 0.3 (start 0.5)"
+    assert global_search.placed(model, 0.0, r.restitution).restitution == r.restitution
+    plain = global_search.run(g, model.with_physics(contact="projection"), binding, V0 * 2, video, N_FRAMES, 0.03,
+                              dataclasses.replace(settings, cma_generations=1), progress=False)
+    assert plain.restitution is None and {e["restitution"] for e in plain.evaluations} == {0.5}
+
+
 def test_stiff_candidates_get_more_substeps_instead_of_infinity():
     """At 10 substeps per frame log10 k = 4.5 blows up; the search retries it with more substeps
     (up to max_substeps), scores it, and hands its substep count to the dense stage."""
@@ -189,7 +209,7 @@ def test_the_chosen_candidate_must_simulate_the_whole_video_not_only_the_fitted_
     settings = _search_settings(substeps=40, max_substeps=40)
     stiff, soft = 6.0, 2.0
     entry = lambda log_k, loss: {"log_k": log_k, "friction_logit": 0.0, "kappa": 0.0,  # noqa: E731
-                                 "contact_offset": 0.0, "loss": loss, "substeps": 40}
+                                 "contact_offset": 0.0, "restitution": 0.5, "loss": loss, "substeps": 40}
     score = SimpleNamespace(evaluations=[entry(soft, 0.2), entry(stiff, 0.1), entry(4.0, math.inf), entry(stiff, 0.1)],
                             n_fit=2)  # CMA-ES may propose the same point twice: it is tried once
     integrator = Integrator(frame_dt=0.03, substeps=40, max_substeps=40)
@@ -204,24 +224,27 @@ def test_the_chosen_candidate_must_simulate_the_whole_video_not_only_the_fitted_
     assert chosen["log_k"] == stiff and passed_over == []
 
 
-def _slide(substeps: int, mode: str) -> float:
-    """Tangential speed left of a sheet sliding on the ground at 1 m/s after 0.15 s."""
+def _slide(substeps: int, mode: str, contact: str = "projection") -> float:
+    """Tangential speed left of a sheet sliding on the ground at 1 m/s after 0.15 s (friction 0.998 per
+    0.3 ms of contact: about 0.37 m/s left)."""
     side = torch.linspace(0.0, 0.2, 3, dtype=torch.float64)
     gx, gz = torch.meshgrid(side, side, indexing="ij")
     sheet = torch.stack([gx.reshape(-1), torch.zeros(9, dtype=torch.float64), gz.reshape(-1)], -1)
-    model = build_spring_model(sheet, 4, friction_mode=mode)
+    model = build_spring_model(sheet, 4, friction_mode=mode, contact=contact)
     params = SpringParams(torch.full((9,), 3.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64),
-                          torch.tensor(friction_logit(0.9), dtype=torch.float64))
+                          torch.tensor(friction_logit(0.998), dtype=torch.float64))
     traj = rollout(model, params, SpringState(sheet, torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)), 5,
                    Integrator(frame_dt=0.03, substeps=substeps))
     return float(traj.v_last[:, 0].mean())
 
 
-def test_friction_per_unit_of_time_does_not_depend_on_the_substeps():
-    slow, fast = _slide(50, "per_time"), _slide(400, "per_time")
+@pytest.mark.parametrize("contact", ["projection", "penalty"])
+def test_friction_per_unit_of_time_does_not_depend_on_the_substeps(contact):
+    slow, fast = _slide(50, "per_time", contact), _slide(400, "per_time", contact)
     assert abs(slow / fast - 1) < 0.02, (slow, fast)
+    assert 0.2 < fast < 0.5  # friction acted, and did not stop the sheet
     # the authors' form (a factor per substep) depends on them strongly
-    assert _slide(50, "per_substep") > 1.5 * _slide(400, "per_substep")
+    assert _slide(50, "per_substep", contact) > 1.5 * _slide(400, "per_substep", contact)
 
 
 def test_global_search_resumed_from_a_checkpoint_ends_where_it_would_have(tmp_path):

@@ -17,9 +17,11 @@ the rendered alpha against the masks, which is smooth where the colours are flat
    the object would land early and bounce from the wrong height. The depth is not visible in any
    image, but it is in the motion (when the fall stops, how high the object rests): on a torus at
    E = 1e5, a 2 cm offset took the future CD from 1.81 to 0.66 with everything else fixed;
-3. CMA-ES (the ``cma`` package) over (log10 k, friction logit, kappa, contact offset) from the
-   best point so far, in coordinates scaled to the unit cube, which refines them together and
-   copes with the loss's jumps, where a gradient would not.
+3. CMA-ES (the ``cma`` package) over (log10 k, friction logit, kappa, contact offset, and with the
+   penalty ground its restitution) from the best point so far, in coordinates scaled to the unit
+   cube, which refines them together and copes with the loss's jumps, where a gradient would not.
+   The restitution sets how much of the landing speed the ground gives back, which the images show
+   (how high the object bounces) and no gradient of the dense stage reaches.
 
 Each candidate is one forward rollout, at the dynamic stage's substeps or more: a stiff candidate
 that blows up is retried with 1.5 times the substeps up to the max, the count that worked
@@ -58,6 +60,7 @@ from taichi_sim.spring_rollout import Integrator, SimulationUnstable, SpringStat
 
 PHI_RANGE = (-6.0, 6.0)  # friction logit: factor 0 (sticky) .. 1 (smooth) lies well inside
 KAPPA_RANGE = (-4.0, 6.0)  # soft vector: all springs ~ 1 .. far springs cut off (Eq. 8)
+RESTITUTION_RANGE = (0.1, 1.0)  # the penalty ground: overdamped (zeta 1.24) .. no loss
 LOG_K_LIMITS = (-3.0, 10.0)  # what a search range may span at all
 REGION_SPAN = 1.5  # decades a region may lie above or below the global log10 k
 SUBSTEP_GROWTH = 1.5  # a candidate that blows up is retried with this many times the substeps
@@ -136,17 +139,19 @@ class GlobalResult:
 
     params: SpringParams  # per-anchor log10 stiffness (uniform without regions), kappa, friction logit
     loss: float
-    evaluations: list  # [{"log_k", "friction_logit", "kappa", "contact_offset", "loss", "substeps"[, "regions"]}]
+    evaluations: list  # [{"log_k", "friction_logit", "kappa", "contact_offset", "restitution", "loss", "substeps"
+    #                      [, "regions"]}]
     best_per_round: list  # best loss after the bracket and after each CMA-ES generation
     contact_offset: float = 0.0  # scene units
     substeps: int = 0  # substeps per frame the best candidate needed
     regions: list = field(default_factory=list)  # the region offsets of log10 k (empty: uniform)
     passed_over: list = field(default_factory=list)  # better-scored candidates that blew up over the horizon
+    restitution: float | None = None  # the penalty ground's restitution (None: the projection ground)
 
 
 class _Scorer:
-    """The image loss of one candidate (a uniform stiffness, a kappa, a friction logit and a
-    contact offset). Stiff candidates need more substeps: one that blows up is retried with
+    """The image loss of one candidate (a uniform stiffness, a kappa, a friction logit, a contact
+    offset and a restitution). Stiff candidates need more substeps: one that blows up is retried with
     SUBSTEP_GROWTH times as many (up to the max), and the count that worked is remembered so a
     stiffer candidate starts from it."""
 
@@ -178,7 +183,8 @@ class _Scorer:
         self.stable.append((log_k, substeps))
         return pos, substeps
 
-    def __call__(self, log_k: float, phi: float, kappa: float, offset: float, field=None, regions=None) -> float:
+    def __call__(self, log_k: float, phi: float, kappa: float, offset: float, restitution: float, field=None,
+                 regions=None) -> float:
         """The score of a uniform log10 k (plus ``field`` [N], a per-anchor offset made of the
         region values ``regions``, when given)."""
         n = self.model.n_anchors
@@ -186,10 +192,10 @@ class _Scorer:
         i = len(self.evaluations)
         if i < len(self.replay):
             done = self.replay[i]
-            asked = (float(log_k), float(phi), float(kappa), float(offset),
+            asked = (float(log_k), float(phi), float(kappa), float(offset), float(restitution),
                      None if regions is None else [float(v) for v in regions])
             if (done["log_k"], done["friction_logit"], done["kappa"], done["contact_offset"],
-                    done.get("regions")) != asked:
+                    done.get("restitution"), done.get("regions")) != asked:
                 raise RuntimeError(f"global search: candidate {i} differs from the checkpoint's: the search is not "
                                    "deterministic")
             self.evaluations.append(dict(done))
@@ -199,7 +205,7 @@ class _Scorer:
                 self.hopeless = min(self.hopeless, float(log_stiffness.max()))
             return done["loss"]
         params = SpringParams(log_stiffness, torch.tensor(float(kappa)), torch.tensor(float(phi)))
-        model = placed(self.model, float(offset)) if offset else self.model
+        model = placed(self.model, float(offset), float(restitution))
         loss, substeps, hopeless = math.inf, None, False
         try:
             with torch.no_grad():
@@ -219,7 +225,8 @@ class _Scorer:
         if not math.isfinite(loss):
             loss = math.inf
         self.evaluations.append({"log_k": float(log_k), "friction_logit": float(phi), "kappa": float(kappa),
-                                 "contact_offset": float(offset), "loss": loss, "substeps": substeps,
+                                 "contact_offset": float(offset), "restitution": float(restitution), "loss": loss,
+                                 "substeps": substeps,
                                  "hopeless": hopeless,
                                  **({} if regions is None else {"regions": [float(v) for v in regions]})})
         return loss
@@ -251,12 +258,17 @@ def _candidate_params(e: dict, n: int, field_of=None) -> SpringParams:
     return SpringParams(log_stiffness, torch.tensor(float(e["kappa"])), torch.tensor(float(e["friction_logit"])))
 
 
-def placed(model: SpringModel, offset: float) -> SpringModel:
-    """The model with the contact offset ``offset`` found by the search: a positive one is how
-    deep the anchors may sink below the declared ground (SpringModel.contact_offset); a negative
-    one, searched only where the declared ground may lie too low, raises the ground plane itself
-    by that much (the offset stays 0)."""
-    if offset >= 0:
+def placed(model: SpringModel, offset: float, restitution: float | None = None) -> SpringModel:
+    """The model with the contact offset ``offset`` and the restitution found by the search: a
+    positive offset is how deep the anchors may sink below the declared ground
+    (SpringModel.contact_offset); a negative one, searched only where the declared ground may lie
+    too low, raises the ground plane itself by that much (the offset stays 0). The restitution
+    (None: the model's own) matters to the penalty ground alone."""
+    if restitution is not None and model.contact == "penalty" and restitution != model.restitution:
+        model = model.with_physics(restitution=float(restitution))
+    if not offset:
+        return model
+    if offset > 0:
         return model.with_physics(contact_offset=float(offset))
     n = np.asarray(model.unit_normal(), np.float64)
     point = np.asarray(model.ground_point, np.float64) - float(offset) * n
@@ -281,8 +293,8 @@ def object_height(model: SpringModel) -> float:
 def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, frames: FrameCache, n_fit: int,
         frame_dt: float, settings: GlobalSearchSettings, progress: bool,
         checkpoint: Checkpoint | None = None, horizon: int = 0) -> GlobalResult:
-    """Search the global log10 stiffness, friction logit, kappa and contact offset, then the
-    region offsets (see the module docstring). ``checkpoint`` saves the candidates scored so far;
+    """Search the global log10 stiffness, friction logit, kappa, contact offset and (penalty ground)
+    restitution, then the region offsets (see the module docstring). ``checkpoint`` saves the candidates scored so far;
     on resume the search runs again from its seed and takes their scores from the checkpoint
     instead of simulating them (the brackets and CMA-ES are deterministic given the scores, so it
     continues exactly where it stopped). ``horizon`` (frames, beyond ``n_fit``): the chosen
@@ -302,6 +314,8 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
     height = object_height(model) if model.ground_point is not None else 0.0
     offset_min, offset_max = settings.contact_offset_min * height, settings.contact_offset_max * height
     offset_points = settings.offset_points if offset_max > offset_min else 0
+    bouncy = model.contact == "penalty" and model.ground_point is not None  # the restitution matters
+    e0 = float(model.restitution)
     n_regions = min(settings.regions, model.n_anchors) if settings.regions > 1 else 0
     total = sum(n for _, n in settings.rounds(offsets=offset_points > 0))
     bar = tqdm(total=total, desc="global", disable=not progress, leave=False)
@@ -318,21 +332,21 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
             checkpoint.step(len(score.evaluations), state)
         return value
 
-    def consider(log_k, phi, kappa, offset):
+    def consider(log_k, phi, kappa, offset, restitution):
         nonlocal best
-        value = scored(log_k, phi, kappa, offset)
+        value = scored(log_k, phi, kappa, offset, restitution)
         if value < best[0]:
-            best = (value, (log_k, phi, kappa, offset))
+            best = (value, (log_k, phi, kappa, offset, restitution))
         bar.update(1)
         if best[1] is not None:
             bar.set_postfix(loss=f"{best[0]:.4f}", log_k=f"{best[1][0]:.2f}",
                             friction=f"{float(torch.sigmoid(torch.tensor(best[1][1]))):.2f}", kappa=f"{best[1][2]:.2f}",
-                            offset=f"{best[1][3]:.3f}")
+                            offset=f"{best[1][3]:.3f}", **({"restitution": f"{best[1][4]:.2f}"} if bouncy else {}))
         return value
 
     # 1. the decade of the stiffness, at the middle of the contact offsets searched
     for log_k in np.linspace(lo, hi, settings.grid_points):
-        consider(float(log_k), phi0, kappa0, 0.5 * (offset_min + offset_max))
+        consider(float(log_k), phi0, kappa0, 0.5 * (offset_min + offset_max), e0)
     rounds.append(best[0])
     if best[1] is None:
         bar.close()
@@ -341,13 +355,13 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
     # 2. the contact offset at that stiffness (it sets when the object lands and how high it rests)
     if offset_points:
         for offset in np.linspace(offset_min, offset_max, offset_points):
-            consider(best[1][0], phi0, kappa0, float(offset))
+            consider(best[1][0], phi0, kappa0, float(offset), e0)
         rounds.append(best[0])
     # 3. everything together
-    moving = [True, settings.search_friction, settings.search_kappa and soft, offset_max > offset_min]
-    ranges = [(lo, hi), PHI_RANGE, KAPPA_RANGE, (offset_min, max(offset_max, offset_min + 1e-12))]
+    moving = [True, settings.search_friction, settings.search_kappa and soft, offset_max > offset_min, bouncy]
+    ranges = [(lo, hi), PHI_RANGE, KAPPA_RANGE, (offset_min, max(offset_max, offset_min + 1e-12)), RESTITUTION_RANGE]
     if settings.cma_generations and any(moving):
-        dims = [i for i in range(4) if moving[i]]
+        dims = [i for i in range(len(moving)) if moving[i]]
 
         def to_unit(values):
             return [float(np.clip((values[i] - ranges[i][0]) / (ranges[i][1] - ranges[i][0]), 0.0, 1.0))
@@ -370,7 +384,7 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
             values = [consider(*from_unit(u)) for u in candidates]
             _tell(es, candidates, values, best[0])
             rounds.append(best[0])
-    log_k, phi, kappa, offset = best[1]
+    log_k, phi, kappa, offset, restitution = best[1]
     n = model.n_anchors
     # 4. coarse heterogeneity: a few smooth regions around the global value, still zero-order
     if n_regions and settings.region_generations:
@@ -393,7 +407,7 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
             candidates = es.ask()
             values = []
             for z in candidates:
-                value = scored(log_k, phi, kappa, offset, field=field_of(z), regions=z)
+                value = scored(log_k, phi, kappa, offset, restitution, field=field_of(z), regions=z)
                 bar.update(1)
                 values.append(value)
                 if value < best_z[0]:
@@ -407,7 +421,8 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
                                                   field_of_regions)
     return GlobalResult(_candidate_params(chosen, n, field_of_regions), float(chosen["loss"]), score.evaluations,
                         rounds, float(chosen["contact_offset"]), int(substeps),
-                        [float(v) for v in chosen.get("regions", [])], passed_over)
+                        [float(v) for v in chosen.get("regions", [])], passed_over,
+                        float(chosen["restitution"]) if bouncy else None)
 
 
 STABLE_TRIES = 8  # candidates, best first, tried over the horizon before giving up on stability
@@ -425,7 +440,8 @@ def stable_choice(score: _Scorer, model: SpringModel, v0: torch.Tensor, horizon:
     horizon, the best one is kept (the fitted frames were fine; simulating further is what fails)."""
     ranked, seen = [], set()
     for e in sorted((e for e in score.evaluations if math.isfinite(e["loss"])), key=lambda e: e["loss"]):
-        what = (e["log_k"], e["friction_logit"], e["kappa"], e["contact_offset"], tuple(e.get("regions", ())))
+        what = (e["log_k"], e["friction_logit"], e["kappa"], e["contact_offset"], e["restitution"],
+                tuple(e.get("regions", ())))
         if what not in seen:  # CMA-ES may propose a point twice (its bounds clip to the same corner)
             seen.add(what)
             ranked.append(e)
@@ -433,24 +449,27 @@ def stable_choice(score: _Scorer, model: SpringModel, v0: torch.Tensor, horizon:
     for e in ranked[:STABLE_TRIES]:
         if horizon <= score.n_fit:
             return e, int(e["substeps"]), passed_over
-        placed_model = placed(model, float(e["contact_offset"])) if e["contact_offset"] else model
+        placed_model = placed(model, float(e["contact_offset"]), float(e["restitution"]))
         try:
             _pos, substeps = _rollout_growing(placed_model, _candidate_params(e, model.n_anchors, field_of), v0,
                                               horizon - 1, frame_dt, int(e["substeps"]), settings.max_substeps)
             return e, substeps, passed_over
         except SimulationUnstable:
             pass
-        passed_over.append({k: e[k] for k in ("log_k", "friction_logit", "kappa", "contact_offset", "loss")})
+        passed_over.append({k: e[k] for k in ("log_k", "friction_logit", "kappa", "contact_offset", "restitution",
+                                              "loss")})
     best = ranked[0]
     return best, int(best["substeps"]), passed_over
 
 
 def save(r: GlobalResult, directory: Path) -> None:
     """global.json: the chosen global log10 k (the mean of the per-anchor values), friction logit,
-    kappa, contact offset, region offsets and per-anchor log10 k, the loss, and every candidate."""
+    kappa, contact offset, restitution (null for the projection ground), region offsets and
+    per-anchor log10 k, the loss, and every candidate."""
     write_json(directory / "global.json", {
         "log_k": float(r.params.log_stiffness.double().mean()), "friction_logit": float(r.params.friction_logit),
-        "kappa": float(r.params.kappa), "contact_offset": r.contact_offset, "substeps": r.substeps,
+        "kappa": float(r.params.kappa), "contact_offset": r.contact_offset, "restitution": r.restitution,
+        "substeps": r.substeps,
         "regions": r.regions, "log_stiffness": [float(v) for v in r.params.log_stiffness],
         "n_anchors": int(r.params.log_stiffness.numel()), "loss": r.loss, "passed_over": r.passed_over,
         "evaluations": [{**e, "loss": e["loss"] if math.isfinite(e["loss"]) else None} for e in r.evaluations],
@@ -477,7 +496,8 @@ def load(directory: Path) -> GlobalResult:
         evaluations = [{**e, "loss": math.inf if e["loss"] is None else e["loss"]} for e in d["evaluations"]]
         return GlobalResult(params, float(d["loss"]), evaluations, list(d["best_per_round"]),
                             float(d.get("contact_offset", 0.0)), int(d.get("substeps", 0)),
-                            [float(v) for v in d.get("regions", [])], list(d.get("passed_over", [])))
+                            [float(v) for v in d.get("regions", [])], list(d.get("passed_over", [])),
+                            None if d.get("restitution") is None else number(d, "restitution", path, "ground"))
     except (KeyError, TypeError, ValueError) as err:
         if isinstance(err, SgausError):
             raise

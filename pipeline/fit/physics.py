@@ -34,9 +34,11 @@ class PhysicsSettings:
     zeta0: damping (Eq. 17); mass: per anchor; friction_mode: "per_substep" (the authors') or
     "per_time" (taichi_sim.spring_model); spring_stiffness: "anchor" (each anchor's own k, the
     authors') or "pair" (sqrt(k_i k_j) per spring, taichi_sim.spring_model); springs: "directed" (the
-    authors') or "mirrored" (each spring acts on both ends, taichi_sim.spring_model); init_log_stiffness,
-    init_kappa, init_friction_logit: starting log10 k, kappa and phi; soft_vector: False gives every
-    spring weight 1 (Table 3).
+    authors') or "mirrored" (each spring acts on both ends, taichi_sim.spring_model); contact:
+    "projection" (the authors' ground) or "penalty" (a damped stiff spring, taichi_sim.spring_model)
+    and, for the penalty, contact_time (s) and the starting restitution init_restitution (the global
+    search fits it); init_log_stiffness, init_kappa, init_friction_logit: starting log10 k, kappa and
+    phi; soft_vector: False gives every spring weight 1 (Table 3).
     """
 
     n_c: int = 16
@@ -51,6 +53,9 @@ class PhysicsSettings:
     init_friction_logit: float = -1.0
     soft_vector: bool = True
     springs: str = "directed"
+    contact: str = "projection"
+    contact_time: float = 0.005
+    init_restitution: float = 0.5
 
     def initial_params(self, n_anchors: int) -> SpringParams:
         """One stiffness for every anchor; without the soft vector softplus(kappa) -> 0 (Eq. 8)."""
@@ -65,6 +70,7 @@ def spring_model(anchors: Anchors, facts: SceneFacts, physics: PhysicsSettings) 
                         gravity=facts.gravity, ground_point=facts.ground_point, ground_normal=facts.ground_normal,
                         force_law=physics.force_law, p_k=physics.p_k, zeta0=physics.zeta0, n_c=physics.n_c,
                         friction_mode=physics.friction_mode, spring_stiffness=physics.spring_stiffness,
-                        springs=physics.springs)
+                        springs=physics.springs, contact=physics.contact, contact_time=physics.contact_time,
+                        restitution=physics.init_restitution)
     model.kernel_topology(anchors.rest_positions.device)
     return model
