@@ -294,10 +294,10 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
         frame_dt: float, settings: GlobalSearchSettings, progress: bool,
         checkpoint: Checkpoint | None = None, horizon: int = 0) -> GlobalResult:
     """Search the global log10 stiffness, friction logit, kappa, contact offset and (penalty ground)
-    restitution, then the region offsets (see the module docstring). ``checkpoint`` saves the candidates scored so far;
-    on resume the search runs again from its seed and takes their scores from the checkpoint
-    instead of simulating them (the brackets and CMA-ES are deterministic given the scores, so it
-    continues exactly where it stopped). ``horizon`` (frames, beyond ``n_fit``): the chosen
+    restitution, then the region offsets (see the module docstring). ``checkpoint`` saves the
+    candidates scored so far; on resume the search runs again from its seed and takes their scores
+    from the checkpoint instead of simulating them (the brackets and CMA-ES are deterministic given
+    the scores, so it continues exactly where it stopped). ``horizon`` (frames, beyond ``n_fit``): the chosen
     candidate must also simulate that long without blowing up (:func:`stable_choice`)."""
     import cma
 
