@@ -99,7 +99,8 @@ class SpringModel:
                     that touch share the impact over a few milliseconds (the same torus: 4 degrees)
     contact_time:   0.005  "penalty" only: the duration (s) of a lone anchor's contact, pi / omega for
                     the ground spring's acceleration omega^2 per unit of depth (so it means the same in
-                    any length unit); it must stay above 1.6 substeps (the explicit step's limit)
+                    any length unit); a contact must span 6 substeps or more
+                    (taichi_sim.spring_rollout.PENALTY_MIN_SUBSTEPS)
     restitution:    0.5    "penalty" only: the normal speed a lone anchor keeps when it leaves the
                     ground, as a fraction of its landing speed (in 0..1, 0 excluded; 1: no loss; the
                     ground's damping follows, :func:`damping_ratio`); the fit searches it

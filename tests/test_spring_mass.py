@@ -383,7 +383,26 @@ def test_penalty_ground_gives_back_its_restitution_and_holds_a_resting_object(ba
     assert -1e-3 < float(pos[-1][:, 1].min()) < 0 and float(v.abs().max()) < 0.1  # it lands at 0.63 m/s
 
 
-def test_penalty_contact_shorter_than_two_substeps_is_unstable_and_retried():
+def test_penalty_restitution_is_the_exit_speed_of_a_pushing_damped_spring_and_is_inverted():
+    """The closed form against a fine explicit integration of x'' = -x - 2 zeta x' (omega = 1),
+    released where the push -x - 2 zeta x' (x the signed height, below 0) stops pushing, for under-,
+    critically and overdamped contacts; damping_ratio inverts it."""
+    from taichi_sim.spring_model import damping_ratio, penalty_restitution
+
+    for zeta in (0.05, 0.3, 0.7071, 1.0, 1.7, 4.0):
+        x, v, dt = 0.0, -1.0, 1e-5
+        while True:
+            v += (-x - 2 * zeta * v) * dt
+            x += v * dt
+            if x >= 0 or -x - 2 * zeta * v <= 0:
+                break
+        assert penalty_restitution(zeta) == pytest.approx(v, abs=2e-4), zeta
+        assert damping_ratio(penalty_restitution(zeta)) == pytest.approx(zeta, rel=1e-5)
+    assert penalty_restitution(0.0) == 1.0 and damping_ratio(1.0) == 0.0
+    assert penalty_restitution(1.0) == pytest.approx(math.exp(-2), rel=1e-4)  # critical damping: exactly e^-2
+
+
+def test_penalty_contact_shorter_than_six_substeps_is_unstable_and_retried():
     """A contact time the substeps cannot resolve reads as an unstable simulation (one line saying
     why) and the retry's extra substeps cure it; a restitution outside 0..1 is named at once."""
     x0 = _lattice(2, 0.05, origin=(0.0, 0.01, 0.0))
