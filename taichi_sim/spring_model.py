@@ -197,6 +197,12 @@ class SpringModel:
             return None
         return tuple(float(v) for v in np.asarray(self.ground_point) - self.contact_offset * self.unit_normal())
 
+    @property
+    def penalty_ground(self) -> bool:
+        """Whether the ground is the penalty ground: contact "penalty" and a ground plane to push
+        from (without a ground the contact has nothing to act on)."""
+        return self.contact == "penalty" and self.ground_point is not None
+
     def penalty_constants(self) -> tuple[float, float]:
         """The penalty ground's acceleration per unit of depth omega^2 and its damping rate c (per
         second) from ``contact_time`` and ``restitution``: a lone anchor is a damped oscillator while

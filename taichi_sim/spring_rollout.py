@@ -232,8 +232,8 @@ def prepare_inputs(model: SpringModel, params: SpringParams, state0: SpringState
     friction = friction_from_logit(phi)
     if model.friction_mode == "per_time":  # f per FRICTION_REFERENCE_DT of contact -> f^(dt/ref) per substep
         friction = torch.exp(torch.log(friction.clamp_min(1e-12)) * (dt / FRICTION_REFERENCE_DT))
-    contact_k, contact_c = model.penalty_constants()
-    penalty = int(model.contact == "penalty" and model.ground_point is not None)
+    penalty = int(model.penalty_ground)
+    contact_k, contact_c = model.penalty_constants() if penalty else (0.0, 0.0)  # read by the penalty alone
     if penalty and model.contact_time < PENALTY_MIN_SUBSTEPS * dt:
         raise SimulationUnstable(0, integrator.substeps, f"the penalty ground's contact time {model.contact_time:g} s "
                                  f"spans fewer than {PENALTY_MIN_SUBSTEPS:g} substeps of {dt:.3g} s")

@@ -264,7 +264,7 @@ def placed(model: SpringModel, offset: float, restitution: float | None = None) 
     (SpringModel.contact_offset); a negative one, searched only where the declared ground may lie
     too low, raises the ground plane itself by that much (the offset stays 0). The restitution
     (None: the model's own) matters to the penalty ground alone."""
-    if restitution is not None and model.contact == "penalty" and restitution != model.restitution:
+    if restitution is not None and model.penalty_ground and restitution != model.restitution:
         model = model.with_physics(restitution=float(restitution))
     if not offset:
         return model
@@ -314,7 +314,7 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
     height = object_height(model) if model.ground_point is not None else 0.0
     offset_min, offset_max = settings.contact_offset_min * height, settings.contact_offset_max * height
     offset_points = settings.offset_points if offset_max > offset_min else 0
-    bouncy = model.contact == "penalty" and model.ground_point is not None  # the restitution matters
+    bouncy = model.penalty_ground  # the restitution matters
     e0 = float(model.restitution)
     n_regions = min(settings.regions, model.n_anchors) if settings.regions > 1 else 0
     total = sum(n for _, n in settings.rounds(offsets=offset_points > 0))

@@ -232,7 +232,7 @@ class Fitter:
         key = stage_key("global", parent, settings)
         if not self._cached("global", key):
             lo, hi = settings.log_k_range
-            bounce = ", the ground's restitution" if model.contact == "penalty" and model.ground_point else ""
+            bounce = ", the ground's restitution" if model.penalty_ground else ""
             self.log(f"stage 5/6: global search of log10 k in {lo:g}..{hi:g}, friction, kappa{bounce} and the contact "
                      f"offset (rollouts: {', '.join(what for what, _ in settings.rounds())})")
             t0, c = time.perf_counter(), self.checkpoint("global", key)

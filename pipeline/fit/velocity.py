@@ -55,7 +55,7 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, frames: FrameCache, 
     n_vel = settings.frames
     v0 = torch.zeros(3, requires_grad=True)
     params = settings.physics.initial_params(model.n_anchors) if params is None else params
-    if model.contact == "penalty":
+    if model.penalty_ground:
         # the frames before the first contact are a free fall, fitted at few substeps: fewer than a
         # penalty ground's contact needs (taichi_sim.spring_rollout.PENALTY_MIN_SUBSTEPS), and the
         # projection ground stops an anchor that reaches it just as well
