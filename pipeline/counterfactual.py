@@ -261,9 +261,9 @@ def placed(asset: Asset, shift: np.ndarray, gravity, ground_point, ground_normal
     """The asset moved rigidly by ``shift`` [3] under the given gravity, ground plane and frame time
     (springs, binding, stiffness and the rest unchanged; the kernel tables shared)."""
     s = torch.tensor(shift, dtype=asset.model.rest_positions.dtype)
-    model = dataclasses.replace(asset.model, rest_positions=asset.model.rest_positions + s, tables=asset.model.tables,
-                                gravity=tuple(gravity), ground_point=None if ground_point is None else tuple(ground_point),
-                                ground_normal=tuple(ground_normal))
+    model = asset.model.translated(s).with_physics(
+        gravity=tuple(gravity), ground_point=None if ground_point is None else tuple(ground_point),
+        ground_normal=tuple(ground_normal))
     g = asset.gaussians.detach_clone()
     g.means = g.means + s.to(g.means.dtype)
     return dataclasses.replace(asset, gaussians=g, model=model,

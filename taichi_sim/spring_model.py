@@ -5,7 +5,8 @@ nearest first; each spring acts on its owner alone or on both its ends, see ``sp
 lengths, and the physical constants that no optimiser changes: mass, gravity, ground plane,
 force law and exponent, damping, the soft vector's rigid head n_c and the dead zone. It is
 frozen: an edit (other gravity, no ground) makes a new model with :meth:`SpringModel.with_physics`,
-which shares the spring topology and its kernel tables.
+which shares the spring topology and its kernel tables (so does :meth:`SpringModel.translated`);
+a model made with other anchors or springs (``dataclasses.replace``) builds its own.
 
 The kernel tables (the reverse adjacency of the springs used by the hand-written gradient kernels,
 taichi_sim/spring_kernels.py) are built once, by :func:`build_spring_model` or on the first use of
@@ -126,7 +127,10 @@ class SpringModel:
     contact: str = "projection"
     contact_time: float = 0.005
     restitution: float = 0.5
-    tables: dict = field(default_factory=dict, repr=False, compare=False)
+    # the kernel tables built from these springs; not an argument, so a model made by
+    # dataclasses.replace (other anchors or springs) starts with none instead of stale ones that
+    # would index past its arrays: only with_physics and translated share them
+    tables: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     PHYSICS = ("mass", "gravity", "ground_point", "ground_normal", "force_law", "p_k", "zeta0", "n_c",
                "dead_zone", "friction_mode", "contact_offset", "spring_stiffness", "springs", "contact", "contact_time",
@@ -222,7 +226,16 @@ class SpringModel:
         unknown = set(changes) - set(self.PHYSICS)
         if unknown:
             raise SgausError(f"not a physical constant of the model: {', '.join(sorted(unknown))}")
-        return dataclasses.replace(self, tables=self.tables, **changes)
+        return self._sharing_tables(dataclasses.replace(self, **changes))
+
+    def translated(self, shift: torch.Tensor) -> "SpringModel":
+        """The model moved rigidly by ``shift`` [3]: the same springs, so the kernel tables are shared."""
+        shift = torch.as_tensor(shift, dtype=self.rest_positions.dtype, device=self.rest_positions.device)
+        return self._sharing_tables(dataclasses.replace(self, rest_positions=self.rest_positions + shift))
+
+    def _sharing_tables(self, other: "SpringModel") -> "SpringModel":
+        object.__setattr__(other, "tables", self.tables)  # frozen dataclass
+        return other
 
     def kernel_topology(self, device) -> tuple:
         """Kernel-side topology on ``device`` (built once per model and device): int32 neighbours

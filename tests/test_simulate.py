@@ -81,7 +81,7 @@ def test_sticky_ground_stops_tangential_motion_after_contact():
     sheet[:, 1] = 0.05
     base = make_asset(velocity=(0.6, 0.0, 0.0))
     neighbors, rest = nearest_springs(sheet, 8)
-    model = dataclasses.replace(base.model, rest_positions=sheet, neighbors=neighbors, rest_length=rest, tables={})
+    model = dataclasses.replace(base.model, rest_positions=sheet, neighbors=neighbors, rest_length=rest)
     bind = compute_binding(sheet, sheet, 1, 0.5)
     g = Gaussians(means=sheet.clone(), log_scales=torch.full((25,), -4.0), colors=torch.rand(25, 3),
                   opacity_logits=torch.zeros(25))

@@ -305,6 +305,33 @@ def test_kernel_tables_built_once_and_shared_by_edited_models():
     assert float((out["taichi"][-1] - out["taichi"][0]).abs().max()) > 1e-4
 
 
+def test_a_model_with_other_springs_builds_its_own_kernel_tables():
+    # dataclasses.replace with other anchors and springs once kept the old model's tables: the
+    # kernels then read the old reverse adjacency and rest lengths (past the end of smaller arrays)
+    import dataclasses
+
+    from taichi_sim.spring_model import nearest_springs
+
+    g = torch.Generator().manual_seed(5)
+    small = build_spring_model(torch.rand(20, 3, generator=g, dtype=F64) * 0.2 + 0.05, 6)
+    integ = Integrator(substeps=40)
+    run(small, integ, small.rest_positions, torch.zeros(3, dtype=F64), *_params(small), n_frames=1)  # tables built
+    for x in (torch.rand(60, 3, generator=g, dtype=F64) * 0.3 + 0.05,  # more anchors
+              small.rest_positions * torch.tensor([1.0, 1.3, 1.0], dtype=F64)):  # same topology, other lengths
+        nbr, rest = nearest_springs(x, 6)
+        edited = dataclasses.replace(small, rest_positions=x, neighbors=nbr, rest_length=rest)
+        fresh = SpringModel(x, nbr, rest)
+        stretched = x.clone()
+        stretched[:, 1] *= 1.02  # every spring out of rest, so the rest lengths matter
+        params = _params(edited)
+        got = run(edited, integ, stretched, torch.zeros(3, dtype=F64), *params, n_frames=1)[0]
+        want = run(fresh, integ, stretched, torch.zeros(3, dtype=F64), *params, n_frames=1)[0]
+        assert torch.equal(got, want)
+        assert edited.tables is not small.tables
+    moved = small.translated(torch.tensor([0.0, 0.5, 0.0]))
+    assert moved.tables is small.tables and torch.allclose(moved.rest_positions[:, 1], small.rest_positions[:, 1] + 0.5)
+
+
 def test_coinciding_anchors_are_named():
     x0 = _lattice(2, 0.1)
     with pytest.raises(ValueError, match="anchors 3 and 8 coincide"):
