@@ -234,7 +234,7 @@ def _stages(cap, run: RunDir, data, settings: FitSettings, cs, loss, imported, s
 
     def compute_anchors(c):
         log(f"stage 2/7: {settings.n_anchors} anchors through the volume, {settings.k_neighbors} springs each")
-        a = anchors_stage.run(g, sframes, settings.anchors())
+        a = anchors_stage.run(g, sframes, settings.anchors(), up=facts.ground_normal)
         return a, {"anchors": len(a.rest_positions)}
     a = stage("anchors", akey, compute_anchors, lambda a, d: save_anchors(a, d / "anchors.npz"),
               lambda d: load_anchors(d / "anchors.npz", len(g)))

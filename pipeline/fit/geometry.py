@@ -107,11 +107,13 @@ def inside_splat_hull(points: torch.Tensor, centres: torch.Tensor, cell: float, 
 
 
 def sample_anchors(g: Gaussians, frames: FrameCache, n_anchors: int, seed: int = 0, resolution: int = 48,
-                   splat_hull: bool = False) -> torch.Tensor:
+                   splat_hull: bool = False, layout: str = "fps", up=(0.0, 1.0, 0.0)) -> torch.Tensor:
     """N_A anchors through the object's volume (Eq. 4): the inside of the visual hull carved
     from frame 0's masks and (``splat_hull``) by the silhouettes of the Gaussians themselves seen
-    from all around (:func:`inside_splat_hull`), restricted to the Gaussians' bounding box, plus
-    the Gaussian centres, thinned by farthest-point sampling."""
+    from all around (:func:`inside_splat_hull`), restricted to the Gaussians' bounding box.
+    ``layout`` "fps": those points (jittered grid) plus the Gaussian centres, thinned by
+    farthest-point sampling; "lattice": a cubic lattice with layers parallel to the ground of
+    normal ``up`` (:func:`lattice_anchors`)."""
     keep = g.opacities() > 0.05
     centres = g.means[keep].detach() if keep.sum() > 0 else g.means.detach()
     lo, hi = centres.min(0).values, centres.max(0).values
@@ -125,12 +127,73 @@ def sample_anchors(g: Gaussians, frames: FrameCache, n_anchors: int, seed: int =
     if splat_hull:
         inside &= inside_splat_hull(grid, centres, float(step))
     interior = grid[inside]
+    if layout == "lattice":
+        return lattice_anchors(interior, float(step), n_anchors, up, seed,
+                               lambda p: _inside_object(p, frames, centres, float(step), splat_hull))
+    if layout != "fps":
+        raise SgausError(f"anchor layout must be 'fps' or 'lattice', got {layout!r}")
     candidates = torch.cat([interior, centres], 0)
     if len(candidates) < n_anchors:
         raise SgausError(
             f"only {len(candidates)} candidate anchor points were found inside the object; ask for fewer anchors"
         )
     return candidates[farthest_point_sampling(candidates, n_anchors, seed)].contiguous()
+
+
+def _inside_object(points: torch.Tensor, frames: FrameCache, centres: torch.Tensor, cell: float,
+                   splat_hull: bool) -> torch.Tensor:
+    inside = inside_visual_hull(points, frames.alpha(0), frames.cameras)
+    if splat_hull:
+        inside &= inside_splat_hull(points, centres, cell)
+    return inside
+
+
+def lattice_anchors(interior: torch.Tensor, cell: float, n_anchors: int, up, seed: int, inside) -> torch.Tensor:
+    """``n_anchors`` anchors on a cubic lattice whose layers lie parallel to the ground (normal
+    ``up``), its lowest layer just inside the object's bottom: a flat object bottom gets a flat
+    layer of anchors that meets a flat ground all at once, where anchors thinned from scattered
+    points touch down one by one and tip a stiff model over (README, Anchors). ``interior``: points
+    of a fine grid of spacing ``cell`` inside the object, which place the bottom; ``inside(points)``
+    says which points lie inside it. The spacing is the largest that still puts ``n_anchors``
+    lattice points inside (bisection); farthest-point sampling then drops the few extra, which it
+    picks last (points on the outside, the bottom layer among them, come first)."""
+    if len(interior) < 1:
+        raise SgausError("no point was found inside the object; ask for fewer anchors")
+    n = torch.as_tensor(up, dtype=interior.dtype)
+    n = n / n.norm()
+    helper = torch.tensor([1.0, 0.0, 0.0] if abs(float(n[0])) < 0.9 else [0.0, 0.0, 1.0], dtype=interior.dtype)
+    t1 = torch.linalg.cross(n, helper)
+    t1 = t1 / t1.norm()
+    t2 = torch.linalg.cross(t1, n)
+    frame = torch.stack([t1, n, t2])  # rows: the lattice's axes, the second along the normal
+    local = interior @ frame.T
+    lo, hi = local.min(0).values, local.max(0).values
+    lo = lo - cell
+    hi = hi + cell
+    bottom = float(local[:, 1].min()) + 0.25 * cell  # the first layer a quarter cell above the lowest inside point
+
+    def points(spacing: float) -> torch.Tensor:
+        axes = [torch.arange(float(lo[0]), float(hi[0]) + 1e-9, spacing, dtype=interior.dtype),
+                torch.arange(bottom, float(hi[1]) + 1e-9, spacing, dtype=interior.dtype),
+                torch.arange(float(lo[2]), float(hi[2]) + 1e-9, spacing, dtype=interior.dtype)]
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3) @ frame
+        return grid[inside(grid)]
+
+    size = float((hi - lo).max())
+    small, large = cell * 0.5, size  # enough points at ``small``; too few at ``large``
+    if len(points(small)) < n_anchors:
+        raise SgausError(f"only {len(points(small))} lattice points fit inside the object at half the hull's cell; "
+                         f"ask for fewer anchors")
+    for _ in range(30):
+        mid = 0.5 * (small + large)
+        if len(points(mid)) >= n_anchors:
+            small = mid
+        else:
+            large = mid
+        if large - small < 1e-4 * small:
+            break
+    found = points(small)
+    return found[farthest_point_sampling(found, n_anchors, seed)].contiguous()
 
 
 def detect_contact_frame(frames: FrameCache, ground_point, ground_normal, n_frames: int, g: Gaussians,

@@ -182,7 +182,7 @@ class Fitter:
         if not self._cached("anchors", key):
             self.log(f"stage 2/5: {settings.n_anchors} anchors through the volume, {settings.k_neighbors} springs each")
             t0 = time.perf_counter()
-            a = anchors_stage.run(g, self.shape_frames, settings)
+            a = anchors_stage.run(g, self.shape_frames, settings, up=self.facts.ground_normal)
             with self.run.write_stage("anchors", key, {"anchors": len(a.rest_positions), **self._seconds(t0)}) as d:
                 save_anchors(a, d / "anchors.npz")
             self.ran.append("anchors")

@@ -25,6 +25,8 @@ from pipeline.fit.velocity import VelocitySettings
 from taichi_sim.errors import SgausError
 from taichi_sim.spring_model import check_choices
 
+ANCHOR_LAYOUTS = ("fps", "lattice")
+
 
 @dataclass
 class FitSettings:
@@ -53,6 +55,10 @@ class FitSettings:
       anchor_splat_hull: carve the anchors' visual hull with the Gaussians' own silhouettes seen
         from all around, below included (cameras above never bound the underside; off by default:
         the global search's contact offset accounts for that depth).
+      anchor_layout: "fps" (the default: points scattered through the hull and the Gaussian
+        centres, thinned by farthest-point sampling) or "lattice" (a cubic lattice with layers
+        parallel to the ground, its lowest layer at the object's bottom: a flat bottom meets a flat
+        ground all at once instead of anchor by anchor; README, Anchors).
       p_k: force-law exponent (Eq. 9); force_law: "smooth" (authors' code) or "paper" (Eq. 9 as printed).
       zeta0, mass: damping (Eq. 17) and mass per anchor.
       friction_mode: "per_time" (the ground's tangential factor per 0.3 ms of contact: the same
@@ -155,6 +161,7 @@ class FitSettings:
     n_b: int = 8
     p_b: float = 0.5
     anchor_splat_hull: bool = False
+    anchor_layout: str = "fps"
     p_k: float = 0.5
     force_law: str = "smooth"
     zeta0: float = 0.1
@@ -232,6 +239,8 @@ class FitSettings:
         if not 0 <= self.n_c <= self.k_neighbors:
             raise SgausError(f"n_c must lie in [0, k_neighbors], got {self.n_c}")
         check_choices(self)
+        if self.anchor_layout not in ANCHOR_LAYOUTS:
+            raise SgausError(f"anchor_layout must be one of {', '.join(ANCHOR_LAYOUTS)}, got {self.anchor_layout!r}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -270,7 +279,8 @@ class FitSettings:
                               opacity_reset_every=self.static_opacity_reset_every)
 
     def anchors(self) -> AnchorSettings:
-        return AnchorSettings(self.n_anchors, self.k_neighbors, self.n_b, self.p_b, self.seed, self.anchor_splat_hull)
+        return AnchorSettings(self.n_anchors, self.k_neighbors, self.n_b, self.p_b, self.seed, self.anchor_splat_hull,
+                              self.anchor_layout)
 
     def refine(self) -> RefineSettings:
         return RefineSettings(self.refine_iterations, self.refine_lr, self.seed)
