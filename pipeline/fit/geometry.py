@@ -152,7 +152,7 @@ def lattice_anchors(interior: torch.Tensor, cell: float, n_anchors: int, up, see
     """``n_anchors`` anchors on a cubic lattice whose layers lie parallel to the ground (normal
     ``up``), its lowest layer just inside the object's bottom: a flat object bottom gets a flat
     layer of anchors that meets a flat ground all at once, where anchors thinned from scattered
-    points touch down one by one and tip a stiff model over (README, Anchors). ``interior``: points
+    points touch down one by one and tip a stiff model over (README: the fit, stage 2). ``interior``: points
     of a fine grid of spacing ``cell`` inside the object, which place the bottom; ``inside(points)``
     says which points lie inside it. The spacing is the largest that still puts ``n_anchors``
     lattice points inside (bisection); farthest-point sampling then drops the few extra, which it
@@ -181,9 +181,9 @@ def lattice_anchors(interior: torch.Tensor, cell: float, n_anchors: int, up, see
 
     size = float((hi - lo).max())
     small, large = cell * 0.5, size  # enough points at ``small``; too few at ``large``
-    if len(points(small)) < n_anchors:
-        raise SgausError(f"only {len(points(small))} lattice points fit inside the object at half the hull's cell; "
-                         f"ask for fewer anchors")
+    most = len(points(small))
+    if most < n_anchors:
+        raise SgausError(f"only {most} lattice points fit inside the object at half the hull's cell; ask for fewer anchors")
     for _ in range(30):
         mid = 0.5 * (small + large)
         if len(points(mid)) >= n_anchors:

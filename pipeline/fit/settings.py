@@ -58,7 +58,7 @@ class FitSettings:
       anchor_layout: "fps" (the default: points scattered through the hull and the Gaussian
         centres, thinned by farthest-point sampling) or "lattice" (a cubic lattice with layers
         parallel to the ground, its lowest layer at the object's bottom: a flat bottom meets a flat
-        ground all at once instead of anchor by anchor; README, Anchors).
+        ground all at once instead of anchor by anchor; README: the fit, stage 2).
       p_k: force-law exponent (Eq. 9); force_law: "smooth" (authors' code) or "paper" (Eq. 9 as printed).
       zeta0, mass: damping (Eq. 17) and mass per anchor.
       friction_mode: "per_time" (the ground's tangential factor per 0.3 ms of contact: the same
