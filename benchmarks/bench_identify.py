@@ -22,8 +22,8 @@ single k on the heterogeneous ones; their stiffer half with the higher mean fitt
 For each heterogeneous scene it also prints which split of the stiffness field the ground truth
 favours under the spring model at all (split_probe: the fitted asset re-simulated with its field
 made uniform, or split half a decade the true way or the other way, scored by the Chamfer distance
-to the true particles): a split the model itself disfavours is a limit of the model on that
-scene, not of the optimiser.
+to the true particles): a split the model with these anchors disfavours is a limit of the model
+(or of its anchors) on that scene, not of the optimiser.
 With --json, one JSON object {"scenes": [...]} closes the output.
 """
 from __future__ import annotations
@@ -71,8 +71,8 @@ def split_probe(asset, data: Path, stiff) -> dict:
     the optimiser did: the mean CD over every frame of the fitted asset with its field replaced by
     its mean ("uniform"), by the mean +- SPLIT_PROBE with the generator's stiffer half stiffer
     ("true"), and the other way round ("reversed"). Where "reversed" scores best, no optimiser of
-    this model can find the true split from these frames: the model answers a stiffness contrast
-    differently from the MPM truth on this shape."""
+    this model with these anchors can find the true split from these frames: it answers a
+    stiffness contrast differently from the MPM truth on this shape (other anchors may not)."""
     import dataclasses
 
     import torch
