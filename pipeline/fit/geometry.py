@@ -123,10 +123,7 @@ def sample_anchors(g: Gaussians, frames: FrameCache, n_anchors: int, seed: int =
     grid = grid_points(lo, hi, step)
     gen = torch.Generator().manual_seed(seed)
     grid = grid + (torch.rand(grid.shape, generator=gen) - 0.5) * step * 0.5
-    inside = inside_visual_hull(grid, frames.alpha(0), frames.cameras)
-    if splat_hull:
-        inside &= inside_splat_hull(grid, centres, float(step))
-    interior = grid[inside]
+    interior = grid[_inside_object(grid, frames, centres, float(step), splat_hull)]
     if layout == "lattice":
         return lattice_anchors(interior, float(step), n_anchors, up, seed,
                                lambda p: _inside_object(p, frames, centres, float(step), splat_hull))
@@ -181,18 +178,19 @@ def lattice_anchors(interior: torch.Tensor, cell: float, n_anchors: int, up, see
 
     size = float((hi - lo).max())
     small, large = cell * 0.5, size  # enough points at ``small``; too few at ``large``
-    most = len(points(small))
-    if most < n_anchors:
-        raise SgausError(f"only {most} lattice points fit inside the object at half the hull's cell; ask for fewer anchors")
+    found = points(small)  # always the points at ``small``
+    if len(found) < n_anchors:
+        raise SgausError(f"only {len(found)} lattice points fit inside the object at half the hull's cell; "
+                         f"ask for fewer anchors")
     for _ in range(30):
         mid = 0.5 * (small + large)
-        if len(points(mid)) >= n_anchors:
-            small = mid
+        at_mid = points(mid)
+        if len(at_mid) >= n_anchors:
+            small, found = mid, at_mid
         else:
             large = mid
         if large - small < 1e-4 * small:
             break
-    found = points(small)
     return found[farthest_point_sampling(found, n_anchors, seed)].contiguous()
 
 
