@@ -113,6 +113,10 @@ class FitSettings:
         at E = 1e5, and pushed the banana's halves the wrong way; the paper preset, with the
         authors' "anchor" springs, keeps 4).
       silhouette_weight: weight of the rendered-alpha-vs-mask L1 term of the search's score.
+      global_fold_penalty, global_fold_tolerance: a candidate that folds (the share of the
+        anchors' local tetrahedra inverted, averaged over the fitted frames,
+        taichi_sim/folding.py) beyond the tolerance (0.01) gains this penalty (1.0) times the
+        excess on its loss; 0 = off.
     Dynamic stage (per-anchor stiffness, soft vector kappa, ground friction)
       iterations: optimisation iterations over the fitted frames.
       lr_stiffness, lr_kappa, lr_friction: Adam learning rates.
@@ -209,6 +213,8 @@ class FitSettings:
     global_regions: int = 0
     global_region_generations: int = 4
     silhouette_weight: float = 0.5
+    global_fold_penalty: float = 1.0
+    global_fold_tolerance: float = 0.01
     stiffness_regions: int = 16
     patience: int = 0
     checkpoint_s: float = 120.0
@@ -257,6 +263,9 @@ class FitSettings:
             raise SgausError(f"contact_time must be a positive number of seconds, got {self.contact_time}")
         if not 0.0 <= self.init_restitution <= 1.0:
             raise SgausError(f"init_restitution must lie in [0, 1], got {self.init_restitution}")
+        if self.global_fold_penalty < 0 or not 0.0 <= self.global_fold_tolerance < 1.0:
+            raise SgausError(f"global_fold_penalty must not be negative and global_fold_tolerance must lie in [0, 1), "
+                             f"got {self.global_fold_penalty} and {self.global_fold_tolerance}")
         return self
 
     def to_dict(self) -> dict:
@@ -305,6 +314,7 @@ class FitSettings:
             offset_points=self.global_offset_points,
             regions=self.global_regions, region_generations=self.global_region_generations,
             cameras=self.global_cameras, silhouette_weight=self.silhouette_weight, lambda_dssim=self.lambda_dssim,
+            fold_penalty=self.global_fold_penalty, fold_tolerance=self.global_fold_tolerance,
             substeps=self.substeps, max_substeps=self.max_substeps, seed=self.seed, physics=self.physics())
 
     def dynamic(self, single_k: bool | None = None) -> DynamicSettings:
