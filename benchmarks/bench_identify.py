@@ -116,6 +116,9 @@ def summarise(name: str, spec: dict, run: Path, fit_s: float, data: Path) -> dic
         "fit_s": fit_s,
         # the penalty ground's fitted restitution (None with the authors' projection ground)
         "restitution": asset.model.restitution if asset.model.contact == "penalty" else None,
+        # the share of the asset's local tetrahedra inverted over the future
+        # frames (None for an eval written before sgaus measured it)
+        "future_folded": m.get("folded", {}).get("future"),
     }
     if spec.get("heterogeneous"):
         x = asset.model.rest_positions[:, 0].double()
@@ -169,8 +172,8 @@ def main() -> None:
     fmt = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
     print()
     print("| scene | E (Pa) | mean log10 k | kappa | friction | restitution | future CD sgaus / hold / single k "
-          "| future PSNR sgaus / hold / single k | fit s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| future PSNR sgaus / hold / single k | folded % | fit s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         extra = f" (stiff half {r['stiff_half_log_k']:.2f}, soft half {r['soft_half_log_k']:.2f})" \
             if "stiff_half_log_k" in r else ""
@@ -178,7 +181,7 @@ def main() -> None:
               f"{r['friction']:.2f} | {fmt(r['restitution'])} "
               f"| {fmt(r['future_cd'])} / {fmt(r['hold_future_cd'])} / {fmt(r['single_k_future_cd'])} "
               f"| {fmt(r['future_psnr'])} / {fmt(r['hold_future_psnr'])} / {fmt(r['single_k_future_psnr'])} "
-              f"| {r['fit_s']:.0f} |")
+              f"| {fmt(None if r['future_folded'] is None else 100 * r['future_folded'], 1)} | {r['fit_s']:.0f} |")
     tori = [r for r in rows if r["name"].startswith("torus_E")]
     checks = []
     if len(tori) > 1:

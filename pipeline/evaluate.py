@@ -32,6 +32,7 @@ from pipeline.data.scene import has_particles, load_particles, particles_path
 from pipeline.simulate import render_backdrop, simulate_asset, write_video
 from render.losses import psnr, ssim
 from taichi_sim.errors import SgausError
+from taichi_sim.folding import folded_fraction, local_tetrahedra
 
 METHOD_LABELS = {"spring_gaus": "Spring-Gaus (sgaus)", "hold": "hold (frozen after fit)", "single_k": "Spring-Gaus, single k"}
 
@@ -145,9 +146,10 @@ def evaluate(run, data=None, scale: float | None = None, baselines: bool = True,
     gt = load_ground_truth(ds, n)
     settings = fit_settings(run_dir) if baselines else None  # read and checked before any work
     log(f"simulating the asset over {n} frames ({fit_frames} fitted, {n - fit_frames} future)")
-    _pos, means, _ = simulate_asset(asset, n - 1)
+    anchors, means, _ = simulate_asset(asset, n - 1)
     per_frame = {"spring_gaus": frame_metrics(asset, means, ds, range(n), scale, progress, "eval", gt)}
     result = summarise(per_frame["spring_gaus"], fit_frames)
+    result["folded"] = folding(asset, anchors, per_frame["spring_gaus"], fit_frames)
     result["baselines"] = {}
     if baselines:
         # hold: identical to the fit up to its last frame, then frozen
@@ -186,11 +188,17 @@ def evaluate(run, data=None, scale: float | None = None, baselines: bool = True,
     cam_index = ds.cameras.index(camera) if camera else 0
     fps = min(30.0, 1.0 / ds.frame_dt) if ds.frame_dt else 10.0
     table = markdown_table(result, caption)
+    table += (f"\nFolded (the share of the anchors' local tetrahedra inverted, an elastic solid's 0), "
+              f"reconstruction / future: {100 * result['folded']['reconstruction']:.1f} % / "
+              f"{100 * result['folded']['future']:.1f} %\n")
     if "mask_iou" in result["future"]:
         table += "\nMask IoU (rendered alpha > 0.5 vs. the capture's masks), reconstruction / future: " + ", ".join(
             f"{METHOD_LABELS.get(k, k)} {fmt_metric(v['reconstruction']['mask_iou'], 3)} / "
             f"{fmt_metric(v['future']['mask_iou'], 3)}"
             for k, v in [("spring_gaus", result), *result["baselines"].items()]) + "\n"
+    if result["folded"]["future"] > FOLD_WARNING:
+        log(f"warning: the asset folds ({100 * result['folded']['future']:.1f} % of its local tetrahedra inverted over "
+            "the future frames on average): its prediction is not an elastic solid's")
     with atomic_dir(Path(run) / "eval") as tmp:
         write_json(tmp / "metrics.json", result)
         write_json(tmp / "per_frame.json", per_frame)
@@ -201,6 +209,22 @@ def evaluate(run, data=None, scale: float | None = None, baselines: bool = True,
 
     log(f"report: {report_run(run, figures=False)}")
     return result
+
+
+FOLD_WARNING = 0.01  # a mean folded share over the future frames above which eval warns
+
+
+def folding(asset: Asset, anchors: torch.Tensor, rows: list[dict], fit_frames: int) -> dict:
+    """The share of the asset's local tetrahedra folded in each frame of its anchors' trajectory
+    [F,N,3] (taichi_sim/folding.py), written into ``rows`` as "folded", and its means over the
+    fitted frames 1..F-1 and the future ones."""
+    rest = asset.model.rest_positions
+    share = folded_fraction(anchors, rest, local_tetrahedra(rest, asset.model.neighbors))
+    for row in rows:
+        row["folded"] = float(share[row["frame"]])
+    recon, future = share[1:fit_frames], share[fit_frames:]
+    return {"reconstruction": float(recon.mean()) if len(recon) else 0.0,
+            "future": float(future.mean()) if len(future) else 0.0}
 
 
 def fit_settings(run_dir: RunDir):

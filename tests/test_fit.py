@@ -46,6 +46,14 @@ def test_eval_writes_metrics_table_and_video(tiny_run):
     table = (tiny_run / "eval/metrics.md").read_text()
     assert "future CD" in table and "surface particles" in table
     assert list((tiny_run / "eval").glob("video_*.mp4"))
+    # how much of the asset folded (taichi_sim/folding.py): a share per frame, 0 at the rest frame
+    rows = json.loads((tiny_run / "eval/per_frame.json").read_text())["spring_gaus"]
+    shares = [r["folded"] for r in rows]
+    assert shares[0] == 0.0 and all(0.0 <= v <= 1.0 for v in shares)
+    fit = int(m["settings"]["fit_frames"])
+    assert m["folded"]["reconstruction"] == pytest.approx(np.mean(shares[1:fit]))
+    assert m["folded"]["future"] == pytest.approx(np.mean(shares[fit:]))
+    assert "Folded" in table
 
 
 def test_resume_reuses_matching_stages_and_reruns_changed_ones(tiny_data, tiny_run, tmp_path):
