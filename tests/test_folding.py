@@ -102,7 +102,7 @@ def test_the_global_search_adds_the_folded_share_beyond_the_tolerance_to_a_candi
     assert within == off
     # a stiffer candidate does not fold and is scored as before
     plain, _ = score(3.0, fold_penalty=0.0)
-    kept, unfolded = score(3.0)
+    kept, unfolded = score(3.0, fold_penalty=1.0)
     assert unfolded == 0.0 and kept == plain
     assert math.isfinite(on)
 

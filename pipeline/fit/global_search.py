@@ -35,12 +35,13 @@ not finite, is scored worse than every finite one and skipped (the kernels have 
 for kappa and friction, so candidates run one after another). The cameras are a fixed, evenly
 spread subset, so a candidate's score does not depend on a draw.
 
-A candidate that folds is penalised: springs only see distances, so a soft candidate squashed
+A candidate that folds can be penalised (``fold_penalty`` > 0; off by default, README: the fit,
+stage 5, says why): springs only see distances, so a soft candidate squashed
 hard can turn inside out and stay a flat pancake (taichi_sim/folding.py) while its first frames
 after landing match the video well. The share of the anchors' local tetrahedra inverted,
 averaged over the fitted frames, adds ``fold_penalty`` times its excess over ``fold_tolerance``
-to the candidate's loss (the losses lie near 0.02 to 0.05: a candidate with 5 % of its
-tetrahedra inverted on average gains 0.04). An average, not the worst frame: a model may invert a
+to the candidate's loss (the losses lie near 0.02 to 0.05: at a penalty of 1, a candidate with
+5 % of its tetrahedra inverted on average gains 0.04). An average, not the worst frame: a model may invert a
 few tetrahedra for a frame at the impact and recover (the fits that beat "hold" on the
 benchmark's soft pawn did, up to 2 % in one frame).
 """
@@ -108,7 +109,7 @@ class GlobalSearchSettings:
     cameras: int = 4
     silhouette_weight: float = 0.5
     lambda_dssim: float = 0.05
-    fold_penalty: float = 1.0
+    fold_penalty: float = 0.0
     fold_tolerance: float = 0.01
     substeps: int = 60
     max_substeps: int = 500

@@ -115,8 +115,8 @@ class FitSettings:
       silhouette_weight: weight of the rendered-alpha-vs-mask L1 term of the search's score.
       global_fold_penalty, global_fold_tolerance: a candidate that folds (the share of the
         anchors' local tetrahedra inverted, averaged over the fitted frames,
-        taichi_sim/folding.py) beyond the tolerance (0.01) gains this penalty (1.0) times the
-        excess on its loss; 0 = off.
+        taichi_sim/folding.py) beyond the tolerance (0.01) gains this penalty times the excess on
+        its loss; 0 (default) = off, 1 is what the benchmark used (README: the fit, stage 5).
     Dynamic stage (per-anchor stiffness, soft vector kappa, ground friction)
       iterations: optimisation iterations over the fitted frames.
       lr_stiffness, lr_kappa, lr_friction: Adam learning rates.
@@ -213,7 +213,7 @@ class FitSettings:
     global_regions: int = 0
     global_region_generations: int = 4
     silhouette_weight: float = 0.5
-    global_fold_penalty: float = 1.0
+    global_fold_penalty: float = 0.0
     global_fold_tolerance: float = 0.01
     stiffness_regions: int = 16
     patience: int = 0
