@@ -198,7 +198,8 @@ def evaluate(run, data=None, scale: float | None = None, baselines: bool = True,
             for k, v in [("spring_gaus", result), *result["baselines"].items()]) + "\n"
     if result["folded"]["future"] > FOLD_WARNING:
         log(f"warning: the asset folds ({100 * result['folded']['future']:.1f} % of its local tetrahedra inverted over "
-            "the future frames on average): its prediction is not an elastic solid's")
+            "the future frames on average): its prediction is not an elastic solid's; a refit with "
+            "--set global_fold_penalty=1 keeps the global search away from folding models")
     with atomic_dir(Path(run) / "eval") as tmp:
         write_json(tmp / "metrics.json", result)
         write_json(tmp / "per_frame.json", per_frame)

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from pipeline.fit.settings import make_settings
 from pipeline.data.rundir import RunDir
 
@@ -54,6 +55,18 @@ def test_eval_writes_metrics_table_and_video(tiny_run):
     assert m["folded"]["reconstruction"] == pytest.approx(np.mean(shares[1:fit]))
     assert m["folded"]["future"] == pytest.approx(np.mean(shares[fit:]))
     assert "Folded" in table
+
+
+def test_eval_warns_when_the_asset_folds(tiny_run, tmp_path, monkeypatch):
+    import pipeline.evaluate as evaluate_module
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    monkeypatch.setattr(evaluate_module, "folded_fraction", lambda pos, rest, tets: torch.full((len(pos),), 0.25))
+    r = invoke("eval", run, "--quiet", "--no-baselines")
+    assert r.exit_code == 0, r.output
+    assert "warning: the asset folds (25.0 %" in r.output and "global_fold_penalty=1" in r.output
+    assert json.loads((run / "eval/metrics.json").read_text())["folded"] == {"reconstruction": 0.25, "future": 0.25}
 
 
 def test_resume_reuses_matching_stages_and_reruns_changed_ones(tiny_data, tiny_run, tmp_path):
