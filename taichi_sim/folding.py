@@ -4,8 +4,9 @@ Springs only see distances, and a region mirrored through itself has the same di
 region at rest: a soft spring-mass object that is squashed hard can fold through itself and stay
 folded, a flat pancake whose springs are barely strained, where an elastic solid (the MPM truth,
 whose energy grows without bound as a volume goes to zero) springs back. Measured on the soft pawn
-thrown onto the ground, the fits that lost to "hold" had 9 to 16 % of these tetrahedra inverted
-from the first frames after landing, the one that beat it at most 1 % (README: the fit, stage 5).
+thrown onto the ground, the fits that lost to "hold" had 2.5 to 6.1 % of these tetrahedra
+inverted on average over the fitted frames (up to 16 % in one frame), the ones that beat it at
+most 0.2 % (2 % in one frame at the impact; README: the fit, stage 5).
 
 Every anchor gets one tetrahedron: itself and the three of its nearest springs' ends that make the
 best-shaped one at rest (the largest |det| of the three edges over the product of their lengths).
