@@ -1,5 +1,5 @@
-"""Folding: the share of a spring-mass object's local tetrahedra inverted or crushed flat, and the
-global search's penalty on candidates that fold."""
+"""Folding: the share of a spring-mass object's local tetrahedra inverted, and the global
+search's penalty on candidates that fold."""
 from __future__ import annotations
 
 import dataclasses
