@@ -24,6 +24,11 @@ favours under the spring model at all (split_probe: the fitted asset re-simulate
 made uniform, or split half a decade the true way or the other way, scored by the Chamfer distance
 to the true particles): a split the model with these anchors disfavours is a limit of the model
 (or of its anchors) on that scene, not of the optimiser.
+Two more columns say why a fit predicts poorly where it does: "turn" is the mean orientation error
+over the future frames (degrees between the asset's turn and the truth's; a stiff model that tips
+over on landing where the MPM truth lands flat), and "underside gap / offset" compares how far the
+anchors reach below the truth's unseen bottom with the contact offset the fit chose (JSON keys
+future_orientation_error, underside_gap, contact_offset; metres).
 With --json, one JSON object {"scenes": [...]} closes the output.
 """
 from __future__ import annotations
@@ -96,6 +101,26 @@ def split_probe(asset, data: Path, stiff) -> dict:
     return out
 
 
+def underside(asset, data: Path) -> dict:
+    """How far the anchors reach below the truth's bottom at frame 0 ("underside_gap", metres along
+    the ground's normal; cameras above the object never see its underside, so the anchors of its
+    visual hull hang below it) and how deep the fit lets them sink below the ground
+    ("contact_offset", the global search's; a raised ground counts negative). Where the two
+    differ, the offset stands in for something else: at the stiff end the contact time (when the
+    fall stops), which also sets when a stiff object leaves the ground again."""
+    from pipeline.data.scene import load_particles, read_scene
+
+    model = asset.model
+    if model.ground_point is None:
+        return {"underside_gap": None, "contact_offset": None}
+    normal = np.asarray(model.unit_normal(), np.float64)
+    lowest = float((asset.model.rest_positions.double().numpy() @ normal).min())
+    truth = float((load_particles(data, 0, surface_only=False) @ normal).min())
+    declared = float(np.asarray(model.ground_point, np.float64) @ normal)
+    raised = declared - float(np.asarray(read_scene(data).ground_point, np.float64) @ normal)  # placed() raised it
+    return {"underside_gap": truth - lowest, "contact_offset": model.contact_offset - raised}
+
+
 def summarise(name: str, spec: dict, run: Path, fit_s: float, data: Path) -> dict:
     import torch
 
@@ -119,6 +144,10 @@ def summarise(name: str, spec: dict, run: Path, fit_s: float, data: Path) -> dic
         # the share of the asset's local tetrahedra inverted over the future
         # frames (None for an eval written before sgaus measured it)
         "future_folded": m.get("folded", {}).get("future"),
+        # how far the predicted asset turned away from the truth over the future frames, degrees
+        # (a stiff model that tips on an uneven set of anchors where the truth lands flat)
+        "future_orientation_error": m.get("orientation_error_deg", {}).get("future"),
+        **underside(asset, data),
     }
     if spec.get("heterogeneous"):
         x = asset.model.rest_positions[:, 0].double()
@@ -170,10 +199,11 @@ def main() -> None:
               f"PSNR {r['future_psnr']:.2f} (hold {r['hold_future_psnr']:.2f}), fit {fit_s:.0f} s", flush=True)
 
     fmt = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+    cm = lambda v: None if v is None else 100 * v  # noqa: E731
     print()
     print("| scene | E (Pa) | mean log10 k | kappa | friction | restitution | future CD sgaus / hold / single k "
-          "| future PSNR sgaus / hold / single k | folded % | fit s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| future PSNR sgaus / hold / single k | folded % | turn ° | underside gap / offset cm | fit s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         extra = f" (stiff half {r['stiff_half_log_k']:.2f}, soft half {r['soft_half_log_k']:.2f})" \
             if "stiff_half_log_k" in r else ""
@@ -181,7 +211,9 @@ def main() -> None:
               f"{r['friction']:.2f} | {fmt(r['restitution'])} "
               f"| {fmt(r['future_cd'])} / {fmt(r['hold_future_cd'])} / {fmt(r['single_k_future_cd'])} "
               f"| {fmt(r['future_psnr'])} / {fmt(r['hold_future_psnr'])} / {fmt(r['single_k_future_psnr'])} "
-              f"| {fmt(None if r['future_folded'] is None else 100 * r['future_folded'], 1)} | {r['fit_s']:.0f} |")
+              f"| {fmt(None if r['future_folded'] is None else 100 * r['future_folded'], 1)} "
+              f"| {fmt(r['future_orientation_error'], 1)} "
+              f"| {fmt(cm(r['underside_gap']), 1)} / {fmt(cm(r['contact_offset']), 1)} | {r['fit_s']:.0f} |")
     tori = [r for r in rows if r["name"].startswith("torus_E")]
     checks = []
     if len(tori) > 1:

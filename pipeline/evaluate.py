@@ -150,6 +150,9 @@ def evaluate(run, data=None, scale: float | None = None, baselines: bool = True,
     per_frame = {"spring_gaus": frame_metrics(asset, means, ds, range(n), scale, progress, "eval", gt)}
     result = summarise(per_frame["spring_gaus"], fit_frames)
     result["folded"] = folding(asset, anchors, per_frame["spring_gaus"], fit_frames)
+    turned = orientation(asset, anchors, gt, per_frame["spring_gaus"], fit_frames)
+    if turned is not None:
+        result["orientation_error_deg"] = turned
     result["baselines"] = {}
     if baselines:
         # hold: identical to the fit up to its last frame, then frozen
@@ -191,6 +194,9 @@ def evaluate(run, data=None, scale: float | None = None, baselines: bool = True,
     table += (f"\nFolded (the share of the anchors' local tetrahedra inverted, an elastic solid's 0), "
               f"reconstruction / future: {100 * result['folded']['reconstruction']:.1f} % / "
               f"{100 * result['folded']['future']:.1f} %\n")
+    if turned is not None:
+        table += (f"\nOrientation error (degrees between the anchors' turn since frame 0 and the ground truth's), "
+                  f"reconstruction / future: {turned['reconstruction']:.1f} / {turned['future']:.1f}\n")
     if "mask_iou" in result["future"]:
         table += "\nMask IoU (rendered alpha > 0.5 vs. the capture's masks), reconstruction / future: " + ", ".join(
             f"{METHOD_LABELS.get(k, k)} {fmt_metric(v['reconstruction']['mask_iou'], 3)} / "
@@ -226,6 +232,23 @@ def folding(asset: Asset, anchors: torch.Tensor, rows: list[dict], fit_frames: i
     recon, future = share[1:fit_frames], share[fit_frames:]
     return {"reconstruction": float(recon.mean()) if len(recon) else 0.0,
             "future": float(future.mean()) if len(future) else 0.0}
+
+
+def orientation(asset: Asset, anchors: torch.Tensor, gt: list | None, rows: list[dict], fit_frames: int) -> dict | None:
+    """How far the asset's anchors [F,N,3] turned away from the ground truth's particles in each frame
+    (metrics.orientation_error_deg, each set's turn since its own frame 0), written into ``rows`` as
+    "orientation_error_deg", and its means over the fitted frames 1..F-1 and the future ones; None
+    without ground truth, or when its particles are not the same ones in every frame (no turn to
+    follow then)."""
+    if gt is None or any(len(g) != len(gt[0]) for g in gt):
+        return None
+    rest = asset.model.rest_positions
+    angles = [metrics.orientation_error_deg(rest, anchors[f].detach(), gt[0], gt[f]) for f in range(len(gt))]
+    for row in rows:
+        row["orientation_error_deg"] = angles[row["frame"]]
+    recon, future = angles[1:fit_frames], angles[fit_frames:]
+    return {"reconstruction": float(np.mean(recon)) if recon else 0.0,
+            "future": float(np.mean(future)) if future else 0.0}
 
 
 def fit_settings(run_dir: RunDir):

@@ -55,6 +55,12 @@ def test_eval_writes_metrics_table_and_video(tiny_run):
     assert m["folded"]["reconstruction"] == pytest.approx(np.mean(shares[1:fit]))
     assert m["folded"]["future"] == pytest.approx(np.mean(shares[fit:]))
     assert "Folded" in table
+    # how far the asset turned away from the truth (metrics.orientation_error_deg), 0 at frame 0
+    angles = [r["orientation_error_deg"] for r in rows]
+    assert angles[0] == pytest.approx(0.0, abs=1e-6) and all(0.0 <= a <= 180.0 for a in angles)
+    assert m["orientation_error_deg"]["future"] == pytest.approx(np.mean(angles[fit:]))
+    assert m["orientation_error_deg"]["reconstruction"] == pytest.approx(np.mean(angles[1:fit]))
+    assert "Orientation error" in table
 
 
 def test_eval_warns_when_the_asset_folds(tiny_run, tmp_path, monkeypatch):
@@ -67,6 +73,27 @@ def test_eval_warns_when_the_asset_folds(tiny_run, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert "warning: the asset folds (25.0 %" in r.output and "global_fold_penalty=1" in r.output
     assert json.loads((run / "eval/metrics.json").read_text())["folded"] == {"reconstruction": 0.25, "future": 0.25}
+
+
+def test_orientation_error_follows_the_truth_only_where_its_particles_persist():
+    from types import SimpleNamespace
+
+    from pipeline.evaluate import orientation
+
+    rng = np.random.default_rng(0)
+    rest, particles = torch.from_numpy(rng.uniform(-1, 1, (40, 3))), rng.uniform(-1, 1, (60, 3))
+    c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
+    tip = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    asset = SimpleNamespace(model=SimpleNamespace(rest_positions=rest))
+    # the asset tips 20 degrees in frames 2 and 3 while the truth stays level: 20 there, 0 elsewhere
+    anchors = torch.stack([rest, rest + 0.1, rest @ torch.from_numpy(tip).T, rest @ torch.from_numpy(tip).T])
+    rows = [{"frame": f} for f in range(4)]
+    out = orientation(asset, anchors, [particles] * 4, rows, fit_frames=2)
+    assert [r["orientation_error_deg"] for r in rows] == pytest.approx([0, 0, 20, 20], abs=1e-6)
+    assert out == pytest.approx({"reconstruction": 0.0, "future": 20.0}, abs=1e-6)
+    # no truth, or particles that differ between frames (another dataset's): nothing to follow
+    assert orientation(asset, anchors, None, rows, 2) is None
+    assert orientation(asset, anchors, [particles, particles[:50], particles, particles], rows, 2) is None
 
 
 def test_resume_reuses_matching_stages_and_reruns_changed_ones(tiny_data, tiny_run, tmp_path):

@@ -52,3 +52,32 @@ def test_bad_inputs_raise_clear_errors():
         chamfer_distance(np.zeros((4, 2)), np.zeros((4, 3)))
     with pytest.raises(ValueError, match="at least 11"):
         ssim(torch.zeros(8, 8, 3), torch.zeros(8, 8, 3))
+
+
+def _rotation(axis, degrees):
+    axis = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    t = np.radians(degrees)
+    return np.eye(3) + np.sin(t) * k + (1 - np.cos(t)) * k @ k
+
+
+def test_orientation_error_measures_the_turn_between_prediction_and_truth():
+    from pipeline.metrics import best_rotation, orientation_error_deg, rotation_angle_deg
+
+    pred0, gt0 = _cloud(300, seed=5), _cloud(500, seed=6)  # different point sets, no correspondence
+    tip = _rotation([1, 0, 0], 30)
+    # the best rotation is recovered exactly, whatever the translation
+    assert np.allclose(best_rotation(pred0, pred0 @ tip.T + [0.3, -1.0, 2.0]), tip, atol=1e-9)
+    assert rotation_angle_deg(tip) == pytest.approx(30.0)
+    # both turn the same way: no error; only the prediction tips: its angle
+    yaw = _rotation([0, 1, 0], 50)
+    assert orientation_error_deg(pred0, pred0 @ yaw.T, gt0, gt0 @ yaw.T + 0.1) == pytest.approx(0.0, abs=1e-6)
+    assert orientation_error_deg(pred0, pred0 @ (tip @ yaw).T, gt0, gt0 @ yaw.T) == pytest.approx(30.0)
+    # a mirror image is not a rotation: the best proper one is taken
+    mirrored = pred0 * [1, 1, -1]
+    assert np.linalg.det(best_rotation(pred0, mirrored)) == pytest.approx(1.0)
+    # a squash to 0.8 of the height, no turn, reads as under a degree (a random cloud is not
+    # symmetric, so Kabsch sees a little turn in a stretch), far below a tip
+    assert orientation_error_deg(pred0, pred0 * [1, 0.8, 1], gt0, gt0) < 1.0
+    with pytest.raises(ValueError, match="same points"):
+        best_rotation(pred0, pred0[:10])
