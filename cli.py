@@ -192,6 +192,10 @@ def reconstruct_cmd(ctx, data, out, iterations, scale, image_size, n_init, init,
               help="Photos of the object in its frame-0 pose from the upper hemisphere, which `sgaus fit` uses for "
                    "the object's shape beside the videos' frame 0 (they see its top); with --capture, the static "
                    "capture's photos.  [default: 0; with --capture 60]")
+@click.option("--static-elevation", type=Numbers(2), default="10,70", show_default=True, metavar="LOW,HIGH",
+              help="LOW,HIGH: the elevations (degrees above the horizon, seen from the object) the static photos "
+                   "are spread over; the default is the upper hemisphere, as a person walks around an object, which "
+                   "never sees its underside; a negative LOW also photographs it from below (above the ground).")
 @click.option("--static-resolution", type=int, default=160, show_default=True,
               help="With --capture: width of the static photos (4:3).")
 @click.option("--out", required=True, type=click.Path(), help="Dataset directory to write.")
@@ -201,11 +205,12 @@ def reconstruct_cmd(ctx, data, out, iterations, scale, image_size, n_init, init,
 def generate_mpm_cmd(ctx, shape, mesh, size, rotate, drop_height, youngs_modulus, poisson_ratio, density, material,
                      heterogeneous, stiffness_factor, gravity, velocity, ground_height, ground, friction, views, frames,
                      frame_dt, resolution, grid, seed, fit_frames, shading, variant_of, capture, static_views,
-                     static_resolution, out, overwrite, quiet):
+                     static_elevation, static_resolution, out, overwrite, quiet):
     """Simulate an elastic object with MLS-MPM and render a multi-view video of it (ground truth)."""
     from click.core import ParameterSource
 
-    from pipeline.generate import GenerateConfig, generate, variant_config
+    from pipeline.data.cameras import check_elevation
+    from pipeline.generate import STATIC_ELEVATION, GenerateConfig, generate, variant_config
 
     if shape is not None and mesh is not None:
         raise click.BadParameter("--shape and --mesh exclude each other")
@@ -240,6 +245,10 @@ def generate_mpm_cmd(ctx, shape, mesh, size, rotate, drop_height, youngs_modulus
     cfg.validate()  # before Taichi starts: bad options fail fast and write nothing
     if static_views is not None and static_views < (1 if capture else 0):
         raise SgausError(f"--static-views must be {'1' if capture else '0'} or more, got {static_views}")
+    elevation = check_elevation(static_elevation, "--static-elevation")
+    if capture and elevation != STATIC_ELEVATION:
+        raise click.BadParameter("--static-elevation is for generated videos' photos; --capture's static capture "
+                                 "is taken around the object on the ground")
     if capture == "real":
         from pipeline.capture_gen import generate_capture
 
@@ -250,7 +259,8 @@ def generate_mpm_cmd(ctx, shape, mesh, size, rotate, drop_height, youngs_modulus
         return
     check_output_dir(out, "dataset", overwrite=overwrite, protect=[mesh] if mesh else ())
     _taichi(ctx)
-    path = generate(cfg, out, progress=not quiet, log=click.echo, static_views=static_views or 0)
+    path = generate(cfg, out, progress=not quiet, log=click.echo, static_views=static_views or 0,
+                    static_elevation=elevation)
     click.echo(f"wrote {path}")
 
 

@@ -8,7 +8,7 @@ generator wrote it or its number of static photos differs), fits it with the pre
 true Young's modulus, the fitted mean log10 k, kappa, the friction factor, future CD / PSNR for
 sgaus, hold and single k, and the fit's wall time. Scenes (5 views, 128 px, 30 frames, 20 fitted,
 as the issue measured them, and 24 static photos of frame 0 from the upper hemisphere,
-generate-mpm --static-views, for the shape):
+generate-mpm --static-views, for the shape; --static-elevation -15,70 photographs it from below too):
 
 * torus_E1e4 .. torus_E1e6: the same torus dropped the same way at E = 1e4, 3e4, 1e5, 3e5, 1e6 Pa
 * pawn_thrown: a soft pawn (E = 1e4) thrown sideways
@@ -166,11 +166,22 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
                     help="fit settings for every scene (e.g. global_search=false for the old behaviour)")
     ap.add_argument("--tag", default="", help="suffix of the run directories (to compare settings)")
+    ap.add_argument("--static-elevation", default="10,70", metavar="LOW,HIGH",
+                    help="elevations of the static photos (generate-mpm --static-elevation); a scene generated with "
+                         "others is generated again")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from pipeline.data.scene import read_scene
-    from pipeline.generate import GENERATOR_VERSION
+    from pipeline.data.cameras import check_elevation
+    from pipeline.generate import GENERATOR_VERSION, STATIC_ELEVATION
+
+    from taichi_sim.errors import SgausError
+
+    try:
+        elevation = list(check_elevation(args.static_elevation.split(","), "--static-elevation"))
+    except SgausError as e:
+        raise SystemExit(str(e)) from None
 
     out = Path(args.out)
     names = args.only or list(SCENES)
@@ -182,10 +193,13 @@ def main() -> None:
         spec = SCENES[name]
         data, run = out / "data" / name, out / "runs" / f"{name}{args.tag}"
         scene = read_scene(data)
+        cams = {} if scene is None else scene.raw.get("cameras", {})
         if (scene is None or scene.generator_version != GENERATOR_VERSION  # none yet, or an older (or unnamed) one
-                or scene.raw.get("cameras", {}).get("static_views", 0) != STATIC_VIEWS):
+                or cams.get("static_views", 0) != STATIC_VIEWS
+                or cams.get("static_elevation_deg", list(STATIC_ELEVATION)) != elevation):
             print(f"{name}: generating", flush=True)
-            sgaus("generate-mpm", *spec["args"], *COMMON, "--out", data, "--quiet", "--overwrite")
+            sgaus("generate-mpm", *spec["args"], *COMMON, f"--static-elevation={args.static_elevation}", "--out", data,
+                  "--quiet", "--overwrite")
         print(f"{name}: fitting", flush=True)
         t0 = time.perf_counter()
         sets = [a for s in args.sets for a in ("--set", s)]

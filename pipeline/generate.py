@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.data.files import atomic_dir, write_json
-from pipeline.data.cameras import Cameras, hemisphere_cameras, orbit_cameras
+from pipeline.data.cameras import Cameras, check_elevation, hemisphere_cameras, orbit_cameras
 from pipeline.shapes import SHAPES, ParticleObject, fill_object, shape_names, split_halves
 from taichi_sim.errors import SgausError
 from taichi_sim.mpm import (
@@ -306,6 +306,7 @@ def particle_colors(obj: ParticleObject, rest: np.ndarray | None = None) -> np.n
 
 
 CAMERA_FOV = 40.0  # degrees, horizontal, of every generated camera
+STATIC_ELEVATION = (10.0, 70.0)  # degrees: static photos from the upper hemisphere, a person walking around
 
 
 def _framing_distance(lo: np.ndarray, hi: np.ndarray) -> float:
@@ -349,10 +350,12 @@ def _to_u8(a: torch.Tensor) -> np.ndarray:
     return (a.detach().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
 
 
-def scene_json(cfg: GenerateConfig, sim: SimResult, variant_of: dict | None = None, static_views: int = 0) -> dict:
+def scene_json(cfg: GenerateConfig, sim: SimResult, variant_of: dict | None = None, static_views: int = 0,
+               static_elevation=STATIC_ELEVATION) -> dict:
     """scene.json's document; ``options`` holds ``cfg`` itself (the mesh path made absolute), from
     which ``--variant-of`` rebuilds the same object; ``variant_of`` ({data, changed}) is recorded
-    when given; ``cameras.static_views`` is the number of static photos."""
+    when given; ``cameras.static_views`` is the number of static photos and, where there are any,
+    ``cameras.static_elevation_deg`` the range of their elevations."""
     parts = [{"id": 0, "youngs_modulus": float(cfg.youngs_modulus), "n_particles": int(np.sum(sim.obj.part == 0))}]
     if cfg.heterogeneous:
         parts[0]["region"] = "x <= median"
@@ -381,7 +384,8 @@ def scene_json(cfg: GenerateConfig, sim: SimResult, variant_of: dict | None = No
         "contact_frame": sim.contact_frame,
         "split": {"fit": [0, int(cfg.fit_frames)], "future": [int(cfg.fit_frames), int(cfg.frames)]},
         "cameras": {"n": int(cfg.views), "width": int(cfg.resolution), "height": int(cfg.resolution),
-                    "static_views": int(static_views)},
+                    "static_views": int(static_views),
+                    **({"static_elevation_deg": [float(v) for v in static_elevation]} if static_views else {})},
         "shading": ({"enabled": True, "model": "lambert", "ambient": SHADING_AMBIENT,
                      "light_direction": list(LIGHT_DIRECTION)} if cfg.shading else {"enabled": False}),
         "options": {**cfg.to_dict(), "mesh": str(Path(cfg.mesh).resolve()) if cfg.mesh else None},
@@ -448,15 +452,24 @@ def variant_config(data: str | Path, **changes) -> tuple[GenerateConfig, dict]:
     return cfg, {"data": str(root.resolve()), "changed": changed}
 
 
-def static_cameras(cfg: GenerateConfig, n: int, positions0: np.ndarray) -> Cameras:
-    """``n`` cameras over the upper hemisphere (elevation 10 to 70 degrees) around the object as it is
-    at frame 0 (``positions0`` [P,3]), at the videos' image size, the object's bounding sphere
-    filling the 40 degree field of view with a margin, named static_000...: the photos a person
-    takes walking around the object, which see its top (a torus's hole) as the videos' low ring
-    of cameras does not."""
+def static_cameras(cfg: GenerateConfig, n: int, positions0: np.ndarray, elevation=STATIC_ELEVATION) -> Cameras:
+    """``n`` cameras around the object as it is at frame 0 (``positions0`` [P,3]), at elevations
+    spread over ``elevation`` (degrees; by default 10 to 70, the upper hemisphere), at the videos'
+    image size, the object's bounding sphere filling the 40 degree field of view with a margin,
+    named static_000...: the photos a person takes walking around the object, which see its top (a
+    torus's hole) as the videos' low ring of cameras does not. A negative low bound also looks at
+    its underside, which no camera above it sees; a camera that would stand below the ground is
+    an error naming the bound."""
     lo, hi = positions0.min(axis=0).astype(np.float64), positions0.max(axis=0).astype(np.float64)
-    return hemisphere_cameras(n, (lo + hi) / 2, _framing_distance(lo, hi), (0.0, 1.0, 0.0), CAMERA_FOV,
-                              cfg.resolution, cfg.resolution, prefix="static_", digits=3)
+    centre, distance = (lo + hi) / 2, _framing_distance(lo, hi)
+    low, _high = check_elevation(elevation)
+    lowest = centre[1] + distance * math.sin(math.radians(low))
+    if lowest <= cfg.ground_height:
+        raise SgausError(f"--static-elevation {low:g} puts a static camera {cfg.ground_height - lowest:.3f} below the "
+                         f"ground (the object's centre is {centre[1] - cfg.ground_height:.3f} above it, the cameras "
+                         f"{distance:.3f} away); raise the low bound or the drop height")
+    return hemisphere_cameras(n, centre, distance, (0.0, 1.0, 0.0), CAMERA_FOV,
+                              cfg.resolution, cfg.resolution, prefix="static_", digits=3, elevation=elevation)
 
 
 def _write_rgba(folder: Path, name: str, rgb: torch.Tensor, alpha: torch.Tensor, mask_folder: Path) -> None:
@@ -471,11 +484,12 @@ def _write_rgba(folder: Path, name: str, rgb: torch.Tensor, alpha: torch.Tensor,
 
 
 def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True, log=None,
-             timings: dict | None = None, variant_of: dict | None = None, static_views: int = 0) -> Path:
+             timings: dict | None = None, variant_of: dict | None = None, static_views: int = 0,
+             static_elevation=STATIC_ELEVATION) -> Path:
     """Simulate and render ``cfg`` into the dataset directory ``out``; returns its path.
     ``variant_of`` ({data, changed}, from :func:`variant_config`) is recorded in scene.json.
-    ``static_views`` > 0 adds that many photos of frame 0 from the upper hemisphere
-    (:func:`static_cameras`) in ``out/static/`` (a one-frame transforms.json, images/, masks/), which
+    ``static_views`` > 0 adds that many photos of frame 0 from the elevations ``static_elevation``
+    (degrees, by default the upper hemisphere; :func:`static_cameras`) in ``out/static/`` (a one-frame transforms.json, images/, masks/), which
     `sgaus fit` uses for the object's shape (static Gaussians and anchors) beside the videos' frame 0.
 
     ``timings``, when given, receives seconds spent: simulate_s, render_s (rasterisation only),
@@ -492,6 +506,8 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True, log=No
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out exists and is not a directory: {out}")
+    if static_views:  # before the simulation: a bad range costs nothing
+        check_elevation(static_elevation)
     sim = simulate_object(cfg, progress=progress)
     render_s = 0.0
     if log:
@@ -518,7 +534,7 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True, log=No
             for c, name in enumerate(cameras.names):
                 _write_rgba(tmp / "images" / name, f"{f:03d}.png", rgb[c], alpha[c], tmp / "masks" / name)
         if static_views:
-            scams = static_cameras(cfg, int(static_views), sim.positions[0])
+            scams = static_cameras(cfg, int(static_views), sim.positions[0], static_elevation)
             write_transforms(tmp / "static", scams, 1, cfg.frame_dt, image_pattern="images/{camera}.png",
                              mask_pattern="masks/{camera}.png")
             for sub in ("images", "masks"):
@@ -528,7 +544,7 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True, log=No
                 rgb, alpha = render_frame(sim.positions[0][shown], shown_colors, scale, scams)
             for c, name in enumerate(scams.names):
                 _write_rgba(tmp / "static" / "images", f"{name}.png", rgb[c], alpha[c], tmp / "static" / "masks")
-        write_json(tmp / "scene.json", scene_json(cfg, sim, variant_of, int(static_views)))
+        write_json(tmp / "scene.json", scene_json(cfg, sim, variant_of, int(static_views), static_elevation))
     if timings is not None:
         total = time.perf_counter() - t_start
         timings.update(simulate_s=sim.seconds, render_s=render_s, write_s=total - sim.seconds - render_s, total_s=total,

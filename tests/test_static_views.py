@@ -48,7 +48,8 @@ def test_the_photos_see_frame_0_from_the_upper_hemisphere_and_the_video_is_uncha
                 (photos / "images" / cam / f"{f:03d}.png").read_bytes()
     assert not (plain / "static").exists()
     scene = load_dataset(photos).scene.raw
-    assert scene["cameras"] == {"n": 2, "width": 64, "height": 64, "static_views": N_STATIC}
+    assert scene["cameras"] == {"n": 2, "width": 64, "height": 64, "static_views": N_STATIC,
+                                "static_elevation_deg": [10.0, 70.0]}
     st = load_dataset(photos / "static")
     assert st.n_frames == 1 and st.cameras.names == [f"static_{i:03d}" for i in range(N_STATIC)]
     assert (st.cameras.width, st.cameras.height) == (64, 64)
@@ -130,6 +131,53 @@ def test_bad_static_views_option_is_one_line(tmp_path):
     r = invoke("generate-mpm", *TINY_TORUS, "--static-views", -2, "--out", tmp_path / "bad", "--quiet")
     assert r.exit_code != 0 and "--static-views must be 0 or more, got -2" in r.output
     assert "Traceback" not in r.output and not (tmp_path / "bad").exists()
+
+
+def test_photos_from_below_carve_the_underside_the_upper_hemisphere_leaves(torus, tmp_path):
+    """Cameras above an object never see its underside, so its visual hull hangs below it (the
+    fit's contact offset stands in for that depth); --static-elevation with a negative low bound
+    photographs it from below too."""
+    _, photos = torus
+    below = tmp_path / "below"
+    r = invoke("generate-mpm", *TINY_TORUS, "--static-views", N_STATIC, "--static-elevation=-20,60", "--out", below,
+               "--quiet")
+    assert r.exit_code == 0, r.output
+    assert load_dataset(below).scene.raw["cameras"]["static_elevation_deg"] == [-20.0, 60.0]
+    x = np.load(below / "particles" / "000.npz")["x"].astype(np.float64)
+    centre = x.mean(0)
+    st = load_dataset(below / "static")
+    d = st.cameras.centers().numpy() - centre
+    elevations = np.degrees(np.arcsin(d[:, 1] / np.linalg.norm(d, axis=1)))
+    assert elevations.min() < -5 and elevations.max() < 60 and (elevations < 0).sum() >= 2
+    # how far each hull reaches below the torus's ring: the upper hemisphere's photos leave a
+    # skirt of 3 cm here; two photos from below carve about a third of it (the ring's own
+    # silhouette seen from below still covers the rest, and a pixel is 7 mm)
+    bottom = x[:, 1].min()
+    _, hole = _hole_axis(below)
+    radius = 0.5 * (hole + np.linalg.norm((x - centre)[:, [0, 2]], axis=1).max())  # the tube's centre line
+    turns = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    depths = np.linspace(0.0, 0.06, 61)
+    pts = torch.tensor(np.array([[centre[0] + radius * np.cos(t), bottom - dy, centre[2] + radius * np.sin(t)]
+                                 for t in turns for dy in depths]), dtype=torch.float32)
+
+    def skirt(data) -> float:
+        v = frame0_views(load_dataset(data))
+        inside = inside_visual_hull(pts, v.frame(0)[..., 3:4], v.cameras).reshape(len(turns), len(depths)).numpy()
+        return float(np.mean([depths[row].max() if row.any() else 0.0 for row in inside]))
+
+    assert skirt(photos) > skirt(below) + 0.005
+
+
+def test_bad_static_elevation_is_one_line_and_writes_nothing(tmp_path):
+    for value, message in (("30,20", "--static-elevation must satisfy -90 < LOW <= HIGH < 90 degrees, got 30,20"),
+                           ("-90,10", "--static-elevation must satisfy"),
+                           ("10", "--static-elevation: '10' has 1 number(s); expected 2 numbers"),
+                           ("-80,10", "--static-elevation -80 puts a static camera")):
+        out = tmp_path / value.replace(",", "_")
+        r = invoke("generate-mpm", *TINY_TORUS, "--static-views", 2, f"--static-elevation={value}", "--out", out,
+                   "--quiet")
+        assert r.exit_code != 0 and message in r.output, (value, r.output)
+        assert "Traceback" not in r.output and not out.exists()
 
 
 def test_the_fit_takes_the_shape_from_the_photos(torus, tmp_path):

@@ -171,13 +171,27 @@ def orbit_cameras(
     return Cameras(torch.stack(views), K, width, height, [f"{prefix}{i:0{digits}d}" for i in range(n)])
 
 
+def check_elevation(elevation, name: str = "an elevation range") -> tuple[float, float]:
+    """(low, high) elevations in degrees, checked: two finite numbers, low <= high, both strictly
+    between -90 and 90 (a camera straight above or below has no azimuth to look along)."""
+    try:
+        lo, hi = (float(v) for v in elevation)
+    except (TypeError, ValueError):
+        raise SgausError(f"{name} must be two numbers LOW,HIGH in degrees, got {elevation!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and -90 < lo <= hi < 90):
+        raise SgausError(f"{name} must satisfy -90 < LOW <= HIGH < 90 degrees, got {lo:g},{hi:g}")
+    return lo, hi
+
+
 def hemisphere_cameras(n: int, centre, radius: float, up, fov_x: float, width: int, height: int,
-                       prefix: str = "IMG_", digits: int = 4) -> Cameras:
-    """``n`` cameras on a golden-angle spiral over the upper hemisphere around ``centre`` (elevation
-    10 to 70 degrees above the plane normal to ``up``), all looking at it from ``radius`` away,
-    named ``prefix`` + index (``digits`` wide): a person walking around an object on a table."""
+                       prefix: str = "IMG_", digits: int = 4, elevation=(10.0, 70.0)) -> Cameras:
+    """``n`` cameras on a golden-angle spiral around ``centre`` at elevations spread evenly over
+    ``elevation`` (degrees above the plane normal to ``up``; by default 10 to 70, the upper
+    hemisphere: a person walking around an object on a table; a negative bound also looks from
+    below), all looking at it from ``radius`` away, named ``prefix`` + index (``digits`` wide)."""
     if n <= 0:
         raise SgausError(f"the number of views must be positive, got {n}")
+    lo_el, hi_el = check_elevation(elevation)
     centre = np.asarray(centre, dtype=np.float64)
     up = np.asarray(up, dtype=np.float64)
     up = up / np.linalg.norm(up)
@@ -188,7 +202,7 @@ def hemisphere_cameras(n: int, centre, radius: float, up, fov_x: float, width: i
     mats = []
     golden = math.pi * (3 - math.sqrt(5))
     for i in range(n):
-        el = math.radians(10 + 60 * (i + 0.5) / n)
+        el = math.radians(lo_el + (hi_el - lo_el) * (i + 0.5) / n)
         az = i * golden
         d = math.cos(el) * (math.cos(az) * e1 + math.sin(az) * e2) + math.sin(el) * up
         mats.append(look_at(centre + radius * d, centre, up))
