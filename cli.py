@@ -247,8 +247,10 @@ def generate_mpm_cmd(ctx, shape, mesh, size, rotate, drop_height, youngs_modulus
         raise SgausError(f"--static-views must be {'1' if capture else '0'} or more, got {static_views}")
     elevation = check_elevation(static_elevation, "--static-elevation")
     if capture and elevation != STATIC_ELEVATION:
-        raise click.BadParameter("--static-elevation is for generated videos' photos; --capture's static capture "
-                                 "is taken around the object on the ground")
+        raise SgausError("--static-elevation is for generated videos' photos; --capture's static capture is taken "
+                         "around the object on the ground")
+    if not static_views and not capture and elevation != STATIC_ELEVATION:
+        raise SgausError("--static-elevation has no effect without --static-views N (N > 0)")
     if capture == "real":
         from pipeline.capture_gen import generate_capture
 

@@ -114,7 +114,7 @@ def underside(asset, data: Path) -> dict:
     if model.ground_point is None:
         return {"underside_gap": None, "contact_offset": None}
     normal = np.asarray(model.unit_normal(), np.float64)
-    lowest = float((asset.model.rest_positions.double().numpy() @ normal).min())
+    lowest = float((model.rest_positions.double().numpy() @ normal).min())
     truth = float((load_particles(data, 0, surface_only=False) @ normal).min())
     declared = float(np.asarray(model.ground_point, np.float64) @ normal)
     raised = declared - float(np.asarray(read_scene(data).ground_point, np.float64) @ normal)  # placed() raised it

@@ -489,8 +489,9 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True, log=No
     """Simulate and render ``cfg`` into the dataset directory ``out``; returns its path.
     ``variant_of`` ({data, changed}, from :func:`variant_config`) is recorded in scene.json.
     ``static_views`` > 0 adds that many photos of frame 0 from the elevations ``static_elevation``
-    (degrees, by default the upper hemisphere; :func:`static_cameras`) in ``out/static/`` (a one-frame transforms.json, images/, masks/), which
-    `sgaus fit` uses for the object's shape (static Gaussians and anchors) beside the videos' frame 0.
+    (degrees, by default the upper hemisphere; :func:`static_cameras`) in ``out/static/`` (a
+    one-frame transforms.json, images/, masks/), which `sgaus fit` uses for the object's shape
+    (static Gaussians and anchors) beside the videos' frame 0.
 
     ``timings``, when given, receives seconds spent: simulate_s, render_s (rasterisation only),
     write_s (PNG and npz encoding), total_s, and substeps (the substeps simulated).
@@ -506,7 +507,7 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True, log=No
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out exists and is not a directory: {out}")
-    if static_views:  # before the simulation: a bad range costs nothing
+    if static_views:  # the range before the simulation (a camera below the ground is known only after it)
         check_elevation(static_elevation)
     sim = simulate_object(cfg, progress=progress)
     render_s = 0.0

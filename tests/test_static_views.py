@@ -178,6 +178,9 @@ def test_bad_static_elevation_is_one_line_and_writes_nothing(tmp_path):
                    "--quiet")
         assert r.exit_code != 0 and message in r.output, (value, r.output)
         assert "Traceback" not in r.output and not out.exists()
+    r = invoke("generate-mpm", *TINY_TORUS, "--static-elevation=-10,60", "--out", tmp_path / "none", "--quiet")
+    assert r.exit_code != 0 and "--static-elevation has no effect without --static-views" in r.output
+    assert not (tmp_path / "none").exists()
 
 
 def test_the_fit_takes_the_shape_from_the_photos(torus, tmp_path):
