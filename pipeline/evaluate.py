@@ -227,11 +227,7 @@ def folding(asset: Asset, anchors: torch.Tensor, rows: list[dict], fit_frames: i
     fitted frames 1..F-1 and the future ones."""
     rest = asset.model.rest_positions
     share = folded_fraction(anchors, rest, local_tetrahedra(rest, asset.model.neighbors))
-    for row in rows:
-        row["folded"] = float(share[row["frame"]])
-    recon, future = share[1:fit_frames], share[fit_frames:]
-    return {"reconstruction": float(recon.mean()) if len(recon) else 0.0,
-            "future": float(future.mean()) if len(future) else 0.0}
+    return _per_frame(rows, "folded", [float(v) for v in share], fit_frames)
 
 
 def orientation(asset: Asset, anchors: torch.Tensor, gt: list | None, rows: list[dict], fit_frames: int) -> dict | None:
@@ -244,9 +240,15 @@ def orientation(asset: Asset, anchors: torch.Tensor, gt: list | None, rows: list
         return None
     rest = asset.model.rest_positions
     angles = [metrics.orientation_error_deg(rest, anchors[f].detach(), gt[0], gt[f]) for f in range(len(gt))]
+    return _per_frame(rows, "orientation_error_deg", angles, fit_frames)
+
+
+def _per_frame(rows: list[dict], key: str, values: list[float], fit_frames: int) -> dict:
+    """Write ``values`` (one per frame of the trajectory) into ``rows`` under ``key``, and return
+    their means over the fitted frames 1..fit_frames-1 and the future ones (0 where there are none)."""
     for row in rows:
-        row["orientation_error_deg"] = angles[row["frame"]]
-    recon, future = angles[1:fit_frames], angles[fit_frames:]
+        row[key] = values[row["frame"]]
+    recon, future = values[1:fit_frames], values[fit_frames:]
     return {"reconstruction": float(np.mean(recon)) if recon else 0.0,
             "future": float(np.mean(future)) if future else 0.0}
 
