@@ -60,7 +60,10 @@ def test_changing_any_stage_setting_changes_the_stage_key(name):
 ROOT_SETTINGS = {"image_size", "fit_frames", "velocity_frames", "global_search"}
 
 
-def test_every_fit_setting_reaches_a_stage():
+def test_every_fit_setting_reaches_a_stage(tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "points.npy", np.zeros((4, 3)))  # anchor_points: the file is read for its digest
     base = make_settings("fast")
     stages = _stages(base)
     for f in dataclasses.fields(FitSettings):
@@ -69,6 +72,7 @@ def test_every_fit_setting_reaches_a_stage():
         value = getattr(base, f.name)
         choices = {"force_law": ("smooth", "paper"), "friction_mode": ("per_time", "per_substep")}
         other = next(c for c in choices[f.name] if c != value) if f.name in choices else _other(value)
+        other = str(tmp_path / "points.npy") if f.name == "anchor_points" else other
         changed = _stages(dataclasses.replace(base, **{f.name: other}))
         assert changed != stages, f"the setting {f.name} changes no stage's settings (and so no cache key)"
 

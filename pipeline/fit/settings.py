@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.data.points import file_digest
 from pipeline.data.schema import read_yaml
 from pipeline.fit.anchors import AnchorSettings
 from pipeline.fit.checkpoint import CheckpointPolicy
@@ -59,6 +60,11 @@ class FitSettings:
         centres, thinned by farthest-point sampling) or "lattice" (a cubic lattice with layers
         parallel to the ground, its lowest layer at the object's bottom: a flat bottom meets a flat
         ground all at once instead of anchor by anchor; README: the fit, stage 2).
+      anchor_points: a file of points (.npy, .npz, .ply; pipeline/data/points.py) that replaces
+        the hull: the anchors are thinned from them by farthest-point sampling ("" = the hull).
+        A known geometry (a scan, a CAD model sampled through its volume, or in the benchmark the
+        truth's own particles: bench_identify --truth-anchors) in the anchors' coordinates (frame
+        0's scene; a capture: the static photos' frame); the stage is keyed by the file's content.
       p_k: force-law exponent (Eq. 9); force_law: "smooth" (authors' code) or "paper" (Eq. 9 as printed).
       zeta0, mass: damping (Eq. 17) and mass per anchor.
       friction_mode: "per_time" (the ground's tangential factor per 0.3 ms of contact: the same
@@ -166,6 +172,7 @@ class FitSettings:
     p_b: float = 0.5
     anchor_splat_hull: bool = False
     anchor_layout: str = "fps"
+    anchor_points: str = ""
     p_k: float = 0.5
     force_law: str = "smooth"
     zeta0: float = 0.1
@@ -247,6 +254,9 @@ class FitSettings:
         check_choices(self)
         if self.anchor_layout not in ANCHOR_LAYOUTS:
             raise SgausError(f"anchor_layout must be one of {', '.join(ANCHOR_LAYOUTS)}, got {self.anchor_layout!r}")
+        if self.anchor_points and (self.anchor_layout != "fps" or self.anchor_splat_hull):
+            raise SgausError("anchor_points replaces the hull the anchors are sampled in: it takes neither "
+                             "anchor_layout=lattice nor anchor_splat_hull")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -288,8 +298,9 @@ class FitSettings:
                               opacity_reset_every=self.static_opacity_reset_every)
 
     def anchors(self) -> AnchorSettings:
+        points = str(Path(self.anchor_points).resolve()) if self.anchor_points else ""
         return AnchorSettings(self.n_anchors, self.k_neighbors, self.n_b, self.p_b, self.seed, self.anchor_splat_hull,
-                              self.anchor_layout)
+                              self.anchor_layout, points, file_digest(points) if points else "")
 
     def refine(self) -> RefineSettings:
         return RefineSettings(self.refine_iterations, self.refine_lr, self.seed)
