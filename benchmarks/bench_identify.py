@@ -29,6 +29,10 @@ over the future frames (degrees between the asset's turn and the truth's; a stif
 over on landing where the MPM truth lands flat), and "underside gap / offset" compares how far the
 anchors reach below the truth's unseen bottom with the contact offset the fit chose (JSON keys
 future_orientation_error, underside_gap, contact_offset; metres).
+With --truth-anchors each fit takes its anchors from the truth's own particles at frame 0 (fit
+setting anchor_points, thinned by farthest-point sampling) and searches no contact offset, the
+anchors' bottom being the true one: what the identification gives when the reconstruction of the
+volume is perfect, to tell its errors from those of the physics (use a --tag of its own).
 With --json, one JSON object {"scenes": [...]} closes the output.
 """
 from __future__ import annotations
@@ -169,6 +173,9 @@ def main() -> None:
     ap.add_argument("--static-elevation", default="10,70", metavar="LOW,HIGH",
                     help="elevations of the static photos (generate-mpm --static-elevation); a scene generated with "
                          "others is generated again")
+    ap.add_argument("--truth-anchors", action="store_true",
+                    help="anchors from the truth's particles at frame 0 and no contact offset (the volume known "
+                         "exactly, to tell reconstruction errors from identification errors)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -203,6 +210,8 @@ def main() -> None:
         print(f"{name}: fitting", flush=True)
         t0 = time.perf_counter()
         sets = [a for s in args.sets for a in ("--set", s)]
+        if args.truth_anchors:
+            sets += ["--set", f"anchor_points={data / 'particles' / '000.npz'}", "--set", "global_contact_offset_max=0"]
         sgaus("fit", data, "--out", run, "--preset", args.preset, "--resume", "--quiet", *sets)
         fit_s = time.perf_counter() - t0
         if not (run / "eval" / "metrics.json").exists():  # a fit that wrote a new asset removed the old eval
