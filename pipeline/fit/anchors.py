@@ -8,7 +8,7 @@ from pipeline.data.anchors import Anchors
 from pipeline.data.frames import FrameCache
 from pipeline.data.gaussians import Gaussians
 from pipeline.data.points import read_points
-from pipeline.fit.geometry import farthest_point_sampling, sample_anchors
+from pipeline.fit.geometry import farthest_point_sampling, opaque_centres, sample_anchors
 from taichi_sim.binding import compute_binding
 from taichi_sim.errors import SgausError
 from taichi_sim.spring_model import nearest_springs
@@ -56,8 +56,7 @@ def anchors_from_points(points, g: Gaussians, n_anchors: int, seed: int, name: s
     bound to Gaussians far away)."""
     if len(points) < n_anchors:
         raise SgausError(f"{name}: {len(points)} points, fewer than the {n_anchors} anchors asked for (n_anchors)")
-    keep = g.opacities() > 0.05
-    centres = (g.means[keep] if keep.any() else g.means).detach()
+    centres = opaque_centres(g)
     lo, hi = points.min(0).values, points.max(0).values
     pad = 0.1 * float((hi - lo).norm())
     covered = ((centres >= lo - pad) & (centres <= hi + pad)).all(1).float().mean()

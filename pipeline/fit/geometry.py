@@ -106,6 +106,13 @@ def inside_splat_hull(points: torch.Tensor, centres: torch.Tensor, cell: float, 
     return keep
 
 
+def opaque_centres(g: Gaussians, min_opacity: float = 0.05) -> torch.Tensor:
+    """The centres [M,3] of the Gaussians more opaque than ``min_opacity`` (all of them where none
+    is): where the reconstructed object is."""
+    keep = g.opacities() > min_opacity
+    return (g.means[keep] if keep.any() else g.means).detach()
+
+
 def sample_anchors(g: Gaussians, frames: FrameCache, n_anchors: int, seed: int = 0, resolution: int = 48,
                    splat_hull: bool = False, layout: str = "fps", up=(0.0, 1.0, 0.0)) -> torch.Tensor:
     """N_A anchors through the object's volume (Eq. 4): the inside of the visual hull carved
@@ -114,8 +121,7 @@ def sample_anchors(g: Gaussians, frames: FrameCache, n_anchors: int, seed: int =
     ``layout`` "fps": those points (jittered grid) plus the Gaussian centres, thinned by
     farthest-point sampling; "lattice": a cubic lattice with layers parallel to the ground of
     normal ``up`` (:func:`lattice_anchors`)."""
-    keep = g.opacities() > 0.05
-    centres = g.means[keep].detach() if keep.sum() > 0 else g.means.detach()
+    centres = opaque_centres(g)
     lo, hi = centres.min(0).values, centres.max(0).values
     pad = 0.02 * (hi - lo).max()
     lo, hi = lo - pad, hi + pad
