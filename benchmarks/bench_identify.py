@@ -5,7 +5,8 @@
 Generates each scene once (cached in DIR/data, default bench_out/identify; again when an older
 generator wrote it or its number of static photos differs), fits it with the preset (cached with
 --resume), evaluates it with the hold and single-k baselines, and prints one row per scene: the
-true Young's modulus, the fitted mean log10 k, kappa, the friction factor, future CD / PSNR for
+true Young's modulus, the fitted mean log10 k, kappa, the friction factor, the springs' damping
+zeta0 (searched with --set global_search_zeta0=true), future CD / PSNR for
 sgaus, hold and single k, and the fit's wall time. Scenes (5 views, 128 px, 30 frames, 20 fitted,
 as the issue measured them, and 24 static photos of frame 0 from the upper hemisphere,
 generate-mpm --static-views, for the shape; --static-elevation -15,70 photographs it from below too):
@@ -145,6 +146,8 @@ def summarise(name: str, spec: dict, run: Path, fit_s: float, data: Path) -> dic
         "fit_s": fit_s,
         # the penalty ground's fitted restitution (None with the authors' projection ground)
         "restitution": asset.model.restitution if asset.model.contact == "penalty" else None,
+        # the springs' damping (the global search's with global_search_zeta0, else the setting's)
+        "zeta0": float(asset.model.zeta0),
         # the share of the asset's local tetrahedra inverted over the future
         # frames (None for an eval written before sgaus measured it)
         "future_folded": m.get("folded", {}).get("future"),
@@ -224,14 +227,14 @@ def main() -> None:
     fmt = lambda v, d=2: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
     cm = lambda v: None if v is None else 100 * v  # noqa: E731
     print()
-    print("| scene | E (Pa) | mean log10 k | kappa | friction | restitution | future CD sgaus / hold / single k "
+    print("| scene | E (Pa) | mean log10 k | kappa | friction | restitution | zeta0 | future CD sgaus / hold / single k "
           "| future PSNR sgaus / hold / single k | folded % | turn ° | underside gap / offset cm | fit s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         extra = f" (stiff half {r['stiff_half_log_k']:.2f}, soft half {r['soft_half_log_k']:.2f})" \
             if "stiff_half_log_k" in r else ""
         print(f"| {r['name']} | {r['youngs_modulus']:.0e} | {r['mean_log_k']:.2f}{extra} | {r['kappa']:.2f} | "
-              f"{r['friction']:.2f} | {fmt(r['restitution'])} "
+              f"{r['friction']:.2f} | {fmt(r['restitution'])} | {r['zeta0']:.3g} "
               f"| {fmt(r['future_cd'])} / {fmt(r['hold_future_cd'])} / {fmt(r['single_k_future_cd'])} "
               f"| {fmt(r['future_psnr'])} / {fmt(r['hold_future_psnr'])} / {fmt(r['single_k_future_psnr'])} "
               f"| {fmt(None if r['future_folded'] is None else 100 * r['future_folded'], 1)} "

@@ -459,6 +459,7 @@ def _physics_numbers(asset) -> dict:
         "ground friction (0 = sticky, 1 = smooth)": "no ground" if friction is None else round(friction, 4),
         "initial velocity (m/s)": tuple(round(float(x), 4) for x in asset.v0.detach().double()),
         "springs per anchor K": model.n_springs,
+        "spring damping zeta0": round(float(model.zeta0), 4),
         "n_c (weight-1 neighbours)": model.n_c,
         "gravity (m/s²)": model.gravity,
         "ground point": "none" if model.ground_point is None else model.ground_point,

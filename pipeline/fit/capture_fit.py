@@ -337,7 +337,7 @@ def _stages(cap, run: RunDir, data, settings: FitSettings, cs, loss, imported, s
                                     progress, checkpoint=c, horizon=facts.n_frames), {}
         found = stage("global", key, compute_global, lambda r, d: global_stage.save(r, d), global_stage.load)
         start, min_substeps = found.params, found.substeps
-        model = global_stage.placed(model, found.contact_offset, found.restitution)  # as in runner.py
+        model = global_stage.placed(model, found.contact_offset, found.restitution, found.zeta0)  # as in runner.py
         if found.contact_offset < 0:  # an estimated floor that lay low: the search raised it
             source += f"; raised by {-found.contact_offset:.4f} by the global search"
             ground_picture(run.root / "ground.png", FrameCache(dyn_ds, d_scale), model.ground_point,

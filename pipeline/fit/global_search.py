@@ -21,7 +21,11 @@ the rendered alpha against the masks, which is smooth where the colours are flat
    penalty ground its restitution) from the best point so far, in coordinates scaled to the unit
    cube, which refines them together and copes with the loss's jumps, where a gradient would not.
    The restitution sets how much of the landing speed the ground gives back, which the images show
-   (how high the object bounces) and no gradient of the dense stage reaches.
+   (how high the object bounces) and no gradient of the dense stage reaches. With ``search_zeta0``
+   the springs' damping zeta0 (Eq. 17) is a dimension too, searched in log10 over ZETA0_LOG_RANGE
+   after a 1-D bracket of its own at the stiffness found: it sets how fast a wobble dies out and how
+   much of the landing the springs give back, which the MPM ground truth's own dissipation does not
+   leave at the authors' 0.1 (measured: README, the fit, stage 5).
 
 Each candidate is one forward rollout, at the dynamic stage's substeps or more: a stiff candidate
 that blows up is retried with 1.5 times the substeps up to the max, the count that worked
@@ -72,6 +76,7 @@ from taichi_sim.spring_rollout import Integrator, SimulationUnstable, SpringStat
 PHI_RANGE = (-6.0, 6.0)  # friction logit: factor 0 (sticky) .. 1 (smooth) lies well inside
 KAPPA_RANGE = (-4.0, 6.0)  # soft vector: all springs ~ 1 .. far springs cut off (Eq. 8)
 RESTITUTION_RANGE = (0.1, 1.0)  # the penalty ground: overdamped (zeta 1.24) .. no loss
+ZETA0_LOG_RANGE = (-2.0, 1.0)  # log10 of the springs' damping zeta0: 0.01 (10x under the authors') .. 10
 LOG_K_LIMITS = (-3.0, 10.0)  # what a search range may span at all
 REGION_SPAN = 1.5  # decades a region may lie above or below the global log10 k
 SUBSTEP_GROWTH = 1.5  # a candidate that blows up is retried with this many times the substeps
@@ -81,7 +86,9 @@ SUBSTEP_GROWTH = 1.5  # a candidate that blows up is retried with this many time
 class GlobalSearchSettings:
     """log_k_range: the searched log10 stiffness interval; grid_points: points of the coarse
     bracket; cma_generations, cma_population: the CMA-ES budget (0 generations: bracket only);
-    search_friction, search_kappa: whether CMA-ES also moves them; contact_offset_max: the largest
+    search_friction, search_kappa: whether CMA-ES also moves them; search_zeta0: whether the springs'
+    damping zeta0 is searched too (log10 in ZETA0_LOG_RANGE, a 1-D bracket of zeta0_points, then
+    CMA-ES; False: the physics' zeta0); contact_offset_max: the largest
     contact offset searched, as a fraction of the anchors' height above their lowest point (0: not
     searched; see taichi_sim.spring_model.SpringModel.contact_offset); contact_offset_min: the
     smallest, the same way (0 by default; negative where the declared ground may lie too low, as an
@@ -101,6 +108,8 @@ class GlobalSearchSettings:
     cma_population: int = 8
     search_friction: bool = True
     search_kappa: bool = True
+    search_zeta0: bool = False
+    zeta0_points: int = 4
     contact_offset_max: float = 0.25
     contact_offset_min: float = 0.0
     offset_points: int = 5
@@ -129,6 +138,8 @@ class GlobalSearchSettings:
         if not (math.isfinite(self.contact_offset_max) and 0 <= self.contact_offset_max <= 1) or self.offset_points < 2:
             raise SgausError(f"global search: contact_offset_max must lie in 0..1 (a fraction of the object's "
                              f"height), got {self.contact_offset_max}, and offset_points must be >= 2")
+        if self.search_zeta0 and self.zeta0_points < 2:
+            raise SgausError(f"global search: zeta0_points must be >= 2, got {self.zeta0_points}")
         if not (math.isfinite(self.contact_offset_min) and -1 <= self.contact_offset_min <= 0):
             raise SgausError(f"global search: contact_offset_min must lie in -1..0 (a fraction of the object's "
                              f"height), got {self.contact_offset_min}")
@@ -145,6 +156,8 @@ class GlobalSearchSettings:
         out = [(f"{self.grid_points} stiffnesses", self.grid_points)]
         if offsets and self.contact_offset_max > self.contact_offset_min:
             out.append((f"{self.offset_points} contact offsets", self.offset_points))
+        if self.search_zeta0:
+            out.append((f"{self.zeta0_points} spring dampings", self.zeta0_points))
         out.append((f"{self.cma_generations} x {self.cma_population} CMA-ES",
                     self.cma_generations * self.cma_population))
         if self.regions > 1 and self.region_generations:
@@ -167,11 +180,12 @@ class GlobalResult:
     regions: list = field(default_factory=list)  # the region offsets of log10 k (empty: uniform)
     passed_over: list = field(default_factory=list)  # better-scored candidates that blew up over the horizon
     restitution: float | None = None  # the penalty ground's restitution (None: the projection ground)
+    zeta0: float | None = None  # the springs' damping found (None: not searched, the model's own)
 
 
 class _Scorer:
     """The image loss of one candidate (a uniform stiffness, a kappa, a friction logit, a contact
-    offset and a restitution). Stiff candidates need more substeps: one that blows up is retried with
+    offset, a restitution and a spring damping zeta0). Stiff candidates need more substeps: one that blows up is retried with
     SUBSTEP_GROWTH times as many (up to the max), and the count that worked is remembered so a
     stiffer candidate starts from it."""
 
@@ -204,8 +218,8 @@ class _Scorer:
         self.stable.append((log_k, substeps))
         return pos, substeps
 
-    def __call__(self, log_k: float, phi: float, kappa: float, offset: float, restitution: float, field=None,
-                 regions=None) -> float:
+    def __call__(self, log_k: float, phi: float, kappa: float, offset: float, restitution: float, zeta0: float,
+                 field=None, regions=None) -> float:
         """The score of a uniform log10 k (plus ``field`` [N], a per-anchor offset made of the
         region values ``regions``, when given)."""
         n = self.model.n_anchors
@@ -213,10 +227,10 @@ class _Scorer:
         i = len(self.evaluations)
         if i < len(self.replay):
             done = self.replay[i]
-            asked = (float(log_k), float(phi), float(kappa), float(offset), float(restitution),
+            asked = (float(log_k), float(phi), float(kappa), float(offset), float(restitution), float(zeta0),
                      None if regions is None else [float(v) for v in regions])
             if (done["log_k"], done["friction_logit"], done["kappa"], done["contact_offset"],
-                    done.get("restitution"), done.get("regions")) != asked:
+                    done.get("restitution"), done.get("zeta0", float(self.model.zeta0)), done.get("regions")) != asked:
                 raise RuntimeError(f"global search: candidate {i} differs from the checkpoint's: the search is not "
                                    "deterministic")
             self.evaluations.append(dict(done))
@@ -226,7 +240,7 @@ class _Scorer:
                 self.hopeless = min(self.hopeless, float(log_stiffness.max()))
             return done["loss"]
         params = SpringParams(log_stiffness, torch.tensor(float(kappa)), torch.tensor(float(phi)))
-        model = placed(self.model, float(offset), float(restitution))
+        model = placed(self.model, float(offset), float(restitution), float(zeta0))
         loss, substeps, hopeless, folded = math.inf, None, False, None
         try:
             with torch.no_grad():
@@ -250,7 +264,8 @@ class _Scorer:
         if not math.isfinite(loss):
             loss = math.inf
         self.evaluations.append({"log_k": float(log_k), "friction_logit": float(phi), "kappa": float(kappa),
-                                 "contact_offset": float(offset), "restitution": float(restitution), "loss": loss,
+                                 "contact_offset": float(offset), "restitution": float(restitution),
+                                 "zeta0": float(zeta0), "loss": loss,
                                  "substeps": substeps,
                                  "hopeless": hopeless, "folded": folded,
                                  **({} if regions is None else {"regions": [float(v) for v in regions]})})
@@ -283,14 +298,20 @@ def _candidate_params(e: dict, n: int, field_of=None) -> SpringParams:
     return SpringParams(log_stiffness, torch.tensor(float(e["kappa"])), torch.tensor(float(e["friction_logit"])))
 
 
-def placed(model: SpringModel, offset: float, restitution: float | None = None) -> SpringModel:
-    """The model with the contact offset ``offset`` and the restitution found by the search: a
+def placed(model: SpringModel, offset: float, restitution: float | None = None,
+           zeta0: float | None = None) -> SpringModel:
+    """The model with the contact offset ``offset``, the restitution and the springs' damping
+    ``zeta0`` found by the search (None: the model's own): a
     positive offset is how deep the anchors may sink below the declared ground
     (SpringModel.contact_offset); a negative one, searched only where the declared ground may lie
     too low, raises the ground plane itself by that much (the offset stays 0). The restitution
     (None: the model's own) matters to the penalty ground alone."""
     if restitution is not None and model.penalty_ground and restitution != model.restitution:
         model = model.with_physics(restitution=float(restitution))
+    if zeta0 is not None and zeta0 != model.zeta0:
+        if not (math.isfinite(zeta0) and zeta0 >= 0):
+            raise SgausError(f"zeta0 must be a finite number >= 0, got {zeta0}")
+        model = model.with_physics(zeta0=float(zeta0))
     if not offset:
         return model
     if offset > 0:
@@ -318,8 +339,8 @@ def object_height(model: SpringModel) -> float:
 def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, frames: FrameCache, n_fit: int,
         frame_dt: float, settings: GlobalSearchSettings, progress: bool,
         checkpoint: Checkpoint | None = None, horizon: int = 0) -> GlobalResult:
-    """Search the global log10 stiffness, friction logit, kappa, contact offset and (penalty ground)
-    restitution, then the region offsets (see the module docstring). ``checkpoint`` saves the
+    """Search the global log10 stiffness, friction logit, kappa, contact offset, (penalty ground)
+    restitution and (``search_zeta0``) the springs' damping, then the region offsets (see the module docstring). ``checkpoint`` saves the
     candidates scored so far; on resume the search runs again from its seed and takes their scores
     from the checkpoint instead of simulating them (the brackets and CMA-ES are deterministic given
     the scores, so it continues exactly where it stopped). ``horizon`` (frames, beyond ``n_fit``): the chosen
@@ -341,6 +362,11 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
     offset_points = settings.offset_points if offset_max > offset_min else 0
     bouncy = model.penalty_ground  # the restitution matters
     e0 = float(model.restitution)
+    damped = settings.search_zeta0
+    # zeta0 is searched in log10 (the candidates carry log10 zeta0); 0 (no damping) is the range's low end
+    z0 = float(np.clip(math.log10(model.zeta0) if model.zeta0 > 0 else ZETA0_LOG_RANGE[0], *ZETA0_LOG_RANGE))
+    if not damped:
+        z0 = math.nan  # not a dimension: every candidate keeps the model's own zeta0
     n_regions = min(settings.regions, model.n_anchors) if settings.regions > 1 else 0
     total = sum(n for _, n in settings.rounds(offsets=offset_points > 0))
     bar = tqdm(total=total, desc="global", disable=not progress, leave=False)
@@ -351,27 +377,29 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
         return {"evaluations": [{**e, "loss": e["loss"] if math.isfinite(e["loss"]) else None}
                                 for e in score.evaluations]}
 
-    def scored(*candidate, **region):
-        value = score(*candidate, **region)
+    def scored(log_k, phi, kappa, offset, restitution, log_zeta0, **region):
+        zeta0 = float(model.zeta0) if math.isnan(log_zeta0) else 10.0 ** float(log_zeta0)
+        value = score(log_k, phi, kappa, offset, restitution, zeta0, **region)
         if len(score.evaluations) > len(score.replay):
             checkpoint.step(len(score.evaluations), state)
         return value
 
-    def consider(log_k, phi, kappa, offset, restitution):
+    def consider(log_k, phi, kappa, offset, restitution, log_zeta0):
         nonlocal best
-        value = scored(log_k, phi, kappa, offset, restitution)
+        value = scored(log_k, phi, kappa, offset, restitution, log_zeta0)
         if value < best[0]:
-            best = (value, (log_k, phi, kappa, offset, restitution))
+            best = (value, (log_k, phi, kappa, offset, restitution, log_zeta0))
         bar.update(1)
         if best[1] is not None:
             bar.set_postfix(loss=f"{best[0]:.4f}", log_k=f"{best[1][0]:.2f}",
                             friction=f"{float(torch.sigmoid(torch.tensor(best[1][1]))):.2f}", kappa=f"{best[1][2]:.2f}",
-                            offset=f"{best[1][3]:.3f}", **({"restitution": f"{best[1][4]:.2f}"} if bouncy else {}))
+                            offset=f"{best[1][3]:.3f}", **({"restitution": f"{best[1][4]:.2f}"} if bouncy else {}),
+                            **({"zeta0": f"{10 ** best[1][5]:.3g}"} if damped else {}))
         return value
 
     # 1. the decade of the stiffness, at the middle of the contact offsets searched
     for log_k in np.linspace(lo, hi, settings.grid_points):
-        consider(float(log_k), phi0, kappa0, 0.5 * (offset_min + offset_max), e0)
+        consider(float(log_k), phi0, kappa0, 0.5 * (offset_min + offset_max), e0, z0)
     rounds.append(best[0])
     if best[1] is None:
         bar.close()
@@ -380,11 +408,17 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
     # 2. the contact offset at that stiffness (it sets when the object lands and how high it rests)
     if offset_points:
         for offset in np.linspace(offset_min, offset_max, offset_points):
-            consider(best[1][0], phi0, kappa0, float(offset), e0)
+            consider(best[1][0], phi0, kappa0, float(offset), e0, z0)
+        rounds.append(best[0])
+    # 2b. the springs' damping at that stiffness and offset (how fast the wobble dies, how high it bounces)
+    if damped:
+        for log_zeta0 in np.linspace(*ZETA0_LOG_RANGE, settings.zeta0_points):
+            consider(best[1][0], phi0, kappa0, best[1][3], e0, float(log_zeta0))
         rounds.append(best[0])
     # 3. everything together
-    moving = [True, settings.search_friction, settings.search_kappa and soft, offset_max > offset_min, bouncy]
-    ranges = [(lo, hi), PHI_RANGE, KAPPA_RANGE, (offset_min, max(offset_max, offset_min + 1e-12)), RESTITUTION_RANGE]
+    moving = [True, settings.search_friction, settings.search_kappa and soft, offset_max > offset_min, bouncy, damped]
+    ranges = [(lo, hi), PHI_RANGE, KAPPA_RANGE, (offset_min, max(offset_max, offset_min + 1e-12)), RESTITUTION_RANGE,
+              ZETA0_LOG_RANGE]
     if settings.cma_generations and any(moving):
         dims = [i for i in range(len(moving)) if moving[i]]
 
@@ -409,7 +443,7 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
             values = [consider(*from_unit(u)) for u in candidates]
             _tell(es, candidates, values, best[0])
             rounds.append(best[0])
-    log_k, phi, kappa, offset, restitution = best[1]
+    log_k, phi, kappa, offset, restitution, log_zeta0 = best[1]
     n = model.n_anchors
     # 4. coarse heterogeneity: a few smooth regions around the global value, still zero-order
     if n_regions and settings.region_generations:
@@ -432,7 +466,7 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
             candidates = es.ask()
             values = []
             for z in candidates:
-                value = scored(log_k, phi, kappa, offset, restitution, field=field_of(z), regions=z)
+                value = scored(log_k, phi, kappa, offset, restitution, log_zeta0, field=field_of(z), regions=z)
                 bar.update(1)
                 values.append(value)
                 if value < best_z[0]:
@@ -447,7 +481,8 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
     return GlobalResult(_candidate_params(chosen, n, field_of_regions), float(chosen["loss"]), score.evaluations,
                         rounds, float(chosen["contact_offset"]), int(substeps),
                         [float(v) for v in chosen.get("regions", [])], passed_over,
-                        float(chosen["restitution"]) if bouncy else None)
+                        float(chosen["restitution"]) if bouncy else None,
+                        float(chosen["zeta0"]) if damped else None)
 
 
 STABLE_TRIES = 8  # candidates, best first, tried over the horizon before giving up on stability
@@ -466,7 +501,7 @@ def stable_choice(score: _Scorer, model: SpringModel, v0: torch.Tensor, horizon:
     ranked, seen = [], set()
     for e in sorted((e for e in score.evaluations if math.isfinite(e["loss"])), key=lambda e: e["loss"]):
         what = (e["log_k"], e["friction_logit"], e["kappa"], e["contact_offset"], e["restitution"],
-                tuple(e.get("regions", ())))
+                e.get("zeta0"), tuple(e.get("regions", ())))
         if what not in seen:  # CMA-ES may propose a point twice (its bounds clip to the same corner)
             seen.add(what)
             ranked.append(e)
@@ -474,7 +509,7 @@ def stable_choice(score: _Scorer, model: SpringModel, v0: torch.Tensor, horizon:
     for e in ranked[:STABLE_TRIES]:
         if horizon <= score.n_fit:
             return e, int(e["substeps"]), passed_over
-        placed_model = placed(model, float(e["contact_offset"]), float(e["restitution"]))
+        placed_model = placed(model, float(e["contact_offset"]), float(e["restitution"]), e.get("zeta0"))
         try:
             _pos, substeps = _rollout_growing(placed_model, _candidate_params(e, model.n_anchors, field_of), v0,
                                               horizon - 1, frame_dt, int(e["substeps"]), settings.max_substeps)
@@ -482,18 +517,20 @@ def stable_choice(score: _Scorer, model: SpringModel, v0: torch.Tensor, horizon:
         except SimulationUnstable:
             pass
         passed_over.append({k: e[k] for k in ("log_k", "friction_logit", "kappa", "contact_offset", "restitution",
-                                              "loss")})
+                                              "zeta0", "loss") if k in e})
     best = ranked[0]
     return best, int(best["substeps"]), passed_over
 
 
 def save(r: GlobalResult, directory: Path) -> None:
     """global.json: the chosen global log10 k (the mean of the per-anchor values), friction logit,
-    kappa, contact offset, restitution (null for the projection ground), region offsets and
+    kappa, contact offset, restitution (null for the projection ground), the springs' damping zeta0
+    (null where it was not searched), region offsets and
     per-anchor log10 k, the loss, and every candidate."""
     write_json(directory / "global.json", {
         "log_k": float(r.params.log_stiffness.double().mean()), "friction_logit": float(r.params.friction_logit),
         "kappa": float(r.params.kappa), "contact_offset": r.contact_offset, "restitution": r.restitution,
+        "zeta0": r.zeta0,
         "substeps": r.substeps,
         "regions": r.regions, "log_stiffness": [float(v) for v in r.params.log_stiffness],
         "n_anchors": int(r.params.log_stiffness.numel()), "loss": r.loss, "passed_over": r.passed_over,
@@ -522,7 +559,8 @@ def load(directory: Path) -> GlobalResult:
         return GlobalResult(params, float(d["loss"]), evaluations, list(d["best_per_round"]),
                             float(d.get("contact_offset", 0.0)), int(d.get("substeps", 0)),
                             [float(v) for v in d.get("regions", [])], list(d.get("passed_over", [])),
-                            None if d.get("restitution") is None else number(d, "restitution", path, "ground"))
+                            None if d.get("restitution") is None else number(d, "restitution", path, "ground"),
+                            None if d.get("zeta0") is None else number(d, "zeta0", path, "spring damping", low=0))
     except (KeyError, TypeError, ValueError) as err:
         if isinstance(err, SgausError):
             raise

@@ -233,6 +233,7 @@ class Fitter:
         if not self._cached("global", key):
             lo, hi = settings.log_k_range
             bounce = ", the ground's restitution" if model.penalty_ground else ""
+            bounce += ", the springs' damping" if settings.search_zeta0 else ""
             self.log(f"stage 5/6: global search of log10 k in {lo:g}..{hi:g}, friction, kappa{bounce} and the contact "
                      f"offset (rollouts: {', '.join(what for what, _ in settings.rounds())})")
             t0, c = time.perf_counter(), self.checkpoint("global", key)
@@ -317,7 +318,7 @@ def _stages(f: Fitter, data, settings: FitSettings, log) -> Path:
     if settings.global_search:
         found, k4 = f.global_(g2, model, a, v0, k4)
         start, min_substeps = found.params, found.substeps
-        model = global_stage.placed(model, found.contact_offset, found.restitution)
+        model = global_stage.placed(model, found.contact_offset, found.restitution, found.zeta0)
     r, _ = f.dynamic(g2, model, a, v0, k4, start, min_substeps)
     save_settings(f.run.root / "settings.yaml", settings, {"data": str(Path(data).resolve())})
     save_asset(f.run.root / "asset", f.make_asset(g2, model, a, v0, r))
@@ -355,7 +356,8 @@ def write_loss_plot(run: RunDir) -> Path:
             ax.scatter([doc["log_k"]], [doc["loss"]], s=60, marker="*", color="red", zorder=3,
                        label=f"log10 k {doc['log_k']:.2f}, friction logit {doc['friction_logit']:.2f}, "
                              f"kappa {doc['kappa']:.2f}" + ("" if doc.get("restitution") is None else
-                                                           f", restitution {doc['restitution']:.2f}"))
+                                                           f", restitution {doc['restitution']:.2f}")
+                             + ("" if doc.get("zeta0") is None else f", zeta0 {doc['zeta0']:.3g}"))
             ax.legend(fontsize=6)
             ax.set_xlabel("log10 k of the candidate")
         else:

@@ -112,6 +112,11 @@ class FitSettings:
         ground that may lie too low: a capture's floor estimated at rest searches down to
         -global_contact_offset_max).
       global_offset_points: points of the contact offset's 1-D bracket.
+      global_search_zeta0: also search the springs' damping zeta0 (log10 over 0.01..10: a 1-D
+        bracket of global_zeta0_points at the stiffness found, then CMA-ES with the rest); the
+        dense stage and the asset keep the value found, in place of zeta0. False (default) keeps
+        zeta0 (README: the fit, stage 5, says what it measured).
+      global_zeta0_points: points of the damping's 1-D bracket.
       global_regions, global_region_generations: R > 1 ends the search with CMA-ES over R smooth
         region offsets of log10 k (coarse heterogeneity, before the dense field), for this many
         generations; 0 (default) = a uniform global value, the dense stage alone learning the
@@ -217,6 +222,8 @@ class FitSettings:
     global_contact_offset_max: float = 0.25
     global_contact_offset_min: float = 0.0
     global_offset_points: int = 5
+    global_search_zeta0: bool = False
+    global_zeta0_points: int = 4
     global_regions: int = 0
     global_region_generations: int = 4
     silhouette_weight: float = 0.5
@@ -321,6 +328,7 @@ class FitSettings:
         return GlobalSearchSettings(
             (self.global_log_k_min, self.global_log_k_max), self.global_grid_points, self.global_cma_generations,
             self.global_cma_population, search_friction=True, search_kappa=self.soft_vector,
+            search_zeta0=self.global_search_zeta0, zeta0_points=self.global_zeta0_points,
             contact_offset_max=self.global_contact_offset_max, contact_offset_min=self.global_contact_offset_min,
             offset_points=self.global_offset_points,
             regions=self.global_regions, region_generations=self.global_region_generations,
