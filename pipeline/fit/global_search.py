@@ -218,10 +218,11 @@ class _Scorer:
         self.stable.append((log_k, substeps))
         return pos, substeps
 
-    def __call__(self, log_k: float, phi: float, kappa: float, offset: float, restitution: float, zeta0: float,
-                 field=None, regions=None) -> float:
+    def __call__(self, log_k: float, phi: float, kappa: float, offset: float, restitution: float,
+                 zeta0: float | None = None, field=None, regions=None) -> float:
         """The score of a uniform log10 k (plus ``field`` [N], a per-anchor offset made of the
-        region values ``regions``, when given)."""
+        region values ``regions``, when given); ``zeta0`` None: the model's own damping."""
+        zeta0 = float(self.model.zeta0) if zeta0 is None else zeta0
         n = self.model.n_anchors
         log_stiffness = torch.full((n,), float(log_k)) + (0.0 if field is None else field)
         i = len(self.evaluations)
