@@ -277,8 +277,8 @@ def test_friction_per_unit_of_time_does_not_depend_on_the_substeps(contact):
 
 def test_global_search_resumed_from_a_checkpoint_ends_where_it_would_have(tmp_path):
     """Killed after any candidate (here: midway through the region round), the search replays the
-    scored candidates from its checkpoint, with their contact offsets, region values and substeps,
-    and continues to exactly the uninterrupted result."""
+    scored candidates from its checkpoint, with their contact offsets, dampings, region values and
+    substeps, and continues to exactly the uninterrupted result."""
     from pipeline.fit.checkpoint import Checkpoint, CheckpointPolicy
 
     model, binding, g, cams = cube_scene(n_side=3, k_neighbors=8, size=24)
@@ -286,7 +286,8 @@ def test_global_search_resumed_from_a_checkpoint_ends_where_it_would_have(tmp_pa
     true = SpringParams(torch.where(x > 0, 3.0, 2.0), torch.tensor(0.0), torch.tensor(friction_logit(0.5)))
     _pos, video = render_video(model, binding, g, cams, true, V0, 5)
     settings = _search_settings(log_k_range=(1.0, 5.0), grid_points=4, offset_points=2, cma_generations=1,
-                                cma_population=4, regions=2, region_generations=2, substeps=10, max_substeps=60)
+                                cma_population=4, regions=2, region_generations=2, substeps=10, max_substeps=60,
+                                search_zeta0=True, zeta0_points=2)
     path = tmp_path / "global.checkpoint"
     every = Checkpoint(path, "global", "key", CheckpointPolicy(interval_s=1e9, every=1))
     full = global_search.run(g, model, binding, V0, video, 5, 0.03, settings, False, checkpoint=every)
@@ -301,6 +302,7 @@ def test_global_search_resumed_from_a_checkpoint_ends_where_it_would_have(tmp_pa
     assert torch.equal(resumed.params.log_stiffness, full.params.log_stiffness)
     assert resumed.loss == full.loss and resumed.regions == full.regions
     assert resumed.contact_offset == full.contact_offset and resumed.substeps == full.substeps
+    assert resumed.zeta0 == full.zeta0 and len({e["zeta0"] for e in full.evaluations}) > 2
     assert [e["loss"] for e in resumed.evaluations] == [e["loss"] for e in full.evaluations]
 
 

@@ -185,9 +185,9 @@ class GlobalResult:
 
 class _Scorer:
     """The image loss of one candidate (a uniform stiffness, a kappa, a friction logit, a contact
-    offset, a restitution and a spring damping zeta0). Stiff candidates need more substeps: one that blows up is retried with
-    SUBSTEP_GROWTH times as many (up to the max), and the count that worked is remembered so a
-    stiffer candidate starts from it."""
+    offset, a restitution and a spring damping zeta0). Stiff candidates need more substeps: one
+    that blows up is retried with SUBSTEP_GROWTH times as many (up to the max), and the count that
+    worked is remembered so a stiffer candidate starts from it."""
 
     def __init__(self, g, model, binding, v0, frames: FrameCache, n_fit, frame_dt, settings: GlobalSearchSettings):
         self.g, self.model, self.binding, self.v0, self.frames = g, model, binding, v0, frames
@@ -341,10 +341,11 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
         frame_dt: float, settings: GlobalSearchSettings, progress: bool,
         checkpoint: Checkpoint | None = None, horizon: int = 0) -> GlobalResult:
     """Search the global log10 stiffness, friction logit, kappa, contact offset, (penalty ground)
-    restitution and (``search_zeta0``) the springs' damping, then the region offsets (see the module docstring). ``checkpoint`` saves the
-    candidates scored so far; on resume the search runs again from its seed and takes their scores
-    from the checkpoint instead of simulating them (the brackets and CMA-ES are deterministic given
-    the scores, so it continues exactly where it stopped). ``horizon`` (frames, beyond ``n_fit``): the chosen
+    restitution and (``search_zeta0``) the springs' damping, then the region offsets (see the
+    module docstring). ``checkpoint`` saves the candidates scored so far; on resume the search
+    runs again from its seed and takes their scores from the checkpoint instead of simulating them
+    (the brackets and CMA-ES are deterministic given the scores, so it continues exactly where it
+    stopped). ``horizon`` (frames, beyond ``n_fit``): the chosen
     candidate must also simulate that long without blowing up (:func:`stable_choice`)."""
     import cma
 
