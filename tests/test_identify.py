@@ -120,7 +120,8 @@ def test_global_search_finds_the_damping_of_the_springs():
                                 search_zeta0=True, physics=dataclasses.replace(_search_settings().physics,
                                                                                init_kappa=-40.0))
     r = global_search.run(g, model, binding, V0 * 2, video, N_FRAMES, 0.03, settings, progress=False)
-    assert r.zeta0 is not None and abs(math.log10(r.zeta0)) < 0.34, f"zeta0 {r.zeta0:.3f}, the video's 1.0 (start 0.1)"
+    assert r.zeta0 is not None and abs(math.log10(r.zeta0)) < 0.34, \
+        f"zeta0 {r.zeta0:.3f}, the video's 1.0 (start 0.1)"
     assert global_search.placed(model, 0.0, None, r.zeta0).zeta0 == r.zeta0
     assert len(r.evaluations) == 2 + settings.zeta0_points + 4 * 6
     assert ("4 spring dampings", 4) in settings.rounds()
