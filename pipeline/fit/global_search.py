@@ -309,9 +309,7 @@ def placed(model: SpringModel, offset: float, restitution: float | None = None,
     (None: the model's own) matters to the penalty ground alone."""
     if restitution is not None and model.penalty_ground and restitution != model.restitution:
         model = model.with_physics(restitution=float(restitution))
-    if zeta0 is not None and zeta0 != model.zeta0:
-        if not (math.isfinite(zeta0) and zeta0 >= 0):
-            raise SgausError(f"zeta0 must be a finite number >= 0, got {zeta0}")
+    if zeta0 is not None and zeta0 != model.zeta0:  # SpringModel itself refuses a bad damping
         model = model.with_physics(zeta0=float(zeta0))
     if not offset:
         return model
@@ -365,10 +363,10 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
     bouncy = model.penalty_ground  # the restitution matters
     e0 = float(model.restitution)
     damped = settings.search_zeta0
-    # zeta0 is searched in log10 (the candidates carry log10 zeta0); 0 (no damping) is the range's low end
-    z0 = float(np.clip(math.log10(model.zeta0) if model.zeta0 > 0 else ZETA0_LOG_RANGE[0], *ZETA0_LOG_RANGE))
-    if not damped:
-        z0 = math.nan  # not a dimension: every candidate keeps the model's own zeta0
+    # zeta0 is searched in log10 (the candidates carry log10 zeta0; 0, no damping, starts at the
+    # range's low end); None where it is no dimension: every candidate keeps the model's own
+    z0 = float(np.clip(math.log10(model.zeta0) if model.zeta0 > 0 else ZETA0_LOG_RANGE[0], *ZETA0_LOG_RANGE)) \
+        if damped else None
     n_regions = min(settings.regions, model.n_anchors) if settings.regions > 1 else 0
     total = sum(n for _, n in settings.rounds(offsets=offset_points > 0))
     bar = tqdm(total=total, desc="global", disable=not progress, leave=False)
@@ -380,8 +378,8 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
                                 for e in score.evaluations]}
 
     def scored(log_k, phi, kappa, offset, restitution, log_zeta0, **region):
-        zeta0 = float(model.zeta0) if math.isnan(log_zeta0) else 10.0 ** float(log_zeta0)
-        value = score(log_k, phi, kappa, offset, restitution, zeta0, **region)
+        value = score(log_k, phi, kappa, offset, restitution,
+                      None if log_zeta0 is None else 10.0 ** float(log_zeta0), **region)
         if len(score.evaluations) > len(score.replay):
             checkpoint.step(len(score.evaluations), state)
         return value
