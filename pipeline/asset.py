@@ -96,6 +96,7 @@ def _model_constants(doc: dict, path: Path) -> dict:
     m = {"spring_stiffness": "anchor", **m}
     m = {"springs": "directed", **m}  # and before mirrored springs, each spring acted on its owner alone
     m = {"contact": "projection", **m}  # and before the penalty ground, the ground projected the anchors
+    m = {"contact_floor": "uniform", **m}  # and before the flat floor, every anchor met the same plane
     if m["contact"] == "penalty":
         out["contact_time"] = number(m, "contact_time", path, "model", positive=True)
         out["restitution"] = number(m, "restitution", path, "model", low=0)

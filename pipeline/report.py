@@ -467,6 +467,9 @@ def _physics_numbers(asset) -> dict:
         "ground contact": "none" if model.ground_point is None else (
             f"penalty (contact time {model.contact_time * 1e3:g} ms, restitution {model.restitution:.3f})"
             if model.contact == "penalty" else "projection (the authors' Eq. 14)"),
+        "contact offset (anchors may sink)": "none" if model.ground_point is None else (
+            f"{model.contact_offset:.4g}" + (", the underside within it cut flat" if model.contact_floor == "flat"
+                                             else "")),
     }
 
 

@@ -127,13 +127,14 @@ def _rest_1d(rest: ti.template(), e, inv_rest, law: ti.template()):
 @fast
 @ti.kernel
 def substep_forward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: NDA, eta: NDA, prm: NDA,
-                    x_out: NDA, v_out: NDA, vh_out: NDA, contact: NDA, mutual_k: NDA, rev_ptr: NDA, rev_src: NDA,
+                    lift: NDA, x_out: NDA, v_out: NDA, vh_out: NDA, contact: NDA, mutual_k: NDA, rev_ptr: NDA, rev_src: NDA,
                     rev_rest: NDA, rev_inv_rest: NDA, rev_k: NDA, law: ti.template(), p: ti.template(),
                     pair: ti.template(), mirror: ti.template(), penalty: ti.template()):
     """One substep (Eq. 9-14). With ``mirror`` every spring acts on both its ends with half its
     force: an anchor also feels the other half of its mutual partners' springs (``mutual_k``, see
     :func:`spring_backward`) and of the springs of the reverse adjacency (``rev_*``, ``rev_k``);
-    without it those tables are not read."""
+    without it those tables are not read. ``lift`` [N]: how far above the contact plane each anchor
+    meets the ground (SpringModel.contact_lift; a constant, so the adjoints do not read it)."""
     n_springs = nbr.shape[1]
     spread = ti.static(task_spread(BLOCK))
     for ix in range(x.shape[0] * spread):
@@ -181,7 +182,7 @@ def substep_forward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: N
             if ti.static(penalty):  # a damped spring pushes an anchor below the plane out of it
                 if prm[P_HAS_GROUND] > 0:
                     nrm = _prm_vec(prm, P_GN)
-                    sd = (xi - _prm_vec(prm, P_GP)).dot(nrm)
+                    sd = (xi - _prm_vec(prm, P_GP)).dot(nrm) - lift[i]
                     if sd < 0:
                         push = -prm[P_CONTACT_K] * sd - prm[P_CONTACT_C] * vi.dot(nrm)
                         touching = 2
@@ -194,7 +195,7 @@ def substep_forward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: N
             else:
                 if prm[P_HAS_GROUND] > 0:  # Eq. 14
                     nrm = _prm_vec(prm, P_GN)
-                    sd = (xh - _prm_vec(prm, P_GP)).dot(nrm)
+                    sd = (xh - _prm_vec(prm, P_GP)).dot(nrm) - lift[i]  # lift: SpringModel.contact_lift
                     if sd < 0:
                         touching = 1
                         xh -= sd * nrm

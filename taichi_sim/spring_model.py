@@ -36,10 +36,13 @@ FRICTION_MODES = ("per_time", "per_substep")
 SPRING_STIFFNESS = ("anchor", "pair")
 SPRINGS = ("directed", "mirrored")
 CONTACTS = ("projection", "penalty")
+# where each anchor meets the ground: "uniform", every anchor at the contact plane; "flat", the
+# anchors in the lowest contact_offset of the rest shape all at the level of its top (see SpringModel)
+CONTACT_FLOORS = ("uniform", "flat")
 # the model's constants that take one of a few names (checked here, by the fit's settings and by
 # an asset's loader)
 CHOICES = {"force_law": FORCE_LAWS, "friction_mode": FRICTION_MODES, "spring_stiffness": SPRING_STIFFNESS,
-           "springs": SPRINGS, "contact": CONTACTS}
+           "springs": SPRINGS, "contact": CONTACTS, "contact_floor": CONTACT_FLOORS}
 FRICTION_REFERENCE_DT = 3e-4
 
 
@@ -80,6 +83,14 @@ class SpringModel:
                     ground plane: anchors volume-sampled from cameras above the object reach below
                     its unseen underside, and the fit identifies this depth from the dynamics
                     (pipeline/fit/global_search.py); the plane itself stays where it is declared
+    contact_floor:  "uniform"  "uniform": every anchor meets the ground contact_offset below the plane;
+                    "flat": the underside within contact_offset of the lowest anchor (heights along
+                    the normal, in the rest shape) is cut flat at the top of that layer, where its
+                    anchors all meet the ground together: an anchor at height h above the lowest
+                    one meets it min(h, contact_offset) higher than with "uniform" (the lowest
+                    anchor where it would). A stiff model landing on the reconstruction's uneven
+                    underside (cm-scale bumps where the unseen bottom hangs low) otherwise pivots
+                    on its lowest bumps and tips; with 0 offset both are the same
     spring_stiffness: "anchor"  "anchor": each anchor's springs pull it with its own k_i (Eq. 9, the
                     authors' form; where k varies, the two ends of a spring feel different forces, so a
                     stiffness field that is not uniform pushes the object by itself); "pair": a
@@ -127,6 +138,7 @@ class SpringModel:
     contact: str = "projection"
     contact_time: float = 0.005
     restitution: float = 0.5
+    contact_floor: str = "uniform"
     # the kernel tables built from these springs; not an argument, so a model made by
     # dataclasses.replace (other anchors or springs) starts with none instead of stale ones that
     # would index past its arrays: only with_physics and translated share them
@@ -134,7 +146,7 @@ class SpringModel:
 
     PHYSICS = ("mass", "gravity", "ground_point", "ground_normal", "force_law", "p_k", "zeta0", "n_c",
                "dead_zone", "friction_mode", "contact_offset", "spring_stiffness", "springs", "contact", "contact_time",
-               "restitution")
+               "restitution", "contact_floor")
 
     def __post_init__(self) -> None:
         put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -200,6 +212,16 @@ class SpringModel:
         if self.ground_point is None:
             return None
         return tuple(float(v) for v in np.asarray(self.ground_point) - self.contact_offset * self.unit_normal())
+
+    def contact_lift(self, device=None, dtype=torch.float32) -> torch.Tensor:
+        """How much higher than the contact plane (:meth:`contact_point`) each anchor meets the
+        ground, [N] along the normal: zeros for the "uniform" floor; for "flat", min(h_i,
+        contact_offset), h_i the anchor's rest height above the lowest anchor."""
+        r = self.rest_positions.to(device=device, dtype=torch.float64)
+        if self.contact_floor == "uniform" or self.ground_point is None or len(r) == 0:
+            return torch.zeros(len(r), device=device, dtype=dtype)
+        h = r @ torch.as_tensor(self.unit_normal(), device=device, dtype=torch.float64)
+        return torch.clamp(h - h.min(), max=self.contact_offset).to(dtype)
 
     @property
     def penalty_ground(self) -> bool:
@@ -388,5 +410,5 @@ def build_spring_model(anchors: torch.Tensor, k_neighbors: int, **physics) -> Sp
 
 
 __all__ = ["SpringModel", "build_spring_model", "check_choices", "nearest_springs", "vec3", "CHOICES", "FORCE_LAWS",
-           "FRICTION_MODES", "SPRING_STIFFNESS", "SPRINGS", "CONTACTS", "FRICTION_REFERENCE_DT", "damping_ratio",
+           "FRICTION_MODES", "SPRING_STIFFNESS", "SPRINGS", "CONTACTS", "CONTACT_FLOORS", "FRICTION_REFERENCE_DT", "damping_ratio",
            "penalty_restitution"]

@@ -157,7 +157,8 @@ class RolloutInputs:
 
     x0, v0 [N,3]; stiffness [N] = 10^log_stiffness; kappa []; eta [K] = soft_vector(kappa);
     friction [] the factor applied per substep (all still attached to the caller's autograd
-    graph); prm [18] the kernel scalars (spring_kernels.py)."""
+    graph); prm [18] the kernel scalars (spring_kernels.py); lift [N] how far above the contact
+    plane each anchor meets the ground (SpringModel.contact_lift)."""
 
     x0: torch.Tensor
     v0: torch.Tensor
@@ -176,7 +177,13 @@ class RolloutInputs:
     pair: int = 0  # 1: a spring's stiffness is sqrt(k_i k_j) (SpringModel.spring_stiffness "pair")
     mirror: int = 0  # 1: every spring acts on both its ends, half each (SpringModel.springs "mirrored")
     penalty: int = 0  # 1: the penalty ground (SpringModel.contact "penalty"), 0: the projection
+    lift: torch.Tensor | None = None  # [N]; None: zeros of x0's kind (set by __post_init__)
     energy_limit: float = math.inf  # the most kinetic + gravitational energy per unit mass (see energy())
+
+
+    def __post_init__(self) -> None:
+        if self.lift is None:
+            self.lift = torch.zeros(self.x0.shape[0], dtype=self.x0.dtype, device=self.x0.device)
 
 
 def _scalar(t, name: str, dtype) -> torch.Tensor:
@@ -251,6 +258,7 @@ def prepare_inputs(model: SpringModel, params: SpringParams, state0: SpringState
         prm=prm, n_frames=int(n_frames), substeps=integrator.substeps, max_speed=float(max_speed),
         law=FORCE_LAWS.index(model.force_law), p_k=float(model.p_k),
         pair=SPRING_STIFFNESS.index(model.spring_stiffness), mirror=SPRINGS.index(model.springs), penalty=penalty,
+        lift=model.contact_lift(dev, dtype).contiguous(),
     )
     if integrator.energy_tolerance is not None and n_frames > 0:
         inputs.energy_limit = energy_limit(inputs, model, integrator)
@@ -294,15 +302,15 @@ def energy_limit(inputs: RolloutInputs, model: SpringModel, integrator: Integrat
         extent = max(model.extent, 1e-6)
         kinetic = 0.5 * v0.double().square().sum()
         scale = torch.clamp(kinetic + n * g * extent, min=n * (0.01 * extent / integrator.frame_dt) ** 2)
-        start, lift = x0.double(), 0.0
+        start, lifted = x0.double(), 0.0
         if float(prm[K.P_HAS_GROUND]) > 0:  # the first substep lifts anchors below the ground onto it
             nrm = prm[K.P_GN:K.P_GN + 3].double()
-            depth = torch.clamp(-((start - prm[K.P_GP:K.P_GP + 3].double()) @ nrm), min=0.0)
-            lift = depth.sum() * abs(float(prm[K.P_G:K.P_G + 3].double() @ nrm))
+            depth = torch.clamp(inputs.lift.double() - (start - prm[K.P_GP:K.P_GP + 3].double()) @ nrm, min=0.0)
+            lifted = depth.sum() * abs(float(prm[K.P_G:K.P_G + 3].double() @ nrm))
             if inputs.penalty:  # the ground's spring, compressed by that depth, can launch them
-                lift = lift + 0.5 * float(prm[K.P_CONTACT_K]) * depth.square().sum()
+                lifted = lifted + 0.5 * float(prm[K.P_CONTACT_K]) * depth.square().sum()
             start = start + depth[:, None] * nrm
-        gain = torch.maximum(strain_energy_bound(x0, inputs), strain_energy_bound(start, inputs)) / model.mass + lift
+        gain = torch.maximum(strain_energy_bound(x0, inputs), strain_energy_bound(start, inputs)) / model.mass + lifted
         limit = energy(x0, v0, prm) + gain + float(integrator.energy_tolerance) * scale
     return float(limit)
 
@@ -364,7 +372,7 @@ class FrameStepper:
                            self.inputs.pair)
 
     def step(self, x, v, x_out, v_out, vh_out, contact_out) -> None:
-        K.substep_forward(x, v, self.nbr, self.rest, self.inv_rest, self.stiff, self.eta, self.prm,
+        K.substep_forward(x, v, self.nbr, self.rest, self.inv_rest, self.stiff, self.eta, self.prm, self.inputs.lift,
                           x_out, v_out, vh_out, contact_out, *self.forward_tables, self.inputs.law, self.inputs.p_k,
                           self.inputs.pair, self.inputs.mirror, self.inputs.penalty)
 

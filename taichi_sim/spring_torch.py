@@ -23,11 +23,14 @@ from taichi_sim.spring_rollout import (
 
 def substep(x: torch.Tensor, v: torch.Tensor, neighbors: torch.Tensor, rest_length: torch.Tensor,
             stiffness: torch.Tensor, eta: torch.Tensor, friction: torch.Tensor, prm: torch.Tensor,
-            law: int, pair: int = 0, mirror: int = 0, penalty: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+            law: int, pair: int = 0, mirror: int = 0, penalty: int = 0,
+            lift: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One substep: x, v [N,3] -> x', v' [N,3] (Eq. 9-14). ``prm`` as in spring_kernels.py;
     ``friction`` is taken from its own (differentiable) argument, not from prm; ``pair``: a
     spring's stiffness is sqrt(k_i k_j) instead of its owner's k_i; ``mirror``: every spring acts
-    on both its ends with half its force; ``penalty``: the penalty ground instead of the projection."""
+    on both its ends with half its force; ``penalty``: the penalty ground instead of the projection;
+    ``lift`` [N]: how far above the contact plane each anchor meets the ground (None: 0)."""
+    lift = 0.0 if lift is None else lift
     dt, inv_m, zeta0, p, dead = (prm[i] for i in (P_DT, P_INV_MASS, P_ZETA0, P_PK, P_DEAD))
     d = x[:, None, :] - x[neighbors]  # [N,K,3] from neighbour to anchor
     length = torch.linalg.vector_norm(d, dim=-1)  # [N,K]
@@ -49,7 +52,7 @@ def substep(x: torch.Tensor, v: torch.Tensor, neighbors: torch.Tensor, rest_leng
     vh = v + (force * inv_m + prm[P_G:P_G + 3]) * dt
     if penalty and float(prm[P_HAS_GROUND]) > 0:
         nrm = prm[P_GN:P_GN + 3]
-        sd = (x - prm[P_GP:P_GP + 3]) @ nrm
+        sd = (x - prm[P_GP:P_GP + 3]) @ nrm - lift
         touch = sd < 0
         push = torch.where(touch, -prm[P_CONTACT_K] * sd - prm[P_CONTACT_C] * (v @ nrm), torch.zeros_like(sd))
         vh = vh + (push.clamp_min(0) * dt)[:, None] * nrm
@@ -59,7 +62,7 @@ def substep(x: torch.Tensor, v: torch.Tensor, neighbors: torch.Tensor, rest_leng
     xh = x + vh * dt
     if float(prm[P_HAS_GROUND]) > 0:
         nrm = prm[P_GN:P_GN + 3]
-        sd = (xh - prm[P_GP:P_GP + 3]) @ nrm
+        sd = (xh - prm[P_GP:P_GP + 3]) @ nrm - lift
         touch = (sd < 0)[:, None]
         xh = torch.where(touch, xh - sd[:, None] * nrm, xh)
         vh = torch.where(touch, (vh - (vh @ nrm)[:, None] * nrm) * friction, vh)
@@ -69,7 +72,7 @@ def substep(x: torch.Tensor, v: torch.Tensor, neighbors: torch.Tensor, rest_leng
 def _frame(x, v, stiffness, eta, friction, prep: RolloutInputs):
     for _ in range(prep.substeps):
         x, v = substep(x, v, prep.neighbors, prep.rest_length, stiffness, eta, friction, prep.prm, prep.law,
-                       prep.pair, prep.mirror, prep.penalty)
+                       prep.pair, prep.mirror, prep.penalty, prep.lift)
     return x, v
 
 

@@ -147,6 +147,26 @@ def test_a_fit_on_the_penalty_ground_fits_its_restitution_into_the_asset(tiny_da
     assert json.loads((tiny_run / "asset/physics.json").read_text())["model"]["contact"] == "projection"
 
 
+def test_a_fit_with_a_flat_floor_keeps_it_in_the_asset(tiny_data, tiny_run, tmp_path):
+    """`--set contact_floor=flat`: the stages from the velocity on re-run (the model changed), and
+    the asset and its report carry the flat floor with the offset the global search chose; a floor
+    of another name is one named error."""
+    from pipeline.asset import load_asset
+
+    run = tmp_path / "flat"
+    shutil.copytree(tiny_run, run)
+    r = invoke("fit", tiny_data, "--out", run, *TINY, "--resume", "--set", "contact_floor=flat")
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "run.json").read_text())["stages_run"] == ["velocity", "global", "dynamic"]
+    found = json.loads((run / "stages/global/global.json").read_text())
+    model = load_asset(run).model
+    assert model.contact_floor == "flat" and model.contact_offset == pytest.approx(found["contact_offset"])
+    assert "cut flat" in (run / "report.html").read_text()
+    assert load_asset(tiny_run).model.contact_floor == "uniform"
+    r = invoke("fit", tiny_data, "--out", tmp_path / "bad", *TINY, "--set", "contact_floor=level")
+    assert r.exit_code != 0 and "contact_floor must be one of uniform, flat" in r.output
+
+
 def test_resume_after_a_kill_mid_stage(tiny_data, tmp_path, monkeypatch):
     from pipeline.fit import velocity
     from pipeline.fit.runner import fit

@@ -140,6 +140,32 @@ def test_penalty_ground_taichi_matches_twin_and_finite_differences(springs):
     assert float((projection - pos_t).abs().max()) > 1e-3, "the penalty ground must differ from the projection"
 
 
+@pytest.mark.parametrize("contact", ["projection", "penalty"])
+def test_flat_floor_taichi_matches_twin_and_finite_differences(contact):
+    """The flat floor (SpringModel.contact_floor "flat": the anchors within the contact offset of the
+    lowest one meet the ground together): the kernels' values and gradients against the twin's, and
+    against f64 finite differences, on a blob that lands with several anchors lifted."""
+    model, integ = _setup(_blob(30, 2, lift=0.01), 10, 0.01, 15, n_c=4, dead_zone=0.0, springs="mirrored",
+                          spring_stiffness="pair", contact=contact, contact_offset=0.02, contact_floor="flat")
+    lift = model.contact_lift(dtype=F64)
+    assert int(((lift > 0) & (lift < 0.02)).sum()) >= 3, "the test needs anchors lifted by less than the offset"
+    ins = _inputs(model, 3, v0=(0.5, -2.0, 0.3))
+    out = {}
+    for backend in ("taichi", "torch"):
+        pos, v = run(model, integ, *ins, n_frames=8, backend=backend)
+        out[backend] = (pos, v, _grads(_loss_fn(model, integ, 8, backend), ins)[1])
+    pos_t, v_t, g_t = out["taichi"]
+    pos_r, v_r, g_r = out["torch"]
+    assert _rel(pos_t, pos_r) < 1e-9 and _rel(v_t, v_r) < 1e-9
+    for name, a, b in zip(("x0", "v0", "log_stiffness", "kappa", "friction_logit"), g_t, g_r):
+        assert float(b.abs().max()) > 0, f"{name}: the torch gradient is zero, the test would prove nothing"
+        assert _rel(a, b) < 1e-9, f"{name}: taichi and torch gradients differ ({_rel(a, b):.2e})"
+    fds = dict(_fd_check(model, integ, ins, 8, h=1e-7))
+    assert abs(fds["friction_logit"]) > 1e-6, "friction must matter in this scene"
+    uniform = run(model.with_physics(contact_floor="uniform"), integ, *ins, n_frames=8)[0]
+    assert float((uniform - pos_t).abs().max()) > 1e-3, "the flat floor must differ from the uniform one"
+
+
 def test_finite_differences_without_ground():
     model, integ = _setup(_blob(30, 4), 10, 0.03, 15, n_c=4, ground_point=None, dead_zone=0.0)
     ins = _inputs(model, 5)

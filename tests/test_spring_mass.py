@@ -389,6 +389,65 @@ def test_contact_offset_moves_the_collision_plane_not_the_ground(backend, tmp_pa
     assert load_asset(tmp_path / "a").model.contact_offset == 0.0
 
 
+def test_flat_floor_lifts_each_anchor_by_its_height_above_the_lowest_up_to_the_offset(tmp_path):
+    """contact_lift: zeros for the uniform floor; min(h, contact_offset) for the flat one, h along
+    the ground's normal (a tilted normal here); none without an offset. The choice is checked, saved
+    with an asset, and an asset written before it existed keeps the uniform floor."""
+    import json
+
+    from conftest import make_asset
+    from pipeline.asset import load_asset, save_asset
+    from pipeline.data.gaussians import Gaussians
+
+    x0 = _lattice(3, 0.05, origin=(0.0, 0.02, 0.0))
+    normal = torch.tensor([0.0, 0.8, 0.6], dtype=F64)
+    model = build_spring_model(x0, 12, n_c=12, ground_normal=tuple(normal.tolist()), contact_offset=0.06)
+    assert float(model.contact_lift(dtype=F64).abs().max()) == 0.0
+    flat = model.with_physics(contact_floor="flat")
+    h = x0 @ normal
+    assert torch.allclose(flat.contact_lift(dtype=F64), (h - h.min()).clamp(max=0.06), atol=1e-12)
+    assert 0 < int((flat.contact_lift(dtype=F64) == 0.06).sum()) < 27
+    assert float(flat.with_physics(contact_offset=0.0).contact_lift().abs().max()) == 0.0
+    with pytest.raises(SgausError, match="contact_floor must be one of uniform, flat"):
+        model.with_physics(contact_floor="level")
+
+    pts = x0.float()
+    g = Gaussians(means=pts, log_scales=torch.full((27,), -4.0), colors=torch.rand(27, 3),
+                  opacity_logits=torch.zeros(27))
+    save_asset(tmp_path / "a", make_asset(pts, g, 12, 12, 40).with_physics(contact_offset=0.01, contact_floor="flat"))
+    assert load_asset(tmp_path / "a").model.contact_floor == "flat"
+    doc_path = next(p for p in (tmp_path / "a").glob("*.json") if "contact_floor" in p.read_text())
+    doc = json.loads(doc_path.read_text())
+    del doc["model"]["contact_floor"]
+    doc_path.write_text(json.dumps(doc))
+    assert load_asset(tmp_path / "a").model.contact_floor == "uniform"
+
+
+@pytest.mark.parametrize("backend", ["taichi", "torch"])
+def test_a_stiff_block_lands_flat_on_a_flat_floor_where_it_pivots_on_its_lowest_bumps(backend):
+    """A stiff block whose underside has bumps a few mm deep on one side (as a reconstruction's
+    unseen underside has), dropped flat: with the uniform floor it lands on the bumps first and
+    turns; with the flat floor (offset deeper than the bumps) its underside meets the ground at
+    once and it bounces without turning."""
+    x0 = _lattice(5, 0.04, origin=(-0.08, 0.1, -0.08))
+    bottom = x0[:, 1] < 0.1 + 1e-9
+    bumps = bottom & (x0[:, 0] < -0.05) & (x0[:, 2] < 0.0)  # one corner's bottom anchors hang low
+    x0[bumps, 1] -= 0.004
+    base = build_spring_model(x0, 12, n_c=12, springs="mirrored", spring_stiffness="pair", friction_mode="per_time",
+                              contact_offset=0.008)
+    turned = {}
+    for floor in ("uniform", "flat"):
+        model = base.with_physics(contact_floor=floor)
+        pos, _v = run(model, Integrator(frame_dt=0.02, substeps=200), x0, torch.zeros(125, 3, dtype=F64),
+                      *_params(model, log_k=5.0, phi=3.0), n_frames=12, backend=backend)
+        a, b = x0 - x0.mean(0), pos[-1] - pos[-1].mean(0)
+        u, _s, vt = torch.linalg.svd(a.T @ b)
+        up = (u @ vt).T @ torch.tensor([0.0, 1.0, 0.0], dtype=F64)  # the block's up after the best rotation
+        turned[floor] = math.degrees(math.acos(min(1.0, float(up[1]))))
+        assert float(pos[:, :, 1].mean(1).min()) < 0.15, "the block must reach the ground"
+    assert turned["uniform"] > 8.0 and turned["flat"] < 0.2 * turned["uniform"], turned  # measured 16.7 and 1.3
+
+
 @pytest.mark.parametrize("backend", ["taichi", "torch"])
 @pytest.mark.parametrize("restitution", [0.1, 0.3, 0.8])
 def test_penalty_ground_gives_back_its_restitution_and_holds_a_resting_object(backend, restitution):

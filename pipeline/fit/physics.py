@@ -37,7 +37,8 @@ class PhysicsSettings:
     authors') or "mirrored" (each spring acts on both ends, taichi_sim.spring_model); contact:
     "projection" (the authors' ground) or "penalty" (a damped stiff spring, taichi_sim.spring_model)
     and, for the penalty, contact_time (s) and the starting restitution init_restitution (the global
-    search fits it); init_log_stiffness, init_kappa, init_friction_logit: starting log10 k, kappa and
+    search fits it); contact_floor: "uniform" or "flat" (taichi_sim.spring_model);
+    init_log_stiffness, init_kappa, init_friction_logit: starting log10 k, kappa and
     phi; soft_vector: False gives every spring weight 1 (Table 3).
     """
 
@@ -56,6 +57,7 @@ class PhysicsSettings:
     contact: str = "projection"
     contact_time: float = 0.005
     init_restitution: float = 0.5
+    contact_floor: str = "uniform"
 
     def initial_params(self, n_anchors: int) -> SpringParams:
         """One stiffness for every anchor; without the soft vector softplus(kappa) -> 0 (Eq. 8)."""
@@ -71,6 +73,6 @@ def spring_model(anchors: Anchors, facts: SceneFacts, physics: PhysicsSettings) 
                         force_law=physics.force_law, p_k=physics.p_k, zeta0=physics.zeta0, n_c=physics.n_c,
                         friction_mode=physics.friction_mode, spring_stiffness=physics.spring_stiffness,
                         springs=physics.springs, contact=physics.contact, contact_time=physics.contact_time,
-                        restitution=physics.init_restitution)
+                        restitution=physics.init_restitution, contact_floor=physics.contact_floor)
     model.kernel_topology(anchors.rest_positions.device)
     return model

@@ -87,6 +87,10 @@ class FitSettings:
         half-period); it must span 2 substeps or more.
       init_restitution: "penalty" only: the normal speed a lone anchor keeps leaving the ground, as
         a fraction of its landing speed, before the global search fits it.
+      contact_floor: where the anchors meet the ground: "uniform" (the default: all at the contact
+        offset's plane) or "flat" (the layer within the contact offset of the lowest anchor meets
+        it together, as if the unseen underside were cut flat there, so a stiff model does not
+        pivot on its lowest bumps; README "Ground contact").
       substeps: simulation substeps per frame (raised by 50 on instability, up to max_substeps).
       substeps_raise_every: the dynamic stage's substeps rise by 50 at every multiple of this
         iteration count below its iterations (the authors' N_STEP_ITER; paper preset 100: 100,
@@ -188,6 +192,7 @@ class FitSettings:
     contact: str = "projection"
     contact_time: float = 0.005
     init_restitution: float = 0.5
+    contact_floor: str = "uniform"
     substeps: int = 60
     max_substeps: int = 500
     substeps_raise_every: int = 0
@@ -317,7 +322,7 @@ class FitSettings:
                                self.spring_stiffness, self.init_log_stiffness, self.init_kappa,
                                self.init_friction_logit, self.soft_vector, springs=self.springs,
                                contact=self.contact, contact_time=self.contact_time,
-                               init_restitution=self.init_restitution)
+                               init_restitution=self.init_restitution, contact_floor=self.contact_floor)
 
     def velocity(self, frames: int) -> VelocitySettings:
         """``frames``: the frames before contact, resolved by the caller (velocity_frames or detection)."""
