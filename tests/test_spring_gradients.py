@@ -115,6 +115,24 @@ def test_finite_differences_with_ground_contact(spring_stiffness, springs):
     assert abs(fds["friction_logit"]) > 1e-6, "friction must matter in this scene"
 
 
+def _twins_agree_with_finite_differences(model, integ, ins, n_frames):
+    """The Taichi kernels' values and hand-written gradients against the twin's autograd (to 1e-9),
+    and against f64 finite differences, with friction mattering; the two twins' positions."""
+    out = {}
+    for backend in ("taichi", "torch"):
+        pos, v = run(model, integ, *ins, n_frames=n_frames, backend=backend)
+        out[backend] = (pos, v, _grads(_loss_fn(model, integ, n_frames, backend), ins)[1])
+    pos_t, v_t, g_t = out["taichi"]
+    pos_r, v_r, g_r = out["torch"]
+    assert _rel(pos_t, pos_r) < 1e-9 and _rel(v_t, v_r) < 1e-9
+    for name, a, b in zip(("x0", "v0", "log_stiffness", "kappa", "friction_logit"), g_t, g_r):
+        assert float(b.abs().max()) > 0, f"{name}: the torch gradient is zero, the test would prove nothing"
+        assert _rel(a, b) < 1e-9, f"{name}: taichi and torch gradients differ ({_rel(a, b):.2e})"
+    fds = dict(_fd_check(model, integ, ins, n_frames, h=1e-7))
+    assert abs(fds["friction_logit"]) > 1e-6, "friction must matter in this scene"
+    return pos_t, pos_r
+
+
 @pytest.mark.parametrize("springs", ["directed", "mirrored"])
 def test_penalty_ground_taichi_matches_twin_and_finite_differences(springs):
     """The penalty ground (SpringModel.contact "penalty"): the kernels' values and hand-written
@@ -123,19 +141,8 @@ def test_penalty_ground_taichi_matches_twin_and_finite_differences(springs):
     model, integ = _setup(_blob(30, 2, lift=0.01), 10, 0.01, 15, n_c=4, dead_zone=0.0, springs=springs,
                           spring_stiffness="pair", contact="penalty", contact_time=0.005, restitution=0.3)
     ins = _inputs(model, 3, v0=(0.5, -2.0, 0.3))
-    out = {}
-    for backend in ("taichi", "torch"):
-        pos, v = run(model, integ, *ins, n_frames=8, backend=backend)
-        out[backend] = (pos, v, _grads(_loss_fn(model, integ, 8, backend), ins)[1])
-    pos_t, v_t, g_t = out["taichi"]
-    pos_r, v_r, g_r = out["torch"]
+    pos_t, pos_r = _twins_agree_with_finite_differences(model, integ, ins, 8)
     assert (pos_r[1:, :, 1] < 0).any(0).sum() >= 5, "the test needs anchors pushed by the ground"
-    assert _rel(pos_t, pos_r) < 1e-9 and _rel(v_t, v_r) < 1e-9
-    for name, a, b in zip(("x0", "v0", "log_stiffness", "kappa", "friction_logit"), g_t, g_r):
-        assert float(b.abs().max()) > 0, f"{name}: the torch gradient is zero, the test would prove nothing"
-        assert _rel(a, b) < 1e-9, f"{name}: taichi and torch gradients differ ({_rel(a, b):.2e})"
-    fds = dict(_fd_check(model, integ, ins, 8, h=1e-7))
-    assert abs(fds["friction_logit"]) > 1e-6, "friction must matter in this scene"
     projection = run(model.with_physics(contact="projection"), integ, *ins, n_frames=8)[0]
     assert float((projection - pos_t).abs().max()) > 1e-3, "the penalty ground must differ from the projection"
 
@@ -150,18 +157,7 @@ def test_flat_floor_taichi_matches_twin_and_finite_differences(contact):
     lift = model.contact_lift(dtype=F64)
     assert int(((lift > 0) & (lift < 0.02)).sum()) >= 3, "the test needs anchors lifted by less than the offset"
     ins = _inputs(model, 3, v0=(0.5, -2.0, 0.3))
-    out = {}
-    for backend in ("taichi", "torch"):
-        pos, v = run(model, integ, *ins, n_frames=8, backend=backend)
-        out[backend] = (pos, v, _grads(_loss_fn(model, integ, 8, backend), ins)[1])
-    pos_t, v_t, g_t = out["taichi"]
-    pos_r, v_r, g_r = out["torch"]
-    assert _rel(pos_t, pos_r) < 1e-9 and _rel(v_t, v_r) < 1e-9
-    for name, a, b in zip(("x0", "v0", "log_stiffness", "kappa", "friction_logit"), g_t, g_r):
-        assert float(b.abs().max()) > 0, f"{name}: the torch gradient is zero, the test would prove nothing"
-        assert _rel(a, b) < 1e-9, f"{name}: taichi and torch gradients differ ({_rel(a, b):.2e})"
-    fds = dict(_fd_check(model, integ, ins, 8, h=1e-7))
-    assert abs(fds["friction_logit"]) > 1e-6, "friction must matter in this scene"
+    pos_t, _pos_r = _twins_agree_with_finite_differences(model, integ, ins, 8)
     uniform = run(model.with_physics(contact_floor="uniform"), integ, *ins, n_frames=8)[0]
     assert float((uniform - pos_t).abs().max()) > 1e-3, "the flat floor must differ from the uniform one"
 
