@@ -127,8 +127,8 @@ def _rest_1d(rest: ti.template(), e, inv_rest, law: ti.template()):
 @fast
 @ti.kernel
 def substep_forward(x: NDA, v: NDA, nbr: NDA, rest: NDA, inv_rest: NDA, stiff: NDA, eta: NDA, prm: NDA,
-                    lift: NDA, x_out: NDA, v_out: NDA, vh_out: NDA, contact: NDA, mutual_k: NDA, rev_ptr: NDA, rev_src: NDA,
-                    rev_rest: NDA, rev_inv_rest: NDA, rev_k: NDA, law: ti.template(), p: ti.template(),
+                    lift: NDA, x_out: NDA, v_out: NDA, vh_out: NDA, contact: NDA, mutual_k: NDA, rev_ptr: NDA,
+                    rev_src: NDA, rev_rest: NDA, rev_inv_rest: NDA, rev_k: NDA, law: ti.template(), p: ti.template(),
                     pair: ti.template(), mirror: ti.template(), penalty: ti.template()):
     """One substep (Eq. 9-14). With ``mirror`` every spring acts on both its ends with half its
     force: an anchor also feels the other half of its mutual partners' springs (``mutual_k``, see

@@ -410,5 +410,5 @@ def build_spring_model(anchors: torch.Tensor, k_neighbors: int, **physics) -> Sp
 
 
 __all__ = ["SpringModel", "build_spring_model", "check_choices", "nearest_springs", "vec3", "CHOICES", "FORCE_LAWS",
-           "FRICTION_MODES", "SPRING_STIFFNESS", "SPRINGS", "CONTACTS", "CONTACT_FLOORS", "FRICTION_REFERENCE_DT", "damping_ratio",
-           "penalty_restitution"]
+           "FRICTION_MODES", "SPRING_STIFFNESS", "SPRINGS", "CONTACTS", "CONTACT_FLOORS", "FRICTION_REFERENCE_DT",
+           "damping_ratio", "penalty_restitution"]

@@ -180,7 +180,6 @@ class RolloutInputs:
     lift: torch.Tensor | None = None  # [N]; None: zeros of x0's kind (set by __post_init__)
     energy_limit: float = math.inf  # the most kinetic + gravitational energy per unit mass (see energy())
 
-
     def __post_init__(self) -> None:
         if self.lift is None:
             self.lift = torch.zeros(self.x0.shape[0], dtype=self.x0.dtype, device=self.x0.device)
