@@ -228,7 +228,8 @@ def main() -> None:
     cm = lambda v: None if v is None else 100 * v  # noqa: E731
     print()
     print("| scene | E (Pa) | mean log10 k | kappa | friction | restitution | zeta0 "
-          "| future CD sgaus / hold / single k | future PSNR sgaus / hold / single k | folded % | turn ° | underside gap / offset cm | fit s |")
+          "| future CD sgaus / hold / single k | future PSNR sgaus / hold / single k "
+          "| folded % | turn ° | underside gap / offset cm | fit s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         extra = f" (stiff half {r['stiff_half_log_k']:.2f}, soft half {r['soft_half_log_k']:.2f})" \

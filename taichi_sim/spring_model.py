@@ -217,9 +217,9 @@ class SpringModel:
         """How much higher than the contact plane (:meth:`contact_point`) each anchor meets the
         ground, [N] along the normal: zeros for the "uniform" floor; for "flat", min(h_i,
         contact_offset), h_i the anchor's rest height above the lowest anchor."""
+        if self.contact_floor == "uniform" or self.ground_point is None or self.n_anchors == 0:
+            return torch.zeros(self.n_anchors, device=device, dtype=dtype)
         r = self.rest_positions.to(device=device, dtype=torch.float64)
-        if self.contact_floor == "uniform" or self.ground_point is None or len(r) == 0:
-            return torch.zeros(len(r), device=device, dtype=dtype)
         h = r @ torch.as_tensor(self.unit_normal(), device=device, dtype=torch.float64)
         return torch.clamp(h - h.min(), max=self.contact_offset).to(dtype)
 

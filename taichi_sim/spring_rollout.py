@@ -174,15 +174,11 @@ class RolloutInputs:
     max_speed: float
     law: int
     p_k: float
+    lift: torch.Tensor  # [N] how far above the contact plane each anchor meets the ground
     pair: int = 0  # 1: a spring's stiffness is sqrt(k_i k_j) (SpringModel.spring_stiffness "pair")
     mirror: int = 0  # 1: every spring acts on both its ends, half each (SpringModel.springs "mirrored")
     penalty: int = 0  # 1: the penalty ground (SpringModel.contact "penalty"), 0: the projection
-    lift: torch.Tensor | None = None  # [N]; None: zeros of x0's kind (set by __post_init__)
     energy_limit: float = math.inf  # the most kinetic + gravitational energy per unit mass (see energy())
-
-    def __post_init__(self) -> None:
-        if self.lift is None:
-            self.lift = torch.zeros(self.x0.shape[0], dtype=self.x0.dtype, device=self.x0.device)
 
 
 def _scalar(t, name: str, dtype) -> torch.Tensor:
