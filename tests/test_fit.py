@@ -167,6 +167,53 @@ def test_a_fit_with_a_flat_floor_keeps_it_in_the_asset(tiny_data, tiny_run, tmp_
     assert r.exit_code != 0 and "contact_floor must be one of uniform, flat" in r.output
 
 
+def test_a_fit_from_several_starts_keeps_the_best_scored_and_resumes_within_them(tiny_data, tiny_run, tmp_path,
+                                                                                   monkeypatch):
+    """`--set dense_start_offsets=0,0.6`: the dynamic stage runs from the global result and from it
+    half a decade and more up, each saved as its own stage; the asset holds the start with the
+    lowest all-camera score. The start at offset 0 is the one-start fit itself, bit for bit. A fit
+    killed during the second start resumes there; bad offsets are named errors."""
+    from pipeline.asset import load_asset
+    from pipeline.fit import dynamic
+    from pipeline.fit.runner import fit
+
+    run = tmp_path / "starts"
+    shutil.copytree(tiny_run, run)
+    real, calls = dynamic.run, []
+
+    def killed_at_second(*a, **k):
+        calls.append(k["desc"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(dynamic, "run", killed_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_data, run, make_settings("tiny", overrides={"dense_start_offsets": "0,0.6"}), resume=True,
+            progress=False, log=lambda *_: None)
+    monkeypatch.setattr(dynamic, "run", real)
+    r = invoke("fit", tiny_data, "--out", run, *TINY, "--resume", "--set", "dense_start_offsets=0,0.6")
+    assert r.exit_code == 0, r.output
+    assert calls == ["dynamic_start0", "dynamic_start1"]
+    assert json.loads((run / "run.json").read_text())["stages_run"] == ["dynamic_start1", "dynamic"]
+    one = json.loads((tiny_run / "stages/dynamic/fitted.json").read_text())
+    first = json.loads((run / "stages/dynamic_start0/fitted.json").read_text())
+    second = json.loads((run / "stages/dynamic_start1/fitted.json").read_text())
+    assert first["log_stiffness"] == one["log_stiffness"] and first["losses"] == one["losses"]
+    assert np.mean(second["log_stiffness"]) > np.mean(first["log_stiffness"]) + 0.3
+    starts = json.loads((run / "stages/dynamic/fitted.json").read_text())["starts"]
+    assert [s["offset"] for s in starts] == [0.0, 0.6]
+    assert [s["score"] for s in starts] == [first["score"], second["score"]] and first["score"] != second["score"]
+    best = min((first, second), key=lambda d: d["score"])
+    assert [s["chosen"] for s in starts] == [best is first, best is second]
+    assert load_asset(run).params.log_stiffness.tolist() == pytest.approx(best["log_stiffness"], abs=1e-6)
+    r = invoke("fit", tiny_data, "--out", run, *TINY, "--resume", "--set", "dense_start_offsets=0,0.6")
+    assert r.exit_code == 0 and json.loads((run / "run.json").read_text())["stages_run"] == []
+    for bad in ("0,up", "0,0", "0,9"):
+        r = invoke("fit", tiny_data, "--out", tmp_path / "bad", *TINY, "--set", f"dense_start_offsets={bad}")
+        assert r.exit_code != 0 and "dense_start_offsets must be" in r.output, r.output
+
+
 def test_resume_after_a_kill_mid_stage(tiny_data, tmp_path, monkeypatch):
     from pipeline.fit import velocity
     from pipeline.fit.runner import fit

@@ -347,12 +347,22 @@ def _stages(cap, run: RunDir, data, settings: FitSettings, cs, loss, imported, s
     vgg = hash_files([settings.vgg_weights]) if settings.vgg_weights else None
     dkey = hash_key(stage_key("dynamic", key, ds_settings), "eq19", dataclasses.asdict(cs), vgg)
 
-    def compute_dynamic(c):
-        log(f"stage 7/7: stiffness, soft vector and friction on frames 0..{facts.fit_frames - 1} (Eq. 19 on masks)")
+    if start is None:
+        start = ds_settings.physics.initial_params(model.n_anchors)
+
+    def fit_dynamic(from_, c, desc):
         return dynamic_stage.run(gw, model, a_dyn.binding, v0, mframes, facts.fit_frames, facts.frame_dt,
-                                 ds_settings, progress, start=start, min_substeps=min_substeps, image_loss=loss,
-                                 checkpoint=c), {}
-    r = stage("dynamic", dkey, compute_dynamic, lambda r, d: dynamic_stage.save(r, d), dynamic_stage.load)
+                                 ds_settings, progress, desc=desc, start=from_, min_substeps=min_substeps,
+                                 image_loss=loss, checkpoint=c)
+
+    def score_dynamic(r):
+        integrator = Integrator(frame_dt=facts.frame_dt, substeps=r.substeps, max_substeps=ds_settings.max_substeps)
+        return dynamic_stage.score(gw, model, a_dyn.binding, v0, mframes, facts.fit_frames, integrator, r.params,
+                                   ds_settings.lambda_dssim, image_loss=loss)
+
+    r = dynamic_stage.from_starts(stage, dkey, settings.dense_offsets(), start, fit_dynamic, score_dynamic, log,
+                                  f"stage 7/7: stiffness, soft vector and friction on frames 0..{facts.fit_frames - 1} "
+                                  "(Eq. 19 on masks)")
 
     asset = Asset(gaussians=g_dyn, model=model, binding=a_dyn.binding, params=r.params.to(torch.float32),
                   v0=v0.float(), integrator=Integrator(frame_dt=facts.frame_dt, substeps=r.substeps,

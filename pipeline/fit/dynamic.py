@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from pipeline.data.files import write_json
 from pipeline.data.frames import FrameCache
+from pipeline.data.rundir import hash_key
 from pipeline.data.gaussians import Gaussians
 from pipeline.data.schema import matrix, number, read_json
 from pipeline.fit.checkpoint import Checkpoint, rng_state, set_rng_state
@@ -74,6 +75,8 @@ class Dynamic:
     params: SpringParams
     substeps: int  # substeps per frame the fit ended with
     losses: list
+    score: float | None = None  # the loss over every camera of the fitted frames (multi-start fits)
+    starts: list = field(default_factory=list)  # every start of a multi-start fit, the chosen one marked
 
 
 def _clip_grads(params, max_norm: float) -> None:
@@ -252,11 +255,80 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
     return Dynamic(final, integrator.substeps, losses)
 
 
+def score(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, frames: FrameCache, n_fit: int,
+          integrator: Integrator, params: SpringParams, lambda_dssim: float, image_loss=None) -> float:
+    """The Eq. 18 loss (or ``image_loss``) of ``params`` over the fitted frames 1..n_fit-1, every
+    camera rendered: deterministic, where the training loss draws cameras at random."""
+    cams = list(range(len(frames.cameras)))
+    with torch.no_grad():
+        pos = rollout(model, params, SpringState(model.rest_positions, v0), n_fit - 1, integrator).positions
+        means = apply_binding(binding, pos)
+        total = 0.0
+        for f in range(1, n_fit):
+            render = g.render(frames.cameras[cams], means[f])
+            target = frames.rgb(f, cams)
+            loss = image_loss(render, target) if image_loss is not None else l1_dssim_loss(render, target, lambda_dssim)
+            total += float(loss)
+    return total / (n_fit - 1)
+
+
+def shifted(start: SpringParams, offset: float) -> SpringParams:
+    """``start`` with every anchor's log10 stiffness raised by ``offset`` decades."""
+    return SpringParams(start.log_stiffness + offset, start.kappa, start.friction_logit)
+
+
+def from_starts(stage, key: str, offsets, start: SpringParams, fit, score, log=print, header: str = "") -> Dynamic:
+    """The dynamic stage run from ``start`` shifted by each of ``offsets`` (decades of log10 k),
+    keeping the result whose ``score`` (the loss over every camera of the fitted frames) is lowest.
+
+    The global search scores uniform fields, but a dense field can balance a landing a uniform one
+    cannot (README, stage 5), so the stiffness a dense fit matches best at need not be the one the
+    search found. ``fit(start, checkpoint, name)`` runs the stage; ``stage(name, key, compute, save,
+    load)`` caches each start as its own stage (RUN/stages/dynamic_start<i>), so a killed fit resumes
+    at the start it was in; the chosen result becomes the stage "dynamic". One offset of 0 is the
+    plain stage, under ``key``. ``header`` is logged when the stage runs (not when reused)."""
+    offsets = tuple(float(o) for o in offsets)
+    if offsets == (0.0,):
+        def compute_one(c):
+            log(header)
+            return fit(start, c, "dynamic"), {}
+        return stage("dynamic", key, compute_one, save, load)
+    level = float(start.log_stiffness.float().mean())
+
+    def compute_all(_checkpoint):
+        log(f"{header}, from {len(offsets)} starts")
+        tried = []
+        for i, off in enumerate(offsets):
+            name = f"dynamic_start{i}"
+
+            def compute(c, i=i, off=off, name=name):
+                log(f"  start {i + 1}/{len(offsets)}: mean log10 k {level + off:.2f} ({off:+g} decades)")
+                r = fit(shifted(start, off), c, name)
+                r.score = score(r)
+                return r, {"offset": off}
+            tried.append((stage(name, hash_key(name, key, off), compute, save, load), off))
+        best = min(range(len(tried)), key=lambda j: tried[j][0].score)
+        starts = [{"offset": off, "start_log_k": level + off, "mean_log_k": float(r.params.log_stiffness.mean()),
+                   "score": r.score, "chosen": j == best} for j, (r, off) in enumerate(tried)]
+        log(f"  kept start {best + 1} (mean log10 k {starts[best]['mean_log_k']:.2f}); scores "
+            + ", ".join(f"{s['score']:.5f}" for s in starts))
+        chosen = tried[best][0]
+        return Dynamic(chosen.params, chosen.substeps, chosen.losses, chosen.score, starts), {}
+    return stage("dynamic", starts_key(key, offsets), compute_all, save, load)
+
+
+def starts_key(key: str, offsets) -> str:
+    """The key of the stage "dynamic" chosen among several starts (``key``: one start's)."""
+    return hash_key("dynamic", key, "starts", tuple(float(o) for o in offsets))
+
+
 def save(r: Dynamic, directory: Path) -> None:
-    """fitted.json: the dynamic stage's parameters, final substeps and losses."""
+    """fitted.json: the dynamic stage's parameters, final substeps and losses (and, from a
+    multi-start fit, its score and every start)."""
+    extra = ({} if r.score is None else {"score": r.score}) | ({"starts": r.starts} if r.starts else {})
     write_json(directory / "fitted.json", {
         "log_stiffness": r.params.log_stiffness.tolist(), "kappa": float(r.params.kappa),
-        "friction_logit": float(r.params.friction_logit), "substeps": r.substeps, "losses": r.losses})
+        "friction_logit": float(r.params.friction_logit), "substeps": r.substeps, "losses": r.losses, **extra})
 
 
 def load(directory: Path) -> Dynamic:
@@ -269,7 +341,8 @@ def load(directory: Path) -> Dynamic:
         params = SpringParams(torch.from_numpy(matrix(stiffness, ((n,),), "'log_stiffness'", path, "anchor")).float(),
                               torch.tensor(number(d, "kappa", path, "soft vector"), dtype=torch.float32),
                               torch.tensor(number(d, "friction_logit", path, "friction"), dtype=torch.float32))
-        return Dynamic(params, int(d["substeps"]), list(d["losses"]))
+        score = None if d.get("score") is None else number(d, "score", path, "score")
+        return Dynamic(params, int(d["substeps"]), list(d["losses"]), score, list(d.get("starts", [])))
     except (KeyError, TypeError, ValueError) as err:
         if isinstance(err, SgausError):
             raise

@@ -249,21 +249,38 @@ class Fitter:
             self._written("global", c)
         return global_stage.load(self.run.stage_dir("global")), key
 
+    def stage(self, name: str, key: str, compute, save, load):
+        """The stage's saved output, read back (computed first unless ``key`` matches);
+        ``compute(checkpoint)`` returns (value, info)."""
+        if not self._cached(name, key):
+            t0, c = time.perf_counter(), self.checkpoint(name, key)
+            value, info = compute(c)
+            with self.run.write_stage(name, key, {**info, **self._seconds(t0)}) as d:
+                save(value, d)
+            self._written(name, c)
+        return load(self.run.stage_dir(name))
+
     def dynamic(self, g, model, a, v0, parent: str, start=None, min_substeps: int = 0):
         settings = self.settings.dynamic()
         key = stage_key("dynamic", parent, settings)
-        if not self._cached("dynamic", key):
-            label = "single k" if settings.single_k else "per-anchor k"
-            self.log(f"stage {6 if start is not None else 5}/{6 if start is not None else 5}: stiffness ({label}), "
-                     f"soft vector and friction on frames 0..{self.facts.fit_frames - 1}")
-            t0, c = time.perf_counter(), self.checkpoint("dynamic", key)
-            r = dynamic_stage.run(g, model, a.binding, v0, self.frames, self.facts.fit_frames, self.facts.frame_dt,
-                                  settings, self.progress, start=start, checkpoint=c,
-                                  min_substeps=min_substeps)
-            with self.run.write_stage("dynamic", key, self._seconds(t0)) as d:
-                dynamic_stage.save(r, d)
-            self._written("dynamic", c)
-        return dynamic_stage.load(self.run.stage_dir("dynamic")), key
+        offsets = self.settings.dense_offsets()
+        n_fit, frame_dt = self.facts.fit_frames, self.facts.frame_dt
+        if start is None:
+            start = settings.physics.initial_params(model.n_anchors)
+
+        def fit(from_, c, desc):
+            return dynamic_stage.run(g, model, a.binding, v0, self.frames, n_fit, frame_dt, settings, self.progress,
+                                     desc=desc, start=from_, checkpoint=c, min_substeps=min_substeps)
+
+        def score(r):
+            integrator = Integrator(frame_dt=frame_dt, substeps=r.substeps, max_substeps=settings.max_substeps)
+            return dynamic_stage.score(g, model, a.binding, v0, self.frames, n_fit, integrator, r.params,
+                                       settings.lambda_dssim)
+
+        label = "single k" if settings.single_k else "per-anchor k"
+        stage_no = "6/6" if self.settings.global_search else "5/5"
+        header = f"stage {stage_no}: stiffness ({label}), soft vector and friction on frames 0..{n_fit - 1}"
+        return dynamic_stage.from_starts(self.stage, key, offsets, start, fit, score, self.log, header), key
 
     def make_asset(self, g, model, a, v0, r: dynamic_stage.Dynamic) -> Asset:
         s = self.settings
@@ -360,6 +377,15 @@ def write_loss_plot(run: RunDir) -> Path:
                              + ("" if doc.get("zeta0") is None else f", zeta0 {doc['zeta0']:.3g}"))
             ax.legend(fontsize=6)
             ax.set_xlabel("log10 k of the candidate")
+        elif doc.get("starts"):  # a multi-start dynamic stage: every start's curve, the kept one bold
+            for i, start in enumerate(doc["starts"]):
+                p = run.stage_dir(f"dynamic_start{i}") / "fitted.json"
+                losses = json.loads(p.read_text())["losses"] if p.exists() else []
+                ax.plot(np.arange(1, len(losses) + 1), losses, lw=2.5 if start["chosen"] else 1.0,
+                        label=f"from log10 k {start['start_log_k']:.2f}: {start['mean_log_k']:.2f}, "
+                              f"score {start['score']:.4f}" + (" (kept)" if start["chosen"] else ""))
+            ax.legend(fontsize=6)
+            ax.set_xlabel("iteration")
         else:
             ax.plot(np.arange(1, len(doc["losses"]) + 1), doc["losses"])
             ax.set_xlabel("iteration")

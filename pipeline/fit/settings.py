@@ -148,6 +148,9 @@ class FitSettings:
         per-anchor deltas (0 = per-anchor deltas alone).
       patience: stop the dynamic stage once its loss has not improved by 0.5 % for this many
         iterations (0 = run every iteration).
+      dense_start_offsets: comma-separated shifts, in decades, of the starting log10 k (the global
+        search's, or init_log_stiffness): the dynamic stage runs from each, and the fit keeps the
+        one whose loss over every camera of the fitted frames is lowest ("0": one start).
     Checkpoints (pipeline/fit/checkpoint.py; they never change a result, so they are in no stage key)
       checkpoint_s: the longest time, in seconds, between two checkpoints of a running stage
         (0 = after every iteration).
@@ -236,6 +239,7 @@ class FitSettings:
     global_fold_tolerance: float = 0.01
     stiffness_regions: int = 16
     patience: int = 0
+    dense_start_offsets: str = "0"
     checkpoint_s: float = 120.0
     checkpoint_every: int = 0
     capture_image_size: int = 640
@@ -279,6 +283,7 @@ class FitSettings:
             raise SgausError(f"lr_decay must lie in (0, 1], got {self.lr_decay}")
         if not 0.0 <= self.lambda_dssim <= 1.0:
             raise SgausError(f"lambda_dssim must lie in [0, 1], got {self.lambda_dssim}")
+        self.dense_offsets()
         if self.static_scale <= 0 or self.mass <= 0 or self.zeta0 < 0:
             raise SgausError("static_scale and mass must be positive and zeta0 non-negative")
         if self.contact_time <= 0:
@@ -292,6 +297,17 @@ class FitSettings:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def dense_offsets(self) -> tuple[float, ...]:
+        """dense_start_offsets as numbers: finite, distinct, within 7 decades."""
+        text = str(self.dense_start_offsets)
+        try:
+            offsets = tuple(float(part) for part in text.split(","))
+        except ValueError:
+            raise SgausError(f"dense_start_offsets must be comma-separated numbers of decades, got {text!r}") from None
+        if not all(math.isfinite(o) and abs(o) <= 7.0 for o in offsets) or len(set(offsets)) != len(offsets):
+            raise SgausError(f"dense_start_offsets must be distinct finite shifts of at most 7 decades, got {text!r}")
+        return offsets
 
     def checkpoints(self) -> CheckpointPolicy:
         """When a running stage saves its state; not part of any stage's settings (or key):
