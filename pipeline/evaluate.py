@@ -273,7 +273,8 @@ def single_k_asset(run_dir: RunDir, settings, asset: Asset, ds: VideoDataset | N
 
     if settings.single_k:
         return None  # the run itself is the single-k ablation
-    stage = settings.dynamic(single_k=True)
+    # one start: the baseline is the dense stage with one stiffness, not the fit's choice among starts
+    stage = dataclasses.replace(settings.dynamic(single_k=True), start_offsets=(0.0,))
     adir = run_dir.root / "asset"
     fit_frames = int(asset.info["fit_frames"] if "fit_frames" in asset.info else min(20, ds.n_frames))
     # the baseline starts where the fit's dense stage started: from the global search when there was one
@@ -283,7 +284,8 @@ def single_k_asset(run_dir: RunDir, settings, asset: Asset, ds: VideoDataset | N
         start, min_substeps = found.params, found.substeps
     key = hash_key("dynamic_single_k", hash_files([adir / "gaussians.ply", adir / "anchors.npz"]),
                    asset.v0.tolist(), asset.model.physics(), fit_frames, asset.integrator.frame_dt,
-                   float(asset.info.get("image_scale", 1.0)), dataclasses.asdict(stage),
+                   float(asset.info.get("image_scale", 1.0)),
+                   {k: v for k, v in dataclasses.asdict(stage).items() if k != "start_offsets"},
                    None if start is None else [float(t.reshape(-1)[0]) for t in start.tensors()])
     name = "dynamic_single_k"
     resumable = RunDir(run_dir.root, resume=True, create=False)

@@ -70,7 +70,8 @@ def test_every_fit_setting_reaches_a_stage(tmp_path):
         if f.name in ROOT_SETTINGS or f.name in NOT_IN_KEYS:
             continue
         value = getattr(base, f.name)
-        choices = {"force_law": ("smooth", "paper"), "friction_mode": ("per_time", "per_substep")}
+        choices = {"force_law": ("smooth", "paper"), "friction_mode": ("per_time", "per_substep"),
+                   "dense_start_offsets": ("0", "0,0.3")}
         other = next(c for c in choices[f.name] if c != value) if f.name in choices else _other(value)
         other = str(tmp_path / "points.npy") if f.name == "anchor_points" else other
         changed = _stages(dataclasses.replace(base, **{f.name: other}))

@@ -360,9 +360,11 @@ def _stages(cap, run: RunDir, data, settings: FitSettings, cs, loss, imported, s
         return dynamic_stage.score(gw, model, a_dyn.binding, v0, mframes, facts.fit_frames, integrator, r.params,
                                    ds_settings.lambda_dssim, image_loss=loss)
 
-    r = dynamic_stage.from_starts(stage, dkey, settings.dense_offsets(), start, fit_dynamic, score_dynamic, log,
-                                  f"stage 7/7: stiffness, soft vector and friction on frames 0..{facts.fit_frames - 1} "
-                                  "(Eq. 19 on masks)")
+    one_start = dataclasses.replace(ds_settings, start_offsets=(0.0,))
+    start_key = hash_key(stage_key("dynamic", key, one_start), "eq19", dataclasses.asdict(cs), vgg)
+    r = dynamic_stage.from_starts(stage, dkey, start_key, ds_settings.start_offsets, start, fit_dynamic,
+                                  score_dynamic, log, f"stage 7/7: stiffness, soft vector and friction on frames "
+                                                      f"0..{facts.fit_frames - 1} (Eq. 19 on masks)")
 
     asset = Asset(gaussians=g_dyn, model=model, binding=a_dyn.binding, params=r.params.to(torch.float32),
                   v0=v0.float(), integrator=Integrator(frame_dt=facts.frame_dt, substeps=r.substeps,

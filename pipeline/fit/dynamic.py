@@ -39,7 +39,8 @@ class DynamicSettings:
     seed; physics: the model's constants and starting values; substeps_raise_every: the authors'
     schedule of substeps (their N_STEP_ITER): 50 more substeps per frame from their (1-based)
     iteration k * substeps_raise_every on, for every such iteration below ``iterations`` (300 and
-    100: raised at 100 and 200; 0: never), up to max_substeps."""
+    100: raised at 100 and 200; 0: never), up to max_substeps; start_offsets: the shifts, in
+    decades, of the starting log10 k the stage runs from, keeping the best (:func:`from_starts`)."""
 
     iterations: int = 40
     lr_stiffness: float = 0.03
@@ -58,6 +59,7 @@ class DynamicSettings:
     seed: int = 0
     physics: PhysicsSettings = field(default_factory=PhysicsSettings)
     substeps_raise_every: int = 0
+    start_offsets: tuple = (0.0,)
 
 
 SUBSTEPS_RAISE = 50  # the authors' STEP_ADD
@@ -277,16 +279,18 @@ def shifted(start: SpringParams, offset: float) -> SpringParams:
     return SpringParams(start.log_stiffness + offset, start.kappa, start.friction_logit)
 
 
-def from_starts(stage, key: str, offsets, start: SpringParams, fit, score, log=print, header: str = "") -> Dynamic:
+def from_starts(stage, key: str, start_key: str, offsets, start: SpringParams, fit, score, log=print,
+                header: str = "") -> Dynamic:
     """The dynamic stage run from ``start`` shifted by each of ``offsets`` (decades of log10 k),
     keeping the result whose ``score`` (the loss over every camera of the fitted frames) is lowest.
 
     The global search scores uniform fields, but a dense field can balance a landing a uniform one
     cannot (README, stage 5), so the stiffness a dense fit matches best at need not be the one the
     search found. ``fit(start, checkpoint, name)`` runs the stage; ``stage(name, key, compute, save,
-    load)`` caches each start as its own stage (RUN/stages/dynamic_start<i>), so a killed fit resumes
-    at the start it was in; the chosen result becomes the stage "dynamic". One offset of 0 is the
-    plain stage, under ``key``. ``header`` is logged when the stage runs (not when reused)."""
+    load)`` caches each start as its own stage (RUN/stages/dynamic_start<i>, keyed by ``start_key``,
+    the key of a one-start stage, and its offset: a start is reused when the list of offsets
+    changes), so a killed fit resumes at the start it was in; the chosen result becomes the stage
+    "dynamic", under ``key``. One offset of 0 is the plain stage. ``header`` is logged when the stage runs (not when reused)."""
     offsets = tuple(float(o) for o in offsets)
     if offsets == (0.0,):
         def compute_one(c):
@@ -306,7 +310,7 @@ def from_starts(stage, key: str, offsets, start: SpringParams, fit, score, log=p
                 r = fit(shifted(start, off), c, name)
                 r.score = score(r)
                 return r, {"offset": off}
-            tried.append((stage(name, hash_key(name, key, off), compute, save, load), off))
+            tried.append((stage(name, hash_key(name, start_key, off), compute, save, load), off))
         best = min(range(len(tried)), key=lambda j: tried[j][0].score)
         starts = [{"offset": off, "start_log_k": level + off, "mean_log_k": float(r.params.log_stiffness.mean()),
                    "score": r.score, "chosen": j == best} for j, (r, off) in enumerate(tried)]
@@ -314,12 +318,7 @@ def from_starts(stage, key: str, offsets, start: SpringParams, fit, score, log=p
             + ", ".join(f"{s['score']:.5f}" for s in starts))
         chosen = tried[best][0]
         return Dynamic(chosen.params, chosen.substeps, chosen.losses, chosen.score, starts), {}
-    return stage("dynamic", starts_key(key, offsets), compute_all, save, load)
-
-
-def starts_key(key: str, offsets) -> str:
-    """The key of the stage "dynamic" chosen among several starts (``key``: one start's)."""
-    return hash_key("dynamic", key, "starts", tuple(float(o) for o in offsets))
+    return stage("dynamic", key, compute_all, save, load)
 
 
 def save(r: Dynamic, directory: Path) -> None:

@@ -263,7 +263,7 @@ class Fitter:
     def dynamic(self, g, model, a, v0, parent: str, start=None, min_substeps: int = 0):
         settings = self.settings.dynamic()
         key = stage_key("dynamic", parent, settings)
-        offsets = self.settings.dense_offsets()
+        start_key = stage_key("dynamic", parent, dataclasses.replace(settings, start_offsets=(0.0,)))
         n_fit, frame_dt = self.facts.fit_frames, self.facts.frame_dt
         if start is None:
             start = settings.physics.initial_params(model.n_anchors)
@@ -280,7 +280,8 @@ class Fitter:
         label = "single k" if settings.single_k else "per-anchor k"
         stage_no = "6/6" if self.settings.global_search else "5/5"
         header = f"stage {stage_no}: stiffness ({label}), soft vector and friction on frames 0..{n_fit - 1}"
-        return dynamic_stage.from_starts(self.stage, key, offsets, start, fit, score, self.log, header), key
+        return dynamic_stage.from_starts(self.stage, key, start_key, settings.start_offsets, start, fit, score,
+                                         self.log, header), key
 
     def make_asset(self, g, model, a, v0, r: dynamic_stage.Dynamic) -> Asset:
         s = self.settings

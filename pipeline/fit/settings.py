@@ -363,7 +363,7 @@ class FitSettings:
             self.lambda_dssim, self.truncate_per_frame, self.cameras_per_frame,
             self.single_k if single_k is None else single_k, self.substeps, self.max_substeps,
             self.stiffness_regions, self.patience, self.seed, self.physics(),
-            substeps_raise_every=self.substeps_raise_every)
+            substeps_raise_every=self.substeps_raise_every, start_offsets=self.dense_offsets())
 
 
 PRESETS: dict[str, dict] = {
