@@ -172,7 +172,8 @@ def test_a_fit_from_several_starts_keeps_the_best_scored_and_resumes_within_them
     """`--set dense_start_offsets=0,0.6`: the dynamic stage runs from the global result and from it
     half a decade and more up, each saved as its own stage; the asset holds the start with the
     lowest all-camera score. The start at offset 0 is the one-start fit itself, bit for bit. A fit
-    killed during the second start resumes there; bad offsets are named errors."""
+    killed during the second start resumes there, and one given a longer list reuses the starts it
+    has; bad offsets are named errors."""
     from pipeline.asset import load_asset
     from pipeline.fit import dynamic
     from pipeline.fit.runner import fit
@@ -209,6 +210,11 @@ def test_a_fit_from_several_starts_keeps_the_best_scored_and_resumes_within_them
     assert load_asset(run).params.log_stiffness.tolist() == pytest.approx(best["log_stiffness"], abs=1e-6)
     r = invoke("fit", tiny_data, "--out", run, *TINY, "--resume", "--set", "dense_start_offsets=0,0.6")
     assert r.exit_code == 0 and json.loads((run / "run.json").read_text())["stages_run"] == []
+    # a start added to the list: the two done are reused, the new one runs, the choice is made again
+    r = invoke("fit", tiny_data, "--out", run, *TINY, "--resume", "--set", "dense_start_offsets=0,0.6,-0.6")
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "run.json").read_text())["stages_run"] == ["dynamic_start2", "dynamic"]
+    assert len(json.loads((run / "stages/dynamic/fitted.json").read_text())["starts"]) == 3
     for bad in ("0,up", "0,0", "0,9"):
         r = invoke("fit", tiny_data, "--out", tmp_path / "bad", *TINY, "--set", f"dense_start_offsets={bad}")
         assert r.exit_code != 0 and "dense_start_offsets must be" in r.output, r.output
