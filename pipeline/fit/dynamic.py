@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 
 from pipeline.data.files import write_json
 from pipeline.data.frames import FrameCache
-from pipeline.data.rundir import hash_key
 from pipeline.data.gaussians import Gaussians
+from pipeline.data.rundir import hash_key
 from pipeline.data.schema import matrix, number, read_json
 from pipeline.fit.checkpoint import Checkpoint, rng_state, set_rng_state
 from pipeline.fit.physics import PhysicsSettings
@@ -279,10 +279,11 @@ def shifted(start: SpringParams, offset: float) -> SpringParams:
     return SpringParams(start.log_stiffness + offset, start.kappa, start.friction_logit)
 
 
-def from_starts(stage, key: str, start_key: str, offsets, start: SpringParams, fit, score, log=print,
+def from_starts(stage, key: str, start_key: str, offsets, start: SpringParams, fit, score_of, log=print,
                 header: str = "") -> Dynamic:
     """The dynamic stage run from ``start`` shifted by each of ``offsets`` (decades of log10 k),
-    keeping the result whose ``score`` (the loss over every camera of the fitted frames) is lowest.
+    keeping the result whose ``score_of`` (the loss over every camera of the fitted frames, as
+    :func:`score` computes it) is lowest.
 
     The global search scores uniform fields, but a dense field can balance a landing a uniform one
     cannot (README, stage 5), so the stiffness a dense fit matches best at need not be the one the
@@ -290,7 +291,8 @@ def from_starts(stage, key: str, start_key: str, offsets, start: SpringParams, f
     load)`` caches each start as its own stage (RUN/stages/dynamic_start<i>, keyed by ``start_key``,
     the key of a one-start stage, and its offset: a start is reused when the list of offsets
     changes), so a killed fit resumes at the start it was in; the chosen result becomes the stage
-    "dynamic", under ``key``. One offset of 0 is the plain stage. ``header`` is logged when the stage runs (not when reused)."""
+    "dynamic", under ``key``. One offset of 0 is the plain stage. ``header`` is logged when the
+    stage runs (not when reused)."""
     offsets = tuple(float(o) for o in offsets)
     if offsets == (0.0,):
         def compute_one(c):
@@ -308,7 +310,7 @@ def from_starts(stage, key: str, start_key: str, offsets, start: SpringParams, f
             def compute(c, i=i, off=off, name=name):
                 log(f"  start {i + 1}/{len(offsets)}: mean log10 k {level + off:.2f} ({off:+g} decades)")
                 r = fit(shifted(start, off), c, name)
-                r.score = score(r)
+                r.score = score_of(r)
                 return r, {"offset": off}
             tried.append((stage(name, hash_key(name, start_key, off), compute, save, load), off))
         best = min(range(len(tried)), key=lambda j: tried[j][0].score)
