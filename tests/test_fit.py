@@ -220,6 +220,35 @@ def test_a_fit_from_several_starts_keeps_the_best_scored_and_resumes_within_them
         assert r.exit_code != 0 and "dense_start_offsets must be" in r.output, r.output
 
 
+def test_a_start_is_scored_with_the_substeps_its_result_needs(tiny_data, tiny_run):
+    """A start's result may blow up at the substeps its last stable step ran with: its score is
+    retried with more (and says how many it needed, for the asset), and past max_substeps it is inf,
+    so the start loses rather than crashing the fit."""
+    import math
+
+    from pipeline.asset import load_asset
+    from pipeline.data.datasets import load_dataset
+    from pipeline.data.frames import FrameCache
+    from pipeline.fit import dynamic
+    from taichi_sim.spring_params import SpringParams
+    from taichi_sim.spring_rollout import Integrator
+
+    a = load_asset(tiny_run)
+    frames = FrameCache(load_dataset(tiny_data), a.info["image_scale"])
+    stiff = SpringParams.uniform(a.model.n_anchors, 6.0, float(a.params.kappa), float(a.params.friction_logit))
+    n_fit = a.info["fit_frames"]
+
+    def score(substeps, max_substeps):
+        return dynamic.score(a.gaussians, a.model, a.binding, a.v0, frames, n_fit,
+                             Integrator(frame_dt=a.integrator.frame_dt, substeps=substeps, max_substeps=max_substeps),
+                             stiff, 0.05)
+
+    loss, needed = score(4, 500)
+    assert math.isfinite(loss) and needed > 4
+    assert score(needed, 500) == (loss, needed)  # scored again at what it needed: the same
+    assert score(4, needed - 1) == (math.inf, 0)
+
+
 def test_resume_after_a_kill_mid_stage(tiny_data, tmp_path, monkeypatch):
     from pipeline.fit import velocity
     from pipeline.fit.runner import fit

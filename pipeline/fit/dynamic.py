@@ -258,12 +258,22 @@ def run(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, fr
 
 
 def score(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, frames: FrameCache, n_fit: int,
-          integrator: Integrator, params: SpringParams, lambda_dssim: float, image_loss=None) -> float:
-    """The Eq. 18 loss (or ``image_loss``) of ``params`` over the fitted frames 1..n_fit-1, every
-    camera rendered: deterministic, where the training loss draws cameras at random."""
+          integrator: Integrator, params: SpringParams, lambda_dssim: float, image_loss=None) -> tuple[float, int]:
+    """(The Eq. 18 loss, or ``image_loss``, of ``params`` over the fitted frames 1..n_fit-1 with
+    every camera rendered, the substeps per frame its rollout needed): deterministic, where the
+    training loss draws cameras at random. Parameters whose rollout blows up at the integrator's
+    substeps are retried with more (the last step of a fit can leave what its last stable rollout
+    did not see); past its max_substeps the loss is inf."""
     cams = list(range(len(frames.cameras)))
     with torch.no_grad():
-        pos = rollout(model, params, SpringState(model.rest_positions, v0), n_fit - 1, integrator).positions
+        while True:
+            try:
+                pos = rollout(model, params, SpringState(model.rest_positions, v0), n_fit - 1, integrator).positions
+                break
+            except SimulationUnstable:
+                integrator = integrator.more_substeps()
+                if integrator is None:
+                    return math.inf, 0
         means = apply_binding(binding, pos)
         total = 0.0
         for f in range(1, n_fit):
@@ -271,7 +281,7 @@ def score(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, 
             target = frames.rgb(f, cams)
             loss = image_loss(render, target) if image_loss is not None else l1_dssim_loss(render, target, lambda_dssim)
             total += float(loss)
-    return total / (n_fit - 1)
+    return total / (n_fit - 1), integrator.substeps
 
 
 def shifted(start: SpringParams, offset: float) -> SpringParams:
@@ -282,8 +292,9 @@ def shifted(start: SpringParams, offset: float) -> SpringParams:
 def from_starts(stage, key: str, start_key: str, offsets, start: SpringParams, fit, score_of, log=print,
                 header: str = "") -> Dynamic:
     """The dynamic stage run from ``start`` shifted by each of ``offsets`` (decades of log10 k),
-    keeping the result whose ``score_of`` (the loss over every camera of the fitted frames, as
-    :func:`score` computes it) is lowest.
+    keeping the result whose ``score_of`` (the loss over every camera of the fitted frames and the
+    substeps it needed, as :func:`score` computes them) is lowest; the kept result's substeps are
+    those its score needed, so the asset simulates it as it was scored.
 
     The global search scores uniform fields, but a dense field can balance a landing a uniform one
     cannot (README, stage 5), so the stiffness a dense fit matches best at need not be the one the
@@ -310,14 +321,20 @@ def from_starts(stage, key: str, start_key: str, offsets, start: SpringParams, f
             def compute(c, i=i, off=off, name=name):
                 log(f"  start {i + 1}/{len(offsets)}: mean log10 k {level + off:.2f} ({off:+g} decades)")
                 r = fit(shifted(start, off), c, name)
-                r.score = score_of(r)
+                r.score, substeps = score_of(r)
+                r.substeps = max(r.substeps, substeps)
                 return r, {"offset": off}
             tried.append((stage(name, hash_key(name, start_key, off), compute, save, load), off))
-        best = min(range(len(tried)), key=lambda j: tried[j][0].score)
+        scores = [math.inf if r.score is None else r.score for r, _ in tried]  # None: saved as blown up
+        best = min(range(len(tried)), key=scores.__getitem__)
+        if not math.isfinite(scores[best]):
+            raise SgausError(f"the dynamic stage's result blew up when re-simulated from every start (offsets "
+                             f"{', '.join(f'{o:g}' for o in offsets)}); raise max_substeps")
         starts = [{"offset": off, "start_log_k": level + off, "mean_log_k": float(r.params.log_stiffness.mean()),
-                   "score": r.score, "chosen": j == best} for j, (r, off) in enumerate(tried)]
+                   "score": r.score if math.isfinite(scores[j]) else None, "chosen": j == best}
+                  for j, (r, off) in enumerate(tried)]
         log(f"  kept start {best + 1} (mean log10 k {starts[best]['mean_log_k']:.2f}); scores "
-            + ", ".join(f"{s['score']:.5f}" for s in starts))
+            + ", ".join(f"{x:.5f}" for x in scores))
         chosen = tried[best][0]
         return Dynamic(chosen.params, chosen.substeps, chosen.losses, chosen.score, starts), {}
     return stage("dynamic", key, compute_all, save, load)
@@ -326,7 +343,9 @@ def from_starts(stage, key: str, start_key: str, offsets, start: SpringParams, f
 def save(r: Dynamic, directory: Path) -> None:
     """fitted.json: the dynamic stage's parameters, final substeps and losses (and, from a
     multi-start fit, its score and every start)."""
-    extra = ({} if r.score is None else {"score": r.score}) | ({"starts": r.starts} if r.starts else {})
+    # a start whose result blew up when scored (score inf) is saved with a null score
+    extra = ({} if r.score is None else {"score": r.score if math.isfinite(r.score) else None}) | (
+        {"starts": r.starts} if r.starts else {})
     write_json(directory / "fitted.json", {
         "log_stiffness": r.params.log_stiffness.tolist(), "kappa": float(r.params.kappa),
         "friction_logit": float(r.params.friction_logit), "substeps": r.substeps, "losses": r.losses, **extra})

@@ -384,7 +384,8 @@ def write_loss_plot(run: RunDir) -> Path:
                 losses = json.loads(p.read_text())["losses"] if p.exists() else []
                 ax.plot(np.arange(1, len(losses) + 1), losses, lw=2.5 if start["chosen"] else 1.0,
                         label=f"from log10 k {start['start_log_k']:.2f}: {start['mean_log_k']:.2f}, "
-                              f"score {start['score']:.4f}" + (" (kept)" if start["chosen"] else ""))
+                              + ("blew up" if start["score"] is None else f"score {start['score']:.4f}")
+                              + (" (kept)" if start["chosen"] else ""))
             ax.legend(fontsize=6)
             ax.set_xlabel("iteration")
         else:
