@@ -60,7 +60,7 @@ from pipeline.fit.capture_settings import capture_settings
 from pipeline.fit.geometry import detect_contact_frame
 from pipeline.fit.physics import spring_model
 from pipeline.fit.registration import RegistrationSettings, Similarity, overlay_picture, register, rest_ground
-from pipeline.fit.runner import (deterministic, image_scale, open_fit_run, scene_facts, stage_checkpoint, stage_key,
+from pipeline.fit.runner import (cached_stage, deterministic, image_scale, open_fit_run, scene_facts, stage_key,
                                  write_loss_plot)
 from pipeline.fit.settings import FitSettings, save_settings
 from pipeline.fit.static import carve_hull, reconstruct_static, viewing_box
@@ -196,17 +196,7 @@ def _stages(cap, run: RunDir, data, settings: FitSettings, cs, loss, imported, s
     mframes = MaskFrames(dyn_ds, d_scale)
 
     def stage(name, key, compute, save, load):
-        """The stage's saved output, read back (computed first unless ``key`` matches): the next
-        stage starts from the same values whether this one ran now or in a killed process.
-        ``compute(checkpoint)`` returns (value, info)."""
-        if not run.cached(name, key):
-            c = stage_checkpoint(run, name, key, settings, log)
-            value, info = compute(c)
-            with run.write_stage(name, key, info) as d:
-                save(value, d)
-            c.discard()
-            ran.append(name)
-        return load(run.stage_dir(name))
+        return cached_stage(run, name, key, settings, log, ran, compute, save, load)
 
     # 1. static Gaussians (static frame)
     if imported is not None:

@@ -110,6 +110,21 @@ def stage_checkpoint(run: RunDir, name: str, key: str, settings: FitSettings, lo
     return c
 
 
+def cached_stage(run: RunDir, name: str, key: str, settings: FitSettings, log, ran: list, compute, save, load):
+    """Stage ``name``'s saved output, read back (computed first unless ``key`` matches): the next
+    stage starts from the same values whether this one ran now or in a killed process.
+    ``compute(checkpoint)`` returns (value, info); the stage.json holds info and the wall time, and
+    ``ran`` gains the name of a stage computed now."""
+    if not run.cached(name, key):
+        t0, c = time.perf_counter(), stage_checkpoint(run, name, key, settings, log)
+        value, info = compute(c)
+        with run.write_stage(name, key, {**info, "seconds": round(time.perf_counter() - t0, 2)}) as d:
+            save(value, d)
+        c.discard()
+        ran.append(name)
+    return load(run.stage_dir(name))
+
+
 class Fitter:
     """Runs (or reuses, with ``resume``) the stages of one fit into the run directory ``out``."""
 
@@ -250,15 +265,8 @@ class Fitter:
         return global_stage.load(self.run.stage_dir("global")), key
 
     def stage(self, name: str, key: str, compute, save, load):
-        """The stage's saved output, read back (computed first unless ``key`` matches);
-        ``compute(checkpoint)`` returns (value, info)."""
-        if not self._cached(name, key):
-            t0, c = time.perf_counter(), self.checkpoint(name, key)
-            value, info = compute(c)
-            with self.run.write_stage(name, key, {**info, **self._seconds(t0)}) as d:
-                save(value, d)
-            self._written(name, c)
-        return load(self.run.stage_dir(name))
+        """:func:`cached_stage` in this fit's run."""
+        return cached_stage(self.run, name, key, self.settings, self.log, self.ran, compute, save, load)
 
     def dynamic(self, g, model, a, v0, parent: str, start=None, min_substeps: int = 0):
         settings = self.settings.dynamic()
