@@ -155,22 +155,9 @@ class Fitter:
         """Give back the run's writer lock (the end of the process does too)."""
         self.run.release()
 
-    def _cached(self, name: str, key: str) -> Path | None:
-        return self.run.cached(name, key)
-
-    def checkpoint(self, name: str, key: str) -> Checkpoint:
-        """The checkpoint of stage ``name`` run with ``key`` (beside its output directory)."""
-        return stage_checkpoint(self.run, name, key, self.settings, self.log)
-
-    @staticmethod
-    def _seconds(t0: float) -> dict:
-        """The stage's wall time for its stage.json: the process that finished it, from its start
-        or from the checkpoint it resumed (so the parts of a killed and resumed stage add up)."""
-        return {"seconds": round(time.perf_counter() - t0, 2)}
-
-    def _written(self, name: str, c: Checkpoint) -> None:
-        c.discard()
-        self.ran.append(name)
+    def stage(self, name: str, key: str, compute, save, load):
+        """:func:`cached_stage` in this fit's run."""
+        return cached_stage(self.run, name, key, self.settings, self.log, self.ran, compute, save, load)
 
     # Each stage returns what it saved, read back, also when it has just computed it: the next stage
     # must start from the same values whether this one ran now or in an earlier (killed) process, and
@@ -179,44 +166,43 @@ class Fitter:
     def static(self):
         settings = self.settings.static(self.scale)
         key = stage_key("static", self.root_key, settings)
-        if not self._cached("static", key):
+
+        def compute(c):
             extra = len(self.shape_ds.cameras) - len(self.ds.cameras)
             self.log("stage 1/5: static reconstruction of frame 0" + (f" (and {extra} static photos)" if extra else ""))
-            t0, counts = time.perf_counter(), []
-            c = self.checkpoint("static", key)
+            counts = []
             g = reconstruct_static(self.shape_ds, settings, progress=self.progress, checkpoint=c, counts=counts)
-            with self.run.write_stage("static", key, {"gaussians": len(g), "gaussian_counts": counts,
-                                                      **self._seconds(t0)}) as d:
-                save_ply(d / "gaussians.ply", g)
-            self._written("static", c)
-        return load_ply(self.run.stage_dir("static") / "gaussians.ply"), key
+            return g, {"gaussians": len(g), "gaussian_counts": counts}
+
+        return self.stage("static", key, compute, lambda g, d: save_ply(d / "gaussians.ply", g),
+                          lambda d: load_ply(d / "gaussians.ply")), key
 
     def anchors(self, g, parent: str):
         settings = self.settings.anchors()
         key = stage_key("anchors", parent, settings)
-        if not self._cached("anchors", key):
+
+        def compute(_c):  # quick: no checkpoint
             self.log(f"stage 2/5: {settings.n_anchors} anchors through the volume, {settings.k_neighbors} springs each")
-            t0 = time.perf_counter()
             a = anchors_stage.run(g, self.shape_frames, settings, up=self.facts.ground_normal)
-            with self.run.write_stage("anchors", key, {"anchors": len(a.rest_positions), **self._seconds(t0)}) as d:
-                save_anchors(a, d / "anchors.npz")
-            self.ran.append("anchors")
-        return load_anchors(self.run.stage_dir("anchors") / "anchors.npz", len(g)), key
+            return a, {"anchors": len(a.rest_positions)}
+
+        return self.stage("anchors", key, compute, lambda a, d: save_anchors(a, d / "anchors.npz"),
+                          lambda d: load_anchors(d / "anchors.npz", len(g))), key
 
     def refine(self, g, a, parent: str):
         settings = self.settings.refine()
         key = stage_key("refine", parent, settings)
-        if not self._cached("refine", key):
+
+        def compute(c):
             self.log("stage 3/5: refining the Gaussians at their bound positions" if settings.iterations else
                      "stage 3/5: refine skipped (refine_iterations=0): the Gaussians only move to their bound "
                      "positions")
-            t0, c = time.perf_counter(), self.checkpoint("refine", key)
             r = refine_stage.run(g, apply_binding(a.binding, a.rest_positions), self.shape_frames, settings,
                                  self.progress, checkpoint=c)
-            with self.run.write_stage("refine", key, {"losses": r.losses, **self._seconds(t0)}) as d:
-                save_ply(d / "gaussians.ply", r.gaussians)
-            self._written("refine", c)
-        return load_ply(self.run.stage_dir("refine") / "gaussians.ply"), key
+            return r.gaussians, {"losses": r.losses}
+
+        return self.stage("refine", key, compute, lambda g2, d: save_ply(d / "gaussians.ply", g2),
+                          lambda d: load_ply(d / "gaussians.ply")), key
 
     def velocity_frames(self, g) -> int:
         if self.settings.velocity_frames:
@@ -232,26 +218,29 @@ class Fitter:
     def velocity(self, g, model, a, parent: str):
         settings = self.settings.velocity(self.velocity_frames(g))
         key = stage_key("velocity", parent, settings)
-        if not self._cached("velocity", key):
+
+        def compute(c):
             self.log(f"stage 4/5: initial velocity from frames 0..{settings.frames - 1}")
-            t0, c = time.perf_counter(), self.checkpoint("velocity", key)
             r = velocity_stage.run(g, model, a.binding, self.frames, self.facts.frame_dt, settings, self.progress,
                                    checkpoint=c)
-            with self.run.write_stage("velocity", key, self._seconds(t0)) as d:
-                write_json(d / "velocity.json", {"v0": r.v0.tolist(), "frames": r.frames, "losses": r.losses})
-            self._written("velocity", c)
-        return velocity_stage.load_v0(self.run.stage_dir("velocity") / "velocity.json"), key
+            return r, {}
+
+        def save(r, d):
+            write_json(d / "velocity.json", {"v0": r.v0.tolist(), "frames": r.frames, "losses": r.losses})
+
+        return self.stage("velocity", key, compute, save,
+                          lambda d: velocity_stage.load_v0(d / "velocity.json")), key
 
     def global_(self, g, model, a, v0, parent: str):
         settings = self.settings.global_search_settings()
         key = stage_key("global", parent, settings)
-        if not self._cached("global", key):
+
+        def compute(c):
             lo, hi = settings.log_k_range
             bounce = ", the ground's restitution" if model.penalty_ground else ""
             bounce += ", the springs' damping" if settings.search_zeta0 else ""
             self.log(f"stage 5/6: global search of log10 k in {lo:g}..{hi:g}, friction, kappa{bounce} and the contact "
                      f"offset (rollouts: {', '.join(what for what, _ in settings.rounds())})")
-            t0, c = time.perf_counter(), self.checkpoint("global", key)
             r = global_stage.run(g, model, a.binding, v0, self.frames, self.facts.fit_frames, self.facts.frame_dt,
                                  settings, self.progress, checkpoint=c, horizon=self.facts.n_frames)
             if r.passed_over:
@@ -259,14 +248,10 @@ class Fitter:
                 self.log(f"global search: {len(r.passed_over)} better-scored candidate(s) blew up within the video's "
                          f"{self.facts.n_frames} frames (log10 k {ks}); took log10 k "
                          f"{float(r.params.log_stiffness.mean()):.2f}")
-            with self.run.write_stage("global", key, self._seconds(t0)) as d:
-                global_stage.save(r, d)
-            self._written("global", c)
-        return global_stage.load(self.run.stage_dir("global")), key
+            return r, {}
 
-    def stage(self, name: str, key: str, compute, save, load):
-        """:func:`cached_stage` in this fit's run."""
-        return cached_stage(self.run, name, key, self.settings, self.log, self.ran, compute, save, load)
+        return self.stage("global", key, compute, lambda r, d: global_stage.save(r, d), global_stage.load), key
+
 
     def dynamic(self, g, model, a, v0, parent: str, start=None, min_substeps: int = 0):
         settings = self.settings.dynamic()
