@@ -27,9 +27,10 @@ to the true particles): a split the model with these anchors disfavours is a lim
 (or of its anchors) on that scene, not of the optimiser.
 Two more columns say why a fit predicts poorly where it does: "turn" is the mean orientation error
 over the future frames (degrees between the asset's turn and the truth's; a stiff model that tips
-over on landing where the MPM truth lands flat), and "underside gap / offset" compares how far the
-anchors reach below the truth's unseen bottom with the contact offset the fit chose (JSON keys
-future_orientation_error, underside_gap, contact_offset; metres).
+over on landing where the MPM truth lands flat), and "underside gap / top gap / offset" compares how
+far the anchors reach below the truth's unseen bottom, and above its top that the cameras see (the
+masks' margin on every side), with the contact offset the fit chose (JSON keys
+future_orientation_error, underside_gap, top_gap, contact_offset; metres).
 With --truth-anchors each fit takes its anchors from the truth's own particles at frame 0 (fit
 setting anchor_points, thinned by farthest-point sampling) and searches no contact offset, the
 anchors' bottom being the true one: what the identification gives when the reconstruction of the
@@ -112,18 +113,23 @@ def underside(asset, data: Path) -> dict:
     visual hull hang below it) and how deep the fit lets them sink below the ground
     ("contact_offset", the global search's; a raised ground counts negative). Where the two
     differ, the offset stands in for something else: at the stiff end the contact time (when the
-    fall stops), which also sets when a stiff object leaves the ground again."""
+    fall stops), which also sets when a stiff object leaves the ground again. "top_gap": how far
+    they reach above the truth's top, which the cameras do see: the part of the underside gap that
+    is a margin of the masks on every side (the generator's splats draw the object beyond its
+    particles), not the unseen underside."""
     from pipeline.data.scene import load_particles, read_scene
 
     model = asset.model
     if model.ground_point is None:
-        return {"underside_gap": None, "contact_offset": None}
+        return {"underside_gap": None, "top_gap": None, "contact_offset": None}
     normal = np.asarray(model.unit_normal(), np.float64)
-    lowest = float((model.rest_positions.double().numpy() @ normal).min())
-    truth = float((load_particles(data, 0, surface_only=False) @ normal).min())
+    heights = model.rest_positions.double().numpy() @ normal
+    truth_heights = load_particles(data, 0, surface_only=False) @ normal
+    lowest, truth = float(heights.min()), float(truth_heights.min())
     declared = float(np.asarray(model.ground_point, np.float64) @ normal)
     raised = declared - float(np.asarray(read_scene(data).ground_point, np.float64) @ normal)  # placed() raised it
-    return {"underside_gap": truth - lowest, "contact_offset": model.contact_offset - raised}
+    return {"underside_gap": truth - lowest, "top_gap": float(heights.max() - truth_heights.max()),
+            "contact_offset": model.contact_offset - raised}
 
 
 def summarise(name: str, spec: dict, run: Path, fit_s: float, data: Path) -> dict:
@@ -229,7 +235,7 @@ def main() -> None:
     print()
     print("| scene | E (Pa) | mean log10 k | kappa | friction | restitution | zeta0 "
           "| future CD sgaus / hold / single k | future PSNR sgaus / hold / single k "
-          "| folded % | turn ° | underside gap / offset cm | fit s |")
+          "| folded % | turn ° | underside gap / top gap / offset cm | fit s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         extra = f" (stiff half {r['stiff_half_log_k']:.2f}, soft half {r['soft_half_log_k']:.2f})" \
@@ -240,7 +246,8 @@ def main() -> None:
               f"| {fmt(r['future_psnr'])} / {fmt(r['hold_future_psnr'])} / {fmt(r['single_k_future_psnr'])} "
               f"| {fmt(None if r['future_folded'] is None else 100 * r['future_folded'], 1)} "
               f"| {fmt(r['future_orientation_error'], 1)} "
-              f"| {fmt(cm(r['underside_gap']), 1)} / {fmt(cm(r['contact_offset']), 1)} | {r['fit_s']:.0f} |")
+              f"| {fmt(cm(r['underside_gap']), 1)} / {fmt(cm(r['top_gap']), 1)} / {fmt(cm(r['contact_offset']), 1)} "
+              f"| {r['fit_s']:.0f} |")
     tori = [r for r in rows if r["name"].startswith("torus_E")]
     checks = []
     if len(tori) > 1:
