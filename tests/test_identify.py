@@ -81,8 +81,34 @@ def test_a_ground_declared_too_low_is_raised_by_a_negative_offset():
         g, model, binding, V0, video, N_FRAMES, 0.03, dataclasses.replace(settings, contact_offset_min=0.0,
                                                                             cma_generations=1),
         progress=False).evaluations)
-    with pytest.raises(SgausError, match="contact_offset_min must lie in -1..0"):
-        dataclasses.replace(settings, contact_offset_min=0.1).check()
+    for bad in (0.3, -1.5, math.nan):  # above the largest offset (0.25), below -1, not a number
+        with pytest.raises(SgausError, match="contact_offset_min must lie in -1..contact_offset_max"):
+            dataclasses.replace(settings, contact_offset_min=bad).check()
+
+
+def test_a_known_underside_depth_pins_or_bounds_the_contact_offset():
+    """A user who knows how deep the anchors reach below the object's bottom gives it: equal bounds
+    pin the offset (every candidate stands at that depth), a positive smallest one keeps the search
+    at least that deep, though the video's true depth (2 cm) lies shallower."""
+    model, binding, g, cams = cube_scene()
+    n = model.n_anchors
+    true = SpringParams(torch.full((n,), 2.5), torch.tensor(0.0), torch.tensor(friction_logit(0.5)))
+    _pos, video = render_video(model.with_physics(contact_offset=0.02), binding, g, cams, true, V0, N_FRAMES)
+    height = global_search.object_height(model)
+    settings = _search_settings(search_friction=False, search_kappa=False, log_k_range=(2.4, 2.6), grid_points=2,
+                                cma_generations=2, cma_population=4, offset_points=3)
+    pinned = 0.03 / height
+    r = global_search.run(g, model, binding, V0, video, N_FRAMES, 0.03,
+                          dataclasses.replace(settings, contact_offset_min=pinned, contact_offset_max=pinned),
+                          progress=False)
+    assert r.contact_offset == pytest.approx(0.03)
+    assert all(e["contact_offset"] == pytest.approx(0.03) for e in r.evaluations)
+    assert len(r.evaluations) == 2 + 2 * 4  # no bracket of offsets
+    r = global_search.run(g, model, binding, V0, video, N_FRAMES, 0.03,
+                          dataclasses.replace(settings, contact_offset_min=pinned, contact_offset_max=0.25),
+                          progress=False)
+    assert all(e["contact_offset"] >= 0.03 - 1e-9 for e in r.evaluations)
+    assert 0.03 - 1e-9 <= r.contact_offset < 0.035, f"contact offset {r.contact_offset:.4f}, bounded at 0.03"
 
 
 def test_global_search_finds_the_restitution_of_a_penalty_ground():

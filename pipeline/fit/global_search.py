@@ -92,7 +92,8 @@ class GlobalSearchSettings:
     contact offset searched, as a fraction of the anchors' height above their lowest point (0: not
     searched; see taichi_sim.spring_model.SpringModel.contact_offset); contact_offset_min: the
     smallest, the same way (0 by default; negative where the declared ground may lie too low, as an
-    estimated one: a negative offset raises the ground plane instead, see :func:`placed`);
+    estimated one: a negative offset raises the ground plane instead, see :func:`placed`; positive
+    where the underside is known to reach at least that deep; equal to the largest, it is pinned);
     offset_points: points of its 1-D bracket; regions, region_generations: R > 1 adds a last CMA-ES over R smooth region offsets
     of log10 k around the global value (zero mean, within +-REGION_SPAN decades), for this many
     generations of cma_population; cameras: cameras scored per frame (evenly spread); silhouette_weight: weight of the
@@ -140,9 +141,10 @@ class GlobalSearchSettings:
                              f"height), got {self.contact_offset_max}, and offset_points must be >= 2")
         if self.search_zeta0 and self.zeta0_points < 2:
             raise SgausError(f"global search: zeta0_points must be >= 2, got {self.zeta0_points}")
-        if not (math.isfinite(self.contact_offset_min) and -1 <= self.contact_offset_min <= 0):
-            raise SgausError(f"global search: contact_offset_min must lie in -1..0 (a fraction of the object's "
-                             f"height), got {self.contact_offset_min}")
+        if not (math.isfinite(self.contact_offset_min) and -1 <= self.contact_offset_min <= self.contact_offset_max):
+            raise SgausError(f"global search: contact_offset_min must lie in -1..contact_offset_max "
+                             f"({self.contact_offset_max:g}; fractions of the object's height, equal ones pin the "
+                             f"offset), got {self.contact_offset_min}")
         if not (math.isfinite(self.fold_penalty) and self.fold_penalty >= 0):
             raise SgausError(f"global search: fold_penalty must be a finite number >= 0, got {self.fold_penalty}")
         if not (math.isfinite(self.fold_tolerance) and 0 <= self.fold_tolerance < 1):

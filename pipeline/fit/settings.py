@@ -114,7 +114,8 @@ class FitSettings:
         sink below the ground: the unseen underside), as a fraction of the object's height; 0 = none.
       global_contact_offset_min: the smallest (0; negative raises the ground plane instead, for a
         ground that may lie too low: a capture's floor estimated at rest searches down to
-        -global_contact_offset_max).
+        -global_contact_offset_max; positive where the underside's depth is known at least that
+        deep; equal to global_contact_offset_max, the offset is that value, not searched).
       global_offset_points: points of the contact offset's 1-D bracket.
       global_search_zeta0: also search the springs' damping zeta0 (log10 over 0.01..10: a 1-D
         bracket of global_zeta0_points at the stiffness found, then CMA-ES with the rest); the
