@@ -35,12 +35,20 @@ With --truth-anchors each fit takes its anchors from the truth's own particles a
 setting anchor_points, thinned by farthest-point sampling) and searches no contact offset, the
 anchors' bottom being the true one: what the identification gives when the reconstruction of the
 volume is perfect, to tell its errors from those of the physics (use a --tag of its own).
+With --known-depth each fit's contact offset is pinned at that scene's underside gap (how far its
+default anchors reach below the truth's bottom: the depth of the unseen underside and the masks'
+margin, which the images alone leave open, README stage 5) and its dense stage runs from three
+starts (dense_start_offsets 0, +0.4 and +0.8 decades, the one that fits the fitted frames best
+kept): what the identification gives when that depth is known. Its runs start from a copy of the
+scene's run without the tag (fitted first where there is none), whose anchors fix the depth, so
+only the global and dense stages run again (use a --tag of its own).
 With --json, one JSON object {"scenes": [...]} closes the output.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -132,6 +140,25 @@ def underside(asset, data: Path) -> dict:
             "contact_offset": model.contact_offset - raised}
 
 
+KNOWN_DEPTH_STARTS = "0,0.4,0.8"  # decades above the global search's stiffness: a pinned offset sits the search low
+
+
+def known_depth_settings(base: Path, data: Path) -> list[str]:
+    """The fit settings of --known-depth for a scene whose default run is ``base``: the contact
+    offset pinned at its anchors' underside gap (a fraction of their height, as the setting wants;
+    0 where they do not reach below the truth's bottom) and the dense starts."""
+    from pipeline.asset import load_asset
+    from pipeline.fit.global_search import object_height
+
+    asset = load_asset(base)
+    gap = underside(asset, data)["underside_gap"]
+    if gap is None:
+        raise SystemExit(f"{base}: --known-depth needs a ground")
+    fraction = max(0.0, gap) / object_height(asset.model)
+    return ["--set", f"global_contact_offset_min={fraction:.6f}", "--set", f"global_contact_offset_max={fraction:.6f}",
+            "--set", f"dense_start_offsets={KNOWN_DEPTH_STARTS}"]
+
+
 def summarise(name: str, spec: dict, run: Path, fit_s: float, data: Path) -> dict:
     import torch
 
@@ -185,8 +212,14 @@ def main() -> None:
     ap.add_argument("--truth-anchors", action="store_true",
                     help="anchors from the truth's particles at frame 0 and no contact offset (the volume known "
                          "exactly, to tell reconstruction errors from identification errors)")
+    ap.add_argument("--known-depth", action="store_true",
+                    help="the contact offset pinned at the anchors' true underside gap and the dense stage from "
+                         f"three starts ({KNOWN_DEPTH_STARTS} decades up): the depth of the unseen underside known")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.known_depth and (not args.tag or args.truth_anchors):
+        raise SystemExit("--known-depth needs a --tag of its own (its runs start from copies of the untagged "
+                         "ones) and does not go with --truth-anchors")
     sys.path.insert(0, str(ROOT))
     from pipeline.data.scene import read_scene
     from pipeline.data.cameras import check_elevation
@@ -221,6 +254,15 @@ def main() -> None:
         sets = [a for s in args.sets for a in ("--set", s)]
         if args.truth_anchors:
             sets += ["--set", f"anchor_points={data / 'particles' / '000.npz'}", "--set", "global_contact_offset_max=0"]
+        if args.known_depth:
+            base = out / "runs" / name
+            if not (base / "asset").exists():
+                print(f"{name}: fitting the default run first (its anchors fix the depth)", flush=True)
+            sgaus("fit", data, "--out", base, "--preset", args.preset, "--resume", "--quiet", *sets)
+            if not run.exists():
+                shutil.copytree(base, run, ignore=shutil.ignore_patterns("eval", "eval_counterfactual", ".sgaus.lock*"))
+            sets += known_depth_settings(base, data)
+            t0 = time.perf_counter()
         sgaus("fit", data, "--out", run, "--preset", args.preset, "--resume", "--quiet", *sets)
         fit_s = time.perf_counter() - t0
         if not (run / "eval" / "metrics.json").exists():  # a fit that wrote a new asset removed the old eval
