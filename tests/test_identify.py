@@ -220,6 +220,12 @@ def test_bad_search_ranges_are_one_clear_error():
     for rng in [(3.0, 3.0), (5.0, 1.0), (float("nan"), 2.0), (-20.0, 5.0)]:
         with pytest.raises(SgausError, match="log_k_range"):
             global_search.run(g, model, binding, V0, video, 4, 0.03, _search_settings(log_k_range=rng), False)
+    # and the fit's settings name a bad range before any stage runs
+    for bad, match in [({"global_log_k_min": 6.0, "global_log_k_max": 2.0}, "log_k_range"),
+                       ({"global_contact_offset_min": 0.3}, "contact_offset_min must lie in -1..contact_offset_max")]:
+        with pytest.raises(SgausError, match=match):
+            make_settings("tiny", overrides=bad)
+    make_settings("tiny", overrides={"global_contact_offset_min": 0.3, "global_search": False})  # not searched
 
 
 def test_exploding_candidates_are_skipped_and_all_exploding_is_an_error(monkeypatch):

@@ -294,6 +294,8 @@ class FitSettings:
         if self.global_fold_penalty < 0 or not 0.0 <= self.global_fold_tolerance < 1.0:
             raise SgausError(f"global_fold_penalty must not be negative and global_fold_tolerance must lie in [0, 1), "
                              f"got {self.global_fold_penalty} and {self.global_fold_tolerance}")
+        if self.global_search:  # a bad search range is named before any stage runs, not after the static one
+            self.global_search_settings().check()
         return self
 
     def to_dict(self) -> dict:
