@@ -22,7 +22,7 @@ from taichi_sim.binding import Binding, apply_binding
 from taichi_sim.errors import SgausError
 from taichi_sim.spring_model import SpringModel
 from taichi_sim.spring_params import SpringParams
-from taichi_sim.spring_rollout import Integrator, SimulationUnstable, SpringState, rollout
+from taichi_sim.spring_rollout import Integrator, SimulationUnstable, SpringState, rollout, rollout_with_retry
 
 
 @dataclass(frozen=True)
@@ -265,23 +265,20 @@ def score(g: Gaussians, model: SpringModel, binding: Binding, v0: torch.Tensor, 
     substeps are retried with more (the last step of a fit can leave what its last stable rollout
     did not see); past its max_substeps the loss is inf."""
     cams = list(range(len(frames.cameras)))
+    cameras = frames.cameras[cams]
     with torch.no_grad():
-        while True:
-            try:
-                pos = rollout(model, params, SpringState(model.rest_positions, v0), n_fit - 1, integrator).positions
-                break
-            except SimulationUnstable:
-                integrator = integrator.more_substeps()
-                if integrator is None:
-                    return math.inf, 0
-        means = apply_binding(binding, pos)
+        try:
+            traj = rollout_with_retry(model, params, SpringState(model.rest_positions, v0), n_fit - 1, integrator)
+        except SimulationUnstable:
+            return math.inf, 0
+        means = apply_binding(binding, traj.positions)
         total = 0.0
         for f in range(1, n_fit):
-            render = g.render(frames.cameras[cams], means[f])
+            render = g.render(cameras, means[f])
             target = frames.rgb(f, cams)
             loss = image_loss(render, target) if image_loss is not None else l1_dssim_loss(render, target, lambda_dssim)
             total += float(loss)
-    return total / (n_fit - 1), integrator.substeps
+    return total / (n_fit - 1), traj.substeps
 
 
 def shifted(start: SpringParams, offset: float) -> SpringParams:

@@ -252,7 +252,6 @@ class Fitter:
 
         return self.stage("global", key, compute, lambda r, d: global_stage.save(r, d), global_stage.load), key
 
-
     def dynamic(self, g, model, a, v0, parent: str, start=None, min_substeps: int = 0):
         settings = self.settings.dynamic()
         key = stage_key("dynamic", parent, settings)
